@@ -1,0 +1,1 @@
+"""dagster-ml-assets: score registered models over partitioned Parquet in Dagster."""

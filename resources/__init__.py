@@ -1,0 +1,37 @@
+"""Model registries and runtimes (plain Python), and the Dagster resources that wrap them.
+
+Importing this package imports no registry or runtime library: those load lazily.
+"""
+
+from resources.errors import (
+    ArtifactError,
+    DatasetError,
+    MlAssetsError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelRefError,
+    PluginNotFoundError,
+    RegistryUnavailableError,
+    SchemaMismatchError,
+    ScoringError,
+)
+from resources.models import ColumnSpec, ModelRef, ModelVersion, Registry, Runtime, Scorer, Signature
+
+__all__ = [
+    "ArtifactError",
+    "ColumnSpec",
+    "DatasetError",
+    "MlAssetsError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelRef",
+    "ModelRefError",
+    "ModelVersion",
+    "PluginNotFoundError",
+    "Registry",
+    "RegistryUnavailableError",
+    "Runtime",
+    "Scorer",
+    "ScoringError",
+    "Signature",
+]

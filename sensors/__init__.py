@@ -1,0 +1,1 @@
+"""Promotion sensors, partition schedules and backfill requests (built in a later issue)."""
