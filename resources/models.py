@@ -20,9 +20,7 @@ ModelFormat = Literal["onnx", "pmml", "h2o_mojo", "pyfunc", "remote"]
 MODEL_FORMATS: tuple[str, ...] = ("onnx", "pmml", "h2o_mojo", "pyfunc", "remote")
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
-_REGISTRY_REF = re.compile(
-    rf"^(?:models:/)?(?P<name>{_NAME})(?:@(?P<alias>{_NAME})|/(?P<selector>[A-Za-z0-9_\-]+))$"
-)
+_REGISTRY_REF = re.compile(rf"^(?:models:/)?(?P<name>{_NAME})(?:@(?P<alias>{_NAME})|/(?P<selector>[A-Za-z0-9_\-]+))$")
 _DIRECT_SUFFIXES = {".onnx": "onnx", ".pmml": "pmml", ".xml": "pmml", ".zip": "h2o_mojo"}
 
 
@@ -51,7 +49,7 @@ class ModelRef:
             msg = "empty model reference; expected e.g. 'models:/fraud@champion'"
             raise ModelRefError(msg)
         suffix = Path(text.split("?", 1)[0]).suffix.lower()
-        looks_like_file = suffix in _DIRECT_SUFFIXES or "://" in text and not text.startswith("models:/")
+        looks_like_file = suffix in _DIRECT_SUFFIXES or ("://" in text and not text.startswith("models:/"))
         if looks_like_file or text.startswith(("/", "./", "../")):
             return cls(raw=raw, name=Path(text.rstrip("/")).stem or text, direct_uri=text)
         match = _REGISTRY_REF.match(text)

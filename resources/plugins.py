@@ -29,8 +29,9 @@ def load_plugin(group: str, name: str) -> Any:
     return matches[0].load()
 
 
-def create_registry(name: str, **options: Any) -> Any:
-    return load_plugin(REGISTRY_GROUP, name)(**options)
+def create_registry(name: str, uri: str | None = None, **options: Any) -> Any:
+    """A registry is built from its location (tracking URI, folder, URL) and keyword options."""
+    return load_plugin(REGISTRY_GROUP, name)(uri, **options)
 
 
 def create_runtime(name: str, **options: Any) -> Any:

@@ -1,0 +1,320 @@
+"""The streaming scoring core: one partition in, one committed output file out. No Dagster here.
+
+    read (Arrow's scanner threads, bounded read-ahead)
+      -> prepare (select, cast, null check)        on the calling thread
+      -> score (up to scorer.concurrency at once)  on a thread pool; the runtimes release the GIL
+      -> write (in chunk order)                     on a writer thread, behind a bounded queue
+
+The queue between scoring and writing holds futures in input order, so output order is input
+order and the number of chunks alive at once is bounded: memory follows chunk size, not
+partition size. The output is written under a temporary name and renamed into place only
+after the last chunk, so a failure or a kill leaves the final path as it was.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ml_assets.datasets import AtomicPartitionWriter, ParquetDataset, PartitionReader
+from ml_assets.summary import ScoreSummary
+from resources.errors import DatasetError, MlAssetsError, SchemaMismatchError, ScoringError
+from resources.models import ModelVersion, Scorer
+
+NullPolicy = Literal["error", "pass"]
+DEFAULT_CHUNK_ROWS = 65_536
+_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class Progress:
+    chunks: int
+    rows_done: int
+    rows_total: int
+
+
+@dataclass
+class ScoringResult:
+    version: ModelVersion
+    partition: str | None
+    output_uri: str
+    rows_in: int
+    rows_out: int
+    seconds: float
+    chunks: int
+    summary: ScoreSummary = field(repr=False)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_out / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    index: int
+    first_row: int
+    num_rows: int
+    passthrough: pa.RecordBatch
+    predictions: Future[pa.RecordBatch]
+
+    @property
+    def rows(self) -> str:
+        return f"rows {self.first_row}-{self.first_row + self.num_rows - 1}"
+
+
+def _castable(found: pa.DataType, expected: pa.DataType) -> bool:
+    """Casts we do silently: numbers among numbers (Arrow checks each value), anything to string."""
+    if pa.types.is_dictionary(found):
+        found = found.value_type
+    if found == expected or pa.types.is_string(expected) or pa.types.is_large_string(expected):
+        return True
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal)
+    return any(t(found) for t in numeric) and any(t(expected) for t in numeric)
+
+
+class _Plan:
+    """Which columns to read, and how each chunk becomes model input and passthrough output."""
+
+    def __init__(
+        self,
+        reader: PartitionReader,
+        scorer: Scorer,
+        version: ModelVersion,
+        *,
+        passthrough: Sequence[str],
+        nulls: NullPolicy,
+        version_column: str | None,
+    ) -> None:
+        self.where = reader.where
+        self.version = version
+        self.nulls = nulls
+        self.version_column = version_column
+        self.inputs = scorer.input_schema
+        data = reader.schema
+        missing = [f for f in self.inputs if f.name not in data.names]
+        if missing:
+            listed = ", ".join(f"{f.name} ({f.type})" for f in missing)
+            msg = (
+                f"{self.where}: {version.describe()} needs column(s) {listed} that the data does not have; "
+                f"the data has: {', '.join(data.names)}"
+            )
+            raise SchemaMismatchError(msg)
+        for f in self.inputs:
+            found = data.field(f.name).type
+            if not _castable(found, f.type):
+                msg = f"{self.where}: column {f.name!r} is {found}; {version.describe()} expects {f.type}"
+                raise SchemaMismatchError(msg)
+        # A hive partition's key is in the path, not the files; passthrough of it is a constant.
+        self.constants: dict[str, str] = {}
+        for name in passthrough:
+            if name not in data.names:
+                if name == reader.dataset.partition_column and reader.partition is not None:
+                    self.constants[name] = reader.partition
+                    continue
+                msg = f"{self.where}: passthrough column {name!r} is not in the data; the data has: {', '.join(data.names)}"
+                raise SchemaMismatchError(msg)
+        self.passthrough = [n for n in passthrough if n not in self.constants]
+        self.read_columns = list(dict.fromkeys([*self.inputs.names, *self.passthrough]))
+        outputs = scorer.output_schema
+        clash = [n for n in outputs.names if n in passthrough or n == version_column]
+        if clash:
+            msg = f"{self.where}: prediction column(s) {clash} clash with passthrough/lineage columns of the same name"
+            raise SchemaMismatchError(msg)
+        fields = [data.field(n) for n in self.passthrough]
+        fields += [pa.field(n, pa.dictionary(pa.int32(), pa.string())) for n in self.constants]
+        fields += list(outputs)
+        if version_column:
+            fields.append(pa.field(version_column, pa.dictionary(pa.int32(), pa.string())))
+        self.output_schema = pa.schema(fields)
+        self.passthrough_schema = pa.schema(fields[: len(self.passthrough) + len(self.constants)])
+
+    def features(self, batch: pa.RecordBatch, index: int, first_row: int) -> pa.RecordBatch:
+        rows = f"chunk {index} (rows {first_row}-{first_row + batch.num_rows - 1})"
+        columns = []
+        for f in self.inputs:
+            column = batch.column(f.name)
+            if column.null_count and self.nulls == "error":
+                row = first_row + pc.index(pc.is_null(column), True).as_py()
+                msg = (
+                    f"{self.where}, {rows}: column {f.name!r} has {column.null_count} null(s), the first at row "
+                    f"{row}; the model expects no nulls (set nulls='pass' to score them as missing values)"
+                )
+                raise SchemaMismatchError(msg)
+            if column.type != f.type:
+                try:
+                    column = pc.cast(column, f.type, safe=True)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    msg = f"{self.where}, {rows}: column {f.name!r} ({column.type}) cannot be cast safely to {f.type}: {exc}"
+                    raise SchemaMismatchError(msg) from None
+            columns.append(column)
+        return pa.RecordBatch.from_arrays(columns, schema=self.inputs)
+
+    def passthrough_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        columns = [batch.column(n) for n in self.passthrough]
+        columns += [_constant(v, batch.num_rows) for v in self.constants.values()]
+        return pa.RecordBatch.from_arrays(columns, schema=self.passthrough_schema)
+
+    def output_batch(self, chunk: _Chunk, predictions: pa.RecordBatch) -> pa.RecordBatch:
+        if predictions.num_rows != chunk.num_rows:
+            msg = (
+                f"{self.where}, chunk {chunk.index} ({chunk.rows}): {self.version.describe()} returned "
+                f"{predictions.num_rows} rows for {chunk.num_rows}"
+            )
+            raise ScoringError(msg)
+        columns = [*chunk.passthrough.columns, *predictions.columns]
+        if self.version_column:
+            columns.append(_constant(self.version.version, predictions.num_rows))
+        return pa.RecordBatch.from_arrays(columns, schema=self.output_schema)
+
+
+def _constant(value: str, rows: int) -> pa.DictionaryArray:
+    """A constant string column that costs 4 bytes a row, not a string a row."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int32)), pa.array([value]))
+
+
+def score_partition(
+    scorer: Scorer,
+    version: ModelVersion,
+    source: ParquetDataset,
+    dest: ParquetDataset,
+    *,
+    partition: str | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    passthrough: Sequence[str] = (),
+    nulls: NullPolicy = "error",
+    version_column: str | None = None,
+    queue_depth: int | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+) -> ScoringResult:
+    """Score one partition of ``source`` with ``scorer`` and commit the output to ``dest``.
+
+    Args:
+        partition: the partition value (``2026-11-01``); None scores the whole dataset.
+        chunk_rows: rows per chunk handed to the model; memory grows with it, not with the partition.
+        passthrough: input columns copied to the output beside the predictions (e.g. keys).
+        nulls: ``error`` rejects nulls in features; ``pass`` hands them to the model as missing values.
+        version_column: if set, a column of that name holding the model version on every row.
+        queue_depth: chunks in flight between reading and writing (default: 2 per scoring thread + 2).
+    """
+    if chunk_rows < 1:
+        msg = f"chunk_rows must be at least 1, got {chunk_rows}"
+        raise ValueError(msg)
+    started = time.perf_counter()
+    reader = PartitionReader(source, partition)
+    if reader.num_rows == 0:
+        msg = f"{reader.where}: the partition is empty (0 rows in {len(reader.files)} file(s)); nothing to score"
+        raise DatasetError(msg)
+    plan = _Plan(reader, scorer, version, passthrough=passthrough, nulls=nulls, version_column=version_column)
+    metadata = {**version.lineage(), "partition": partition, "input": reader.where, **(extra_metadata or {})}
+    workers = max(1, int(getattr(scorer, "concurrency", 1)))
+    in_flight: queue.Queue[_Chunk | None] = queue.Queue(maxsize=queue_depth or 2 * workers + 2)
+    summary = ScoreSummary()
+    writer = AtomicPartitionWriter(dest, partition, plan.output_schema, metadata)
+    failure: list[BaseException] = []
+    chunks = 0
+
+    def write_in_order() -> None:
+        try:
+            while (chunk := in_flight.get()) is not None:
+                try:
+                    predictions = chunk.predictions.result()
+                except MlAssetsError as exc:
+                    msg = f"{plan.where}, chunk {chunk.index} ({chunk.rows}): {exc}"
+                    raise type(exc)(msg) from exc
+                except Exception as exc:  # a runtime's own error type: keep it, name the chunk
+                    msg = f"{plan.where}, chunk {chunk.index} ({chunk.rows}): {version.describe()} failed: {exc}"
+                    raise ScoringError(msg) from exc
+                if predictions.schema != scorer.output_schema:
+                    predictions = _conform(predictions, scorer.output_schema, plan, chunk)
+                out = plan.output_batch(chunk, predictions)
+                writer.write(out)
+                summary.update(predictions)
+                if on_progress is not None:
+                    on_progress(Progress(chunk.index + 1, writer.rows, reader.num_rows))
+        except BaseException as exc:
+            failure.append(exc)
+            _drain(in_flight)
+
+    def put(chunk: _Chunk | None) -> None:
+        while not failure:
+            try:
+                in_flight.put(chunk, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    write_thread = threading.Thread(target=write_in_order, name="ml-assets-writer", daemon=True)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ml-assets-score")
+    committed = False
+    try:
+        write_thread.start()
+        first_row = 0
+        try:
+            for batch in reader.batches(plan.read_columns, chunk_rows):
+                if failure:
+                    break
+                features = plan.features(batch, chunks, first_row)
+                future = pool.submit(scorer.score, features)
+                put(_Chunk(chunks, first_row, batch.num_rows, plan.passthrough_batch(batch), future))
+                chunks += 1
+                first_row += batch.num_rows
+        except (pa.ArrowInvalid, OSError) as exc:
+            msg = f"{plan.where}: reading chunk {chunks} (from row {first_row}) failed: {exc}"
+            raise DatasetError(msg) from exc
+        finally:
+            put(None)
+            write_thread.join()
+        if failure:
+            raise failure[0]
+        if writer.rows != reader.num_rows:
+            msg = f"{plan.where}: wrote {writer.rows} rows but the partition has {reader.num_rows}"
+            raise ScoringError(msg)
+        output_uri = writer.commit()
+        committed = True
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if not committed:
+            writer.abort()
+    return ScoringResult(
+        version=version,
+        partition=partition,
+        output_uri=output_uri,
+        rows_in=reader.num_rows,
+        rows_out=writer.rows,
+        seconds=time.perf_counter() - started,
+        chunks=chunks,
+        summary=summary,
+    )
+
+
+def _conform(predictions: pa.RecordBatch, schema: pa.Schema, plan: _Plan, chunk: _Chunk) -> pa.RecordBatch:
+    if predictions.schema.names != schema.names:
+        msg = (
+            f"{plan.where}, chunk {chunk.index} ({chunk.rows}): {plan.version.describe()} returned columns "
+            f"{predictions.schema.names}; expected {schema.names}"
+        )
+        raise ScoringError(msg)
+    try:
+        return predictions.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        msg = f"{plan.where}, chunk {chunk.index} ({chunk.rows}): predictions do not fit {schema}: {exc}"
+        raise ScoringError(msg) from exc
+
+
+def _drain(q: queue.Queue[Any]) -> None:
+    """Empty the queue so a producer blocked on put() wakes up and sees the failure."""
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return

@@ -1,0 +1,130 @@
+"""Streaming summaries of prediction columns, collected chunk by chunk while scoring.
+
+Never re-reads the output: count, nulls/NaNs, mean, standard deviation, min, max, and a
+fixed-bin histogram for columns whose values are probabilities.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+HISTOGRAM_BINS = 10
+
+
+@dataclass
+class ColumnSummary:
+    count: int = 0
+    nulls: int = 0
+    nans: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+    minimum: float = math.inf
+    maximum: float = -math.inf
+    histogram: np.ndarray | None = None  # counts over [0, 1] in HISTOGRAM_BINS bins
+
+    def update(self, column: pa.Array, *, probability: bool) -> None:
+        self.nulls += column.null_count
+        values = column.drop_null().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+        self.nans += len(values) - len(finite)
+        self.count += len(finite)
+        if len(finite):
+            self.total += float(finite.sum())
+            self.total_sq += float(np.dot(finite, finite))
+            self.minimum = min(self.minimum, float(finite.min()))
+            self.maximum = max(self.maximum, float(finite.max()))
+        if probability:
+            counts, _ = np.histogram(finite, bins=HISTOGRAM_BINS, range=(0.0, 1.0))
+            self.histogram = counts if self.histogram is None else self.histogram + counts
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.count if self.count else None
+
+    @property
+    def std(self) -> float | None:
+        if not self.count:
+            return None
+        mean = self.total / self.count
+        return math.sqrt(max(self.total_sq / self.count - mean * mean, 0.0))
+
+    def as_dict(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {
+            "count": self.count,
+            "nulls": self.nulls,
+            "nans": self.nans,
+            "mean": self.mean,
+            "std": self.std,
+            "min": self.minimum if self.count else None,
+            "max": self.maximum if self.count else None,
+        }
+        if self.histogram is not None:
+            facts["histogram"] = [int(c) for c in self.histogram]
+        return facts
+
+
+@dataclass
+class ScoreSummary:
+    """Per prediction column; numeric columns get statistics, label columns get value counts."""
+
+    columns: dict[str, ColumnSummary] = field(default_factory=dict)
+    value_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    MAX_DISTINCT = 50
+
+    def update(self, predictions: pa.RecordBatch) -> None:
+        for name, column in zip(predictions.schema.names, predictions.columns):
+            kind = column.type
+            if pa.types.is_floating(kind) or (pa.types.is_integer(kind) and not _looks_like_label(name)):
+                probability = pa.types.is_floating(kind) and name.startswith("probability")
+                self.columns.setdefault(name, ColumnSummary()).update(column, probability=probability)
+            elif pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_boolean(kind):
+                counts = self.value_counts.setdefault(name, {})
+                if len(counts) > self.MAX_DISTINCT:
+                    continue
+                for entry in pc.value_counts(column).to_pylist():
+                    key = str(entry["values"])
+                    counts[key] = counts.get(key, 0) + entry["counts"]
+
+    def as_dict(self) -> dict[str, Any]:
+        summary: dict[str, Any] = {name: s.as_dict() for name, s in self.columns.items()}
+        for name, counts in self.value_counts.items():
+            summary[name] = {"value_counts": dict(sorted(counts.items(), key=lambda kv: -kv[1])[: self.MAX_DISTINCT])}
+        return summary
+
+    def as_markdown(self) -> str:
+        """A table a person reads at a glance in the Dagster UI."""
+        lines = [
+            "| column | count | nulls/NaN | mean | std | min | max | histogram [0,1] |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, s in self.columns.items():
+            bars = _sparkline(s.histogram) if s.histogram is not None else ""
+            lines.append(
+                f"| {name} | {s.count:,} | {s.nulls + s.nans:,} | {_fmt(s.mean)} | {_fmt(s.std)} | "
+                f"{_fmt(s.minimum if s.count else None)} | {_fmt(s.maximum if s.count else None)} | {bars} |"
+            )
+        for name, counts in self.value_counts.items():
+            top = ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:5])
+            lines.append(f"| {name} | {sum(counts.values()):,} | | | | | | {top} |")
+        return "\n".join(lines)
+
+
+def _looks_like_label(name: str) -> bool:
+    return name in ("label", "predict", "prediction", "class") or name.endswith("_label")
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
+def _sparkline(counts: np.ndarray) -> str:
+    blocks = " ▁▂▃▄▅▆▇█"
+    top = counts.max() or 1
+    return "".join(blocks[round(8 * c / top)] for c in counts)
