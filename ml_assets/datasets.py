@@ -4,6 +4,7 @@ and writing a partition's output so that readers see the old file or the new one
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import string
@@ -183,15 +184,12 @@ class AtomicPartitionWriter:
         return self.uri
 
     def abort(self) -> None:
+        # Closing may fail again after a failed write; the temporary file goes either way.
         for close in (self._writer.close, self._stream.close):
-            try:
+            with contextlib.suppress(OSError, pa.ArrowException):
                 close()
-            except (OSError, pa.ArrowException):
-                pass  # already failed; the temporary file is removed below either way
-        try:
+        with contextlib.suppress(OSError):
             self.filesystem.delete_file(self.temp_path)
-        except (FileNotFoundError, OSError):
-            pass
 
 
 def read_lineage(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:

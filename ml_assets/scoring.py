@@ -120,7 +120,8 @@ class _Plan:
                 if name == reader.dataset.partition_column and reader.partition is not None:
                     self.constants[name] = reader.partition
                     continue
-                msg = f"{self.where}: passthrough column {name!r} is not in the data; the data has: {', '.join(data.names)}"
+                have = ", ".join(data.names)
+                msg = f"{self.where}: passthrough column {name!r} is not in the data; the data has: {have}"
                 raise SchemaMismatchError(msg)
         self.passthrough = [n for n in passthrough if n not in self.constants]
         self.read_columns = list(dict.fromkeys([*self.inputs.names, *self.passthrough]))
@@ -153,7 +154,10 @@ class _Plan:
                 try:
                     column = pc.cast(column, f.type, safe=True)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                    msg = f"{self.where}, {rows}: column {f.name!r} ({column.type}) cannot be cast safely to {f.type}: {exc}"
+                    msg = (
+                        f"{self.where}, {rows}: column {f.name!r} ({column.type}) cannot be cast safely "
+                        f"to {f.type}: {exc}"
+                    )
                     raise SchemaMismatchError(msg) from None
             columns.append(column)
         return pa.RecordBatch.from_arrays(columns, schema=self.inputs)
@@ -241,7 +245,7 @@ def score_partition(
                 summary.update(predictions)
                 if on_progress is not None:
                     on_progress(Progress(chunk.index + 1, writer.rows, reader.num_rows))
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 -- handed to the calling thread, which re-raises it
             failure.append(exc)
             _drain(in_flight)
 

@@ -79,7 +79,7 @@ class ScoreSummary:
     MAX_DISTINCT = 50
 
     def update(self, predictions: pa.RecordBatch) -> None:
-        for name, column in zip(predictions.schema.names, predictions.columns):
+        for name, column in zip(predictions.schema.names, predictions.columns, strict=True):
             kind = column.type
             if pa.types.is_floating(kind) or (pa.types.is_integer(kind) and not _looks_like_label(name)):
                 probability = pa.types.is_floating(kind) and name.startswith("probability")

@@ -190,7 +190,7 @@ class OnnxScorer:
                 matrix[:, j] = column.to_numpy(zero_copy_only=False)
             return {self._inputs[0].name: matrix}
         feeds = {}
-        for node, column in zip(self._inputs, batch.columns):
+        for node, column in zip(self._inputs, batch.columns, strict=True):
             values = column.to_numpy(zero_copy_only=False)  # a view when there are no nulls
             feeds[node.name] = values.reshape(-1, 1) if len(node.shape) == 2 else values
         return feeds
@@ -209,7 +209,7 @@ class OnnxScorer:
         names = self._output_names if keep is None else self._needed
         results = self.session.run(names, self._feeds(batch))
         columns: dict[str, pa.Array] = {}
-        for name, value in zip(names, results):
+        for name, value in zip(names, results, strict=True):
             if isinstance(value, list):  # a sequence output we could not cut off (e.g. nested maps)
                 msg = (
                     f"{self.version.describe()}: output {name!r} is a sequence of maps; only tensor outputs are scored"
