@@ -1,0 +1,125 @@
+"""Shared fixtures: a real MLflow registry in a SQLite file with real ONNX models, and real
+hive-partitioned Parquet data. Built once per test session; every test gets its own output folder.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ml_assets.demo import FEATURES, make_transactions, register_onnx_model, to_onnx_classifier, write_partitioned
+
+DATES = ["2026-11-01", "2026-11-02", "2026-11-03"]
+ROWS_PER_DAY = 20_000
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Artifact cache and MLflow state of this session only; the venv's bin on PATH for subprocesses."""
+    saved = dict(os.environ)
+    os.environ["ML_ASSETS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@dataclass(frozen=True)
+class Models:
+    tracking_uri: str
+    root: Path
+    lr: object
+    rf: object
+    train_x: np.ndarray
+    lr_onnx: Path
+    rf_onnx: Path
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
+    """``fraud`` v1: logistic regression, zipmap off, @champion, Production.
+    ``fraud`` v2: random forest, zipmap on, @challenger, Staging. Both logged with a column signature."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    root = tmp_path_factory.mktemp("mlflow")
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    train = make_transactions(5_000, seed=0)
+    x = np.column_stack([train[c].to_numpy() for c in FEATURES])
+    y = train["is_fraud"].to_numpy()
+    lr = LogisticRegression(max_iter=500).fit(x, y)
+    rf = RandomForestClassifier(n_estimators=10, max_depth=6, random_state=0).fit(x, y)
+    lr_onnx, rf_onnx = to_onnx_classifier(lr, len(FEATURES)), to_onnx_classifier(rf, len(FEATURES), zipmap=True)
+    (root / "lr.onnx").write_bytes(lr_onnx.SerializeToString())
+    (root / "rf.onnx").write_bytes(rf_onnx.SerializeToString())
+    artifacts = (root / "artifacts").as_uri()
+    register_onnx_model(
+        tracking_uri, "fraud", lr_onnx, FEATURES, artifact_location=artifacts, alias="champion", stage="Production"
+    )
+    register_onnx_model(
+        tracking_uri, "fraud", rf_onnx, FEATURES, artifact_location=artifacts, alias="challenger", stage="Staging"
+    )
+    return Models(tracking_uri, root, lr, rf, x, root / "lr.onnx", root / "rf.onnx")
+
+
+@pytest.fixture(scope="session")
+def transactions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three daily hive partitions of 20k rows each, row groups of 8k rows."""
+    root = tmp_path_factory.mktemp("data") / "transactions"
+    write_partitioned(
+        lambda day: make_transactions(ROWS_PER_DAY, seed=DATES.index(day) + 1), root, DATES, row_group_rows=8_192
+    )
+    return root
+
+
+def features_of(table: pa.Table) -> np.ndarray:
+    return np.column_stack([table[c].to_numpy() for c in FEATURES]).astype(np.float32)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            msg = f"server exited with {process.returncode} before listening on {port}"
+            raise RuntimeError(msg)
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    msg = f"nothing listened on 127.0.0.1:{port} within {timeout_s}s"
+    raise TimeoutError(msg)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[dict[str, str]]:
+    """A real S3-compatible server (moto's server mode) on loopback; yields s3fs storage options."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process)
+        yield {"endpoint_url": f"http://127.0.0.1:{port}", "key": "testing", "secret": "testing"}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
