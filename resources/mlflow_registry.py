@@ -127,7 +127,7 @@ class MlflowRegistry:
                     registry_uri=self.registry_uri,
                 )
             except Exception as exc:  # MLflow raises many kinds; all mean the same here
-                msg = f"{version.describe()}: cannot download {_redact(version.artifact_uri)}: {exc}"
+                msg = f"{version.describe()}: cannot download {_redact(version.artifact_uri)}: {_shorten(str(exc))}"
                 raise ArtifactError(msg) from exc
             _flatten_single_folder(dest)
 
@@ -254,7 +254,7 @@ class MlflowRegistry:
                 return Model.load(local)
             except Exception as exc:  # a version without an MLmodel file is not an MLflow model
                 msg = (
-                    f"model {mv.name!r} version {mv.version}: cannot read its MLmodel at {_redact(artifact_uri)}: {exc}"
+                    f"model {mv.name!r} version {mv.version}: cannot read its MLmodel at {_redact(artifact_uri)}: {_shorten(str(exc))}"
                 )
                 raise ArtifactError(msg) from exc
 
@@ -302,5 +302,6 @@ def _flatten_single_folder(dest: Path) -> None:
 
 
 def _shorten(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
+    """One line, credentials removed: library errors quote the URLs they failed on."""
+    text = _CREDENTIALS.sub("//***@", " ".join(text.split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."

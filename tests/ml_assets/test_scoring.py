@@ -1,0 +1,276 @@
+"""The streaming core on real Parquet with real ONNX models: results, lineage, bad input, atomicity."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ml_assets.datasets import OUTPUT_FILE, ParquetDataset, read_lineage
+from ml_assets.demo import FEATURES
+from ml_assets.scoring import score_partition
+from resources.errors import DatasetError, SchemaMismatchError, ScoringError
+from resources.mlflow_registry import MlflowRegistry
+from resources.models import ModelVersion
+from resources.onnx_runtime import OnnxRuntime
+from tests.conftest import ROWS_PER_DAY, features_of
+
+
+@pytest.fixture(scope="module")
+def champion(models):
+    registry = MlflowRegistry(models.tracking_uri)
+    version = registry.resolve("models:/fraud@champion")
+    return version, OnnxRuntime().load(version, registry.fetch(version))
+
+
+def hive(path: Path | str) -> ParquetDataset:
+    return ParquetDataset(str(path), partition_column="date")
+
+
+def copy_partition(transactions: Path, tmp_path: Path, day: str = "2026-11-01") -> Path:
+    root = tmp_path / "in"
+    shutil.copytree(transactions / f"date={day}", root / f"date={day}")
+    return root
+
+
+def test_scores_a_partition_like_onnxruntime(champion, models, transactions, tmp_path):
+    version, scorer = champion
+    result = score_partition(
+        scorer, version, hive(transactions), hive(tmp_path / "out"), partition="2026-11-02",
+        chunk_rows=3_000, passthrough=["transaction_id", "date"], version_column="model_version",
+    )  # fmt: skip
+    assert (result.rows_in, result.rows_out) == (ROWS_PER_DAY, ROWS_PER_DAY)
+    assert result.chunks >= ROWS_PER_DAY // 3_000
+    out = pq.read_table(result.output_uri)
+    assert out.column_names == ["transaction_id", "date", "label", "probability_0", "probability_1", "model_version"]
+    source = pq.read_table(transactions / "date=2026-11-02")
+    np.testing.assert_array_equal(out["transaction_id"].to_numpy(), source["transaction_id"].to_numpy())
+    session = ort.InferenceSession(str(models.lr_onnx))
+    labels, probabilities = session.run(None, {"X": features_of(source)})
+    np.testing.assert_array_equal(out["probability_1"].to_numpy(), probabilities[:, 1])
+    np.testing.assert_array_equal(out["label"].to_numpy(), labels)
+    assert set(out["date"].to_pylist()) == {"2026-11-02"}
+    assert set(out["model_version"].to_pylist()) == {"1"}
+    lineage = read_lineage(result.output_uri)
+    assert (lineage["model_name"], lineage["model_version"], lineage["model_uri"]) == ("fraud", "1", "models:/fraud/1")
+    assert lineage["partition"] == "2026-11-02"
+    stats = result.summary.as_dict()["probability_1"]
+    assert stats["count"] == ROWS_PER_DAY
+    assert stats["mean"] == pytest.approx(float(probabilities[:, 1].mean()), rel=1e-5)
+    assert sum(stats["histogram"]) == ROWS_PER_DAY
+
+
+def test_chunk_size_does_not_change_the_output(champion, transactions, tmp_path):
+    version, scorer = champion
+    small = score_partition(scorer, version, hive(transactions), hive(tmp_path / "a"), partition="2026-11-01", chunk_rows=777)
+    large = score_partition(scorer, version, hive(transactions), hive(tmp_path / "b"), partition="2026-11-01", chunk_rows=1 << 20)
+    assert pq.read_table(small.output_uri).equals(pq.read_table(large.output_uri))
+
+
+def test_parallel_scoring_keeps_order(models, transactions, tmp_path):
+    registry = MlflowRegistry(models.tracking_uri)
+    version = registry.resolve("models:/fraud@challenger")
+    scorer = OnnxRuntime(parallel=3, threads=1).load(version, registry.fetch(version))
+    result = score_partition(
+        scorer, version, hive(transactions), hive(tmp_path / "o"), partition="2026-11-03",
+        chunk_rows=1_000, passthrough=["transaction_id"],
+    )  # fmt: skip
+    out = pq.read_table(result.output_uri)
+    source = pq.read_table(transactions / "date=2026-11-03")
+    np.testing.assert_array_equal(out["transaction_id"].to_numpy(), source["transaction_id"].to_numpy())
+    expected = models.rf.predict_proba(features_of(source))[:, 1]
+    np.testing.assert_allclose(out["probability_1"].to_numpy(), expected, atol=1e-5)
+
+
+def test_rerun_is_idempotent_and_replaces_atomically(champion, transactions, tmp_path):
+    version, scorer = champion
+    first = score_partition(scorer, version, hive(transactions), hive(tmp_path / "o"), partition="2026-11-01")
+    before = pq.read_table(first.output_uri)
+    second = score_partition(scorer, version, hive(transactions), hive(tmp_path / "o"), partition="2026-11-01")
+    assert second.output_uri == first.output_uri
+    assert pq.read_table(second.output_uri).equals(before)
+    assert sorted(p.name for p in Path(first.output_uri).parent.iterdir()) == [OUTPUT_FILE]
+
+
+def test_path_templates_for_input_and_output(champion, transactions, tmp_path):
+    version, scorer = champion
+    (tmp_path / "flat").mkdir()
+    shutil.copy(transactions / "date=2026-11-01" / "part-0.parquet", tmp_path / "flat" / "tx-2026-11-01.parquet")
+    source = ParquetDataset(str(tmp_path / "flat" / "tx-{day}.parquet"), partition_column="day")
+    dest = ParquetDataset(str(tmp_path / "scores" / "{day}" / "fraud.parquet"), partition_column="day")
+    result = score_partition(scorer, version, source, dest, partition="2026-11-01")
+    assert result.output_uri == str(tmp_path / "scores" / "2026-11-01" / "fraud.parquet")
+    assert pq.read_metadata(result.output_uri).num_rows == ROWS_PER_DAY
+
+
+def test_s3_input_and_output_through_s3fs(champion, transactions, s3_server):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server["endpoint_url"]}, key="testing", secret="testing")
+    fs.mkdir("lake")
+    fs.put(str(transactions / "date=2026-11-01" / "part-0.parquet"), "lake/tx/date=2026-11-01/part-0.parquet")
+    options = {"client_kwargs": {"endpoint_url": s3_server["endpoint_url"]}, "key": "testing", "secret": "testing"}
+    version, scorer = champion
+    result = score_partition(
+        scorer, version,
+        ParquetDataset("s3://lake/tx", partition_column="date", storage_options=options),
+        ParquetDataset("s3://lake/scores", partition_column="date", storage_options=options),
+        partition="2026-11-01", passthrough=["transaction_id"],
+    )  # fmt: skip
+    assert result.output_uri == "s3://lake/scores/date=2026-11-01/part-0.parquet"
+    assert fs.ls("lake/scores/date=2026-11-01") == ["lake/scores/date=2026-11-01/part-0.parquet"]
+    assert read_lineage(result.output_uri, options)["model_version"] == "1"
+    with fs.open("lake/scores/date=2026-11-01/part-0.parquet") as f:
+        assert pq.read_metadata(f).num_rows == ROWS_PER_DAY
+
+
+# -- bad input: a clear error naming the partition, chunk, rows and column; nothing written ----------
+
+
+def assert_nothing_written(out: Path) -> None:
+    files = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+    assert files == [], f"left behind: {files}"
+
+
+def rewrite(root: Path, change) -> None:
+    file = next(root.rglob("*.parquet"))
+    pq.write_table(change(pq.read_table(file)), file, row_group_size=4_096)
+
+
+def test_missing_feature_column(champion, transactions, tmp_path):
+    source = copy_partition(transactions, tmp_path)
+    rewrite(source, lambda t: t.drop_columns(["merchant_risk"]))
+    version, scorer = champion
+    with pytest.raises(SchemaMismatchError, match=r"partition date=2026-11-01 .*needs column\(s\) merchant_risk \(float\)"):
+        score_partition(scorer, version, hive(source), hive(tmp_path / "out"), partition="2026-11-01")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_value_that_cannot_be_cast_safely(champion, transactions, tmp_path):
+    source = copy_partition(transactions, tmp_path)
+
+    def poison(t: pa.Table) -> pa.Table:
+        """Amounts in cents as int64; one too large for float32 to hold exactly."""
+        values = np.round(t["amount"].to_numpy() * 100).astype(np.int64)
+        values[10_005] = 2**40 + 1
+        return t.set_column(t.schema.get_field_index("amount"), "amount", pa.array(values))
+
+    rewrite(source, poison)
+    version, scorer = champion
+    with pytest.raises(SchemaMismatchError) as caught:
+        score_partition(scorer, version, hive(source), hive(tmp_path / "out"), partition="2026-11-01", chunk_rows=4_096)
+    message = str(caught.value)
+    assert "chunk 2 (rows 8192-12287)" in message
+    assert "column 'amount' (int64) cannot be cast safely to float" in message
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_type_that_cannot_be_cast_at_all(champion, transactions, tmp_path):
+    source = copy_partition(transactions, tmp_path)
+    rewrite(source, lambda t: t.set_column(t.schema.get_field_index("hour_of_day"), "hour_of_day", pa.array([[1]] * t.num_rows)))
+    version, scorer = champion
+    with pytest.raises(SchemaMismatchError, match=r"column 'hour_of_day' is list<element: int64>; .*expects float"):
+        score_partition(scorer, version, hive(source), hive(tmp_path / "out"), partition="2026-11-01")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_nulls_in_features(champion, transactions, tmp_path):
+    source = copy_partition(transactions, tmp_path)
+
+    def with_null(t: pa.Table) -> pa.Table:
+        values = t["device_score"].to_pylist()
+        values[15_000] = None
+        return t.set_column(t.schema.get_field_index("device_score"), "device_score", pa.array(values, pa.float32()))
+
+    rewrite(source, with_null)
+    version, scorer = champion
+    with pytest.raises(SchemaMismatchError, match=r"chunk 3 \(rows 12288-16383\): column 'device_score' has 1 null\(s\), the first at row 15000"):
+        score_partition(scorer, version, hive(source), hive(tmp_path / "out"), partition="2026-11-01", chunk_rows=4_096)
+    assert_nothing_written(tmp_path / "out")
+    # Asked for, nulls reach the model as missing values (NaN) instead.
+    result = score_partition(scorer, version, hive(source), hive(tmp_path / "out"), partition="2026-11-01", nulls="pass")
+    assert result.rows_out == ROWS_PER_DAY
+
+
+def test_empty_partition(champion, transactions, tmp_path):
+    source = copy_partition(transactions, tmp_path)
+    rewrite(source, lambda t: t.slice(0, 0))
+    version, scorer = champion
+    with pytest.raises(DatasetError, match=r"partition date=2026-11-01 .*is empty \(0 rows in 1 file\(s\)\)"):
+        score_partition(scorer, version, hive(source), hive(tmp_path / "out"), partition="2026-11-01")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_missing_partition(champion, transactions, tmp_path):
+    version, scorer = champion
+    with pytest.raises(DatasetError, match=r"partition date=2030-01-01 .*not found"):
+        score_partition(scorer, version, hive(transactions), hive(tmp_path / "out"), partition="2030-01-01")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_corrupt_parquet_file(champion, transactions, tmp_path):
+    source = copy_partition(transactions, tmp_path)
+    file = next(source.rglob("*.parquet"))
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2] + b"garbage" + data[-100:])
+    version, scorer = champion
+    with pytest.raises(DatasetError, match=r"partition date=2026-11-01 .*(not readable Parquet|cannot open as Parquet).*part-0.parquet"):
+        score_partition(scorer, version, hive(source), hive(tmp_path / "out"), partition="2026-11-01")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_failure_keeps_the_previous_output(champion, transactions, tmp_path):
+    version, scorer = champion
+    good = score_partition(scorer, version, hive(transactions), hive(tmp_path / "out"), partition="2026-11-01")
+    before = Path(good.output_uri).read_bytes()
+    source = copy_partition(transactions, tmp_path)
+    rewrite(source, lambda t: t.drop_columns(["amount"]).append_column("amount", pa.array(["x"] * t.num_rows)))
+    with pytest.raises(SchemaMismatchError):
+        score_partition(scorer, version, hive(source), hive(tmp_path / "out"), partition="2026-11-01")
+    assert Path(good.output_uri).read_bytes() == before
+    assert sorted(p.name for p in Path(good.output_uri).parent.iterdir()) == [OUTPUT_FILE]
+
+
+class _BrokenScorer:
+    """A model that answers the wrong number of rows on its third chunk."""
+
+    concurrency = 1
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, 0
+        self.input_schema, self.output_schema = inner.input_schema, inner.output_schema
+
+    def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        self.calls += 1
+        out = self.inner.score(batch)
+        return out.slice(0, out.num_rows - 1) if self.calls == 3 else out
+
+    def close(self) -> None:
+        pass
+
+
+def test_model_returning_wrong_row_count(champion, transactions, tmp_path):
+    version, scorer = champion
+    with pytest.raises(ScoringError, match=r"chunk 2 \(rows 4000-5999\): model 'fraud' version 1 returned 1999 rows for 2000"):
+        score_partition(
+            _BrokenScorer(scorer), version, hive(transactions), hive(tmp_path / "out"), partition="2026-11-01", chunk_rows=2_000
+        )
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_model_whose_inputs_do_not_match_the_data(models, transactions, tmp_path):
+    from resources.models import ColumnSpec, Signature
+
+    registry = MlflowRegistry(models.tracking_uri)
+    base = registry.resolve("models:/fraud/1")
+    renamed = Signature(inputs=tuple(ColumnSpec(f"feature_{i}", "float") for i in range(len(FEATURES))))
+    version = ModelVersion(**{**base.__dict__, "signature": renamed})
+    scorer = OnnxRuntime().load(version, registry.fetch(version))
+    with pytest.raises(SchemaMismatchError, match=r"model 'fraud' version 1 needs column\(s\) feature_0 \(float\)"):
+        score_partition(scorer, version, hive(transactions), hive(tmp_path / "out"), partition="2026-11-01")
+    assert_nothing_written(tmp_path / "out")

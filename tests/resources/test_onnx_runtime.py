@@ -1,0 +1,133 @@
+"""The ONNX runtime against onnxruntime run directly on the same data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pytest
+from skl2onnx import to_onnx
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.linear_model import LinearRegression, LogisticRegression
+
+from ml_assets.demo import FEATURES, make_transactions
+from resources.errors import SchemaMismatchError
+from resources.models import ColumnSpec, ModelVersion, Signature
+from resources.onnx_runtime import OnnxRuntime
+from resources.plugins import create_runtime
+from tests.conftest import features_of
+
+SIGNATURE = Signature(inputs=tuple(ColumnSpec(c, "float") for c in FEATURES))
+
+
+def version(signature: Signature | None = SIGNATURE) -> ModelVersion:
+    return ModelVersion(name="m", version="1", format="onnx", artifact_uri="file:///m", registry="test", signature=signature)
+
+
+@pytest.fixture(scope="module")
+def table() -> pa.Table:
+    return make_transactions(3_000, seed=7)
+
+
+def reference(path: Path, x: np.ndarray) -> list:
+    session = ort.InferenceSession(str(path))
+    return session.run(None, {session.get_inputs()[0].name: x})
+
+
+def batch_of(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([table[n].combine_chunks() for n in schema.names], schema=schema)
+
+
+def test_classifier_without_zipmap(models, table):
+    scorer = create_runtime("onnx").load(version(), models.lr_onnx)
+    assert scorer.output_schema.names == ["label", "probability_0", "probability_1"]
+    out = scorer.score(batch_of(table, scorer.input_schema))
+    labels, probabilities = reference(models.lr_onnx, features_of(table))
+    np.testing.assert_array_equal(out["label"].to_numpy(), labels)
+    np.testing.assert_array_equal(out["probability_1"].to_numpy(), probabilities[:, 1])
+
+
+def test_classifier_with_zipmap_is_cut_to_a_tensor(models, table):
+    scorer = OnnxRuntime().load(version(), models.rf_onnx)
+    assert scorer.output_schema.names == ["output_label", "probability_0", "probability_1"]
+    assert scorer.output_schema.field("probability_1").type == pa.float32()
+    out = scorer.score(batch_of(table, scorer.input_schema))
+    labels, maps = reference(models.rf_onnx, features_of(table))
+    np.testing.assert_array_equal(out["output_label"].to_numpy(), labels)
+    np.testing.assert_allclose(out["probability_1"].to_numpy(), [m[1] for m in maps], rtol=0, atol=1e-7)
+    sklearn = models.rf.predict_proba(features_of(table))[:, 1]
+    np.testing.assert_allclose(out["probability_1"].to_numpy(), sklearn, atol=1e-5)
+
+
+def test_outputs_can_be_narrowed(models, table):
+    scorer = OnnxRuntime(outputs=["probability_1"]).load(version(), models.lr_onnx)
+    assert scorer.output_schema.names == ["probability_1"]
+    out = scorer.score(batch_of(table, scorer.input_schema))
+    np.testing.assert_array_equal(out["probability_1"].to_numpy(), reference(models.lr_onnx, features_of(table))[1][:, 1])
+    with pytest.raises(SchemaMismatchError, match=r"no output column\(s\) \['score'\]"):
+        OnnxRuntime(outputs=["score"]).load(version(), models.lr_onnx)
+
+
+def test_regressor_and_empty_batch(tmp_path, table):
+    x = features_of(table)
+    target = x @ np.arange(len(FEATURES), dtype=np.float32)
+    model = LinearRegression().fit(x, target)
+    path = tmp_path / "reg.onnx"
+    path.write_bytes(to_onnx(model, initial_types=[("X", FloatTensorType([None, len(FEATURES)]))]).SerializeToString())
+    scorer = OnnxRuntime(threads=1).load(version(), path)
+    assert scorer.output_schema.names == ["variable"]
+    out = scorer.score(batch_of(table, scorer.input_schema))
+    np.testing.assert_array_equal(out["variable"].to_numpy(), reference(path, x)[0][:, 0])
+    empty = scorer.score(batch_of(table.slice(0, 0), scorer.input_schema))
+    assert empty.num_rows == 0
+    assert empty.schema == scorer.output_schema
+
+
+def test_one_input_per_feature_is_mapped_by_name(models, tmp_path, table):
+    """A graph with one named input per column needs no signature, whatever the data's column order."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(models.lr_onnx))
+    graph = model.graph
+    (matrix,) = graph.input
+    graph.input.remove(matrix)
+    graph.input.extend(helper.make_tensor_value_info(c, TensorProto.FLOAT, [None, 1]) for c in FEATURES)
+    graph.node.insert(0, helper.make_node("Concat", FEATURES, [matrix.name], axis=1))
+    path = tmp_path / "named.onnx"
+    path.write_bytes(model.SerializeToString())
+
+    scorer = OnnxRuntime().load(version(signature=None), path)
+    assert scorer.input_schema.names == FEATURES
+    shuffled = table.select(list(reversed(table.column_names)))
+    out = scorer.score(batch_of(shuffled, scorer.input_schema))
+    expected = reference(models.lr_onnx, features_of(table))[1][:, 1]
+    np.testing.assert_array_equal(out["probability_1"].to_numpy(), expected)
+
+
+def test_single_tensor_without_signature_asks_for_features(models):
+    with pytest.raises(SchemaMismatchError, match="runtime option 'features'"):
+        OnnxRuntime().load(version(signature=None), models.lr_onnx)
+    scorer = OnnxRuntime(features=FEATURES).load(version(signature=None), models.lr_onnx)
+    assert scorer.input_schema.names == FEATURES
+
+
+def test_signature_width_mismatch_is_named(models):
+    narrow = Signature(inputs=tuple(ColumnSpec(c, "float") for c in FEATURES[:4]))
+    with pytest.raises(SchemaMismatchError, match=r"takes 10 features per row but 4 columns"):
+        OnnxRuntime().load(version(signature=narrow), models.lr_onnx)
+
+
+def test_concurrent_calls_on_one_session(models, table):
+    from concurrent.futures import ThreadPoolExecutor
+
+    scorer = OnnxRuntime(parallel=2, threads=1).load(version(), models.rf_onnx)
+    assert scorer.concurrency == 2
+    batches = [batch_of(table.slice(i * 500, 500), scorer.input_schema) for i in range(6)]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(scorer.score, batches))
+    serial = [scorer.score(b) for b in batches]
+    for got, want in zip(results, serial, strict=True):
+        assert got.equals(want)
