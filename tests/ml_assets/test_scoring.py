@@ -67,8 +67,12 @@ def test_scores_a_partition_like_onnxruntime(champion, models, transactions, tmp
 
 def test_chunk_size_does_not_change_the_output(champion, transactions, tmp_path):
     version, scorer = champion
-    small = score_partition(scorer, version, hive(transactions), hive(tmp_path / "a"), partition="2026-11-01", chunk_rows=777)
-    large = score_partition(scorer, version, hive(transactions), hive(tmp_path / "b"), partition="2026-11-01", chunk_rows=1 << 20)
+    small = score_partition(
+        scorer, version, hive(transactions), hive(tmp_path / "a"), partition="2026-11-01", chunk_rows=777
+    )
+    large = score_partition(
+        scorer, version, hive(transactions), hive(tmp_path / "b"), partition="2026-11-01", chunk_rows=1 << 20
+    )
     assert pq.read_table(small.output_uri).equals(pq.read_table(large.output_uri))
 
 
@@ -146,7 +150,9 @@ def test_missing_feature_column(champion, transactions, tmp_path):
     source = copy_partition(transactions, tmp_path)
     rewrite(source, lambda t: t.drop_columns(["merchant_risk"]))
     version, scorer = champion
-    with pytest.raises(SchemaMismatchError, match=r"partition date=2026-11-01 .*needs column\(s\) merchant_risk \(float\)"):
+    with pytest.raises(
+        SchemaMismatchError, match=r"partition date=2026-11-01 .*needs column\(s\) merchant_risk \(float\)"
+    ):
         score_partition(scorer, version, hive(source), hive(tmp_path / "out"), partition="2026-11-01")
     assert_nothing_written(tmp_path / "out")
 
@@ -172,7 +178,10 @@ def test_value_that_cannot_be_cast_safely(champion, transactions, tmp_path):
 
 def test_type_that_cannot_be_cast_at_all(champion, transactions, tmp_path):
     source = copy_partition(transactions, tmp_path)
-    rewrite(source, lambda t: t.set_column(t.schema.get_field_index("hour_of_day"), "hour_of_day", pa.array([[1]] * t.num_rows)))
+    rewrite(
+        source,
+        lambda t: t.set_column(t.schema.get_field_index("hour_of_day"), "hour_of_day", pa.array([[1]] * t.num_rows)),
+    )
     version, scorer = champion
     with pytest.raises(SchemaMismatchError, match=r"column 'hour_of_day' is list<element: int64>; .*expects float"):
         score_partition(scorer, version, hive(source), hive(tmp_path / "out"), partition="2026-11-01")
@@ -189,11 +198,16 @@ def test_nulls_in_features(champion, transactions, tmp_path):
 
     rewrite(source, with_null)
     version, scorer = champion
-    with pytest.raises(SchemaMismatchError, match=r"chunk 3 \(rows 12288-16383\): column 'device_score' has 1 null\(s\), the first at row 15000"):
+    with pytest.raises(
+        SchemaMismatchError,
+        match=r"chunk 3 \(rows 12288-16383\): column 'device_score' has 1 null\(s\), the first at row 15000",
+    ):
         score_partition(scorer, version, hive(source), hive(tmp_path / "out"), partition="2026-11-01", chunk_rows=4_096)
     assert_nothing_written(tmp_path / "out")
     # Asked for, nulls reach the model as missing values (NaN) instead.
-    result = score_partition(scorer, version, hive(source), hive(tmp_path / "out"), partition="2026-11-01", nulls="pass")
+    result = score_partition(
+        scorer, version, hive(source), hive(tmp_path / "out"), partition="2026-11-01", nulls="pass"
+    )
     assert result.rows_out == ROWS_PER_DAY
 
 
@@ -219,7 +233,9 @@ def test_corrupt_parquet_file(champion, transactions, tmp_path):
     data = file.read_bytes()
     file.write_bytes(data[: len(data) // 2] + b"garbage" + data[-100:])
     version, scorer = champion
-    with pytest.raises(DatasetError, match=r"partition date=2026-11-01 .*(not readable Parquet|cannot open as Parquet).*part-0.parquet"):
+    with pytest.raises(
+        DatasetError, match=r"partition date=2026-11-01 .*(not readable Parquet|cannot open as Parquet).*part-0.parquet"
+    ):
         score_partition(scorer, version, hive(source), hive(tmp_path / "out"), partition="2026-11-01")
     assert_nothing_written(tmp_path / "out")
 
@@ -256,9 +272,16 @@ class _BrokenScorer:
 
 def test_model_returning_wrong_row_count(champion, transactions, tmp_path):
     version, scorer = champion
-    with pytest.raises(ScoringError, match=r"chunk 2 \(rows 4000-5999\): model 'fraud' version 1 returned 1999 rows for 2000"):
+    with pytest.raises(
+        ScoringError, match=r"chunk 2 \(rows 4000-5999\): model 'fraud' version 1 returned 1999 rows for 2000"
+    ):
         score_partition(
-            _BrokenScorer(scorer), version, hive(transactions), hive(tmp_path / "out"), partition="2026-11-01", chunk_rows=2_000
+            _BrokenScorer(scorer),
+            version,
+            hive(transactions),
+            hive(tmp_path / "out"),
+            partition="2026-11-01",
+            chunk_rows=2_000,
         )
     assert_nothing_written(tmp_path / "out")
 

@@ -113,7 +113,9 @@ def _fetch_in_process(tracking_uri: str, cache_dir: str, queue: multiprocessing.
 def test_concurrent_fetches_from_several_processes_agree(models, tmp_path):
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    workers = [ctx.Process(target=_fetch_in_process, args=(models.tracking_uri, str(tmp_path), queue)) for _ in range(3)]
+    workers = [
+        ctx.Process(target=_fetch_in_process, args=(models.tracking_uri, str(tmp_path), queue)) for _ in range(3)
+    ]
     for w in workers:
         w.start()
     paths = {queue.get(timeout=120) for _ in workers}

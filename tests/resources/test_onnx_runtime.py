@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
-from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.linear_model import LinearRegression
 
 from ml_assets.demo import FEATURES, make_transactions
 from resources.errors import SchemaMismatchError
@@ -23,7 +23,9 @@ SIGNATURE = Signature(inputs=tuple(ColumnSpec(c, "float") for c in FEATURES))
 
 
 def version(signature: Signature | None = SIGNATURE) -> ModelVersion:
-    return ModelVersion(name="m", version="1", format="onnx", artifact_uri="file:///m", registry="test", signature=signature)
+    return ModelVersion(
+        name="m", version="1", format="onnx", artifact_uri="file:///m", registry="test", signature=signature
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,9 @@ def test_outputs_can_be_narrowed(models, table):
     scorer = OnnxRuntime(outputs=["probability_1"]).load(version(), models.lr_onnx)
     assert scorer.output_schema.names == ["probability_1"]
     out = scorer.score(batch_of(table, scorer.input_schema))
-    np.testing.assert_array_equal(out["probability_1"].to_numpy(), reference(models.lr_onnx, features_of(table))[1][:, 1])
+    np.testing.assert_array_equal(
+        out["probability_1"].to_numpy(), reference(models.lr_onnx, features_of(table))[1][:, 1]
+    )
     with pytest.raises(SchemaMismatchError, match=r"no output column\(s\) \['score'\]"):
         OnnxRuntime(outputs=["score"]).load(version(), models.lr_onnx)
 

@@ -1,0 +1,112 @@
+"""The ``ml-assets`` command as a user runs it: a subprocess. Includes the kill-mid-write test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from ml_assets.datasets import TEMP_PREFIX, read_lineage
+from ml_assets.demo import make_transactions, write_partitioned
+from tests.conftest import ROWS_PER_DAY, VENV_BIN, features_of
+
+CLI = str(Path(VENV_BIN) / "ml-assets")
+
+
+def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_score_a_partition(models, transactions, tmp_path):
+    out = tmp_path / "scores"
+    done = run_cli(
+        "score", "models:/fraud@champion", str(transactions), str(out),
+        "--partition", "date=2026-11-03", "--passthrough", "transaction_id,customer_id",
+        "--chunk-rows", "4096", "--registry-uri", models.tracking_uri,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "model fraud version 1 (models:/fraud/1)" in done.stdout
+    assert f"rows: {ROWS_PER_DAY:,}" in done.stdout
+    assert "rows/s:" in done.stdout
+    file = out / "date=2026-11-03" / "part-0.parquet"
+    assert f"output: {file}" in done.stdout
+    table = pq.read_table(file)
+    source = pq.read_table(transactions / "date=2026-11-03")
+    np.testing.assert_allclose(
+        table["probability_1"].to_numpy(), models.lr.predict_proba(features_of(source))[:, 1], atol=1e-5
+    )
+    assert table.column_names[:2] == ["transaction_id", "customer_id"]
+
+
+def test_errors_are_one_clear_line(models, transactions, tmp_path):
+    done = run_cli(
+        "score", "models:/fraud@gone", str(transactions), str(tmp_path / "o"), "--registry-uri", models.tracking_uri
+    )
+    assert done.returncode == 1
+    assert "Error: model 'fraud'" in done.stderr
+    assert "no alias 'gone'" in done.stderr
+    assert "Traceback" not in done.stderr
+    bad = run_cli(
+        "score", "models:/fraud@champion", str(transactions), str(tmp_path / "o"), "--partition", "2026-11-01"
+    )
+    assert bad.returncode == 2
+    assert "expected KEY=VALUE" in bad.stderr
+
+
+@pytest.mark.slow
+def test_killed_mid_write_leaves_nothing_at_the_final_path(models, tmp_path):
+    """SIGKILL while the output is half written: the final path keeps its previous content (or stays absent)."""
+    data = tmp_path / "big"
+    write_partitioned(lambda day: make_transactions(1_500_000, seed=5), data, ["2026-11-05"])
+    out = tmp_path / "scores"
+    folder = out / "date=2026-11-05"
+    args = [
+        "score", "models:/fraud@challenger", str(data), str(out), "--partition", "date=2026-11-05",
+        "--chunk-rows", "2000", "--registry-uri", models.tracking_uri, "--quiet",
+    ]  # fmt: skip
+
+    def kill_when_half_written() -> None:
+        process = subprocess.Popen([CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + 120
+        try:
+            while time.monotonic() < deadline:
+                temps = list(folder.glob(f"{TEMP_PREFIX}*")) if folder.exists() else []
+                if temps and temps[0].stat().st_size > 1_000_000:  # at least one row group written
+                    break
+                assert process.poll() is None, "the scoring finished before it could be killed; make the data larger"
+                time.sleep(0.02)
+            else:
+                pytest.fail("no partial output appeared within 120s")
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+    kill_when_half_written()
+    assert not (folder / "part-0.parquet").exists()
+
+    # A previous output survives a killed re-run untouched.
+    done = run_cli(*args, timeout=600)
+    assert done.returncode == 0, done.stderr
+    before = (folder / "part-0.parquet").read_bytes()
+    kill_when_half_written()
+    assert (folder / "part-0.parquet").read_bytes() == before
+    assert read_lineage(str(folder / "part-0.parquet"))["model_version"] == "2"
+    # Readers skip the leftover temporary file: the dataset is still exactly the committed output.
+    assert pq.read_table(folder).num_rows == 1_500_000
+
+
+def test_importing_the_package_loads_no_heavy_dependency():
+    code = (
+        "import sys, ml_assets.assets, ml_assets.scoring, ml_assets.cli, resources, resources.dagster_resources, sensors;"
+        "heavy = [m for m in ('mlflow', 'onnxruntime', 'onnx', 's3fs', 'sklearn', 'pypmml', 'h2o') if m in sys.modules];"
+        "print(heavy)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
