@@ -12,6 +12,12 @@ Here the model is loaded with pypmml's jars (``pypmml/jars``) into the JVM share
 (string fields), and ``mlassets.PmmlBatchScorer`` builds the same ``Series`` pmml4s builds from
 JSON and calls the same ``Model.predict`` per row, on ``threads`` Java threads.
 
+That still leaves pmml4s's ~28k rows/s per core. For tree ensembles (the rf of BENCHMARKS.md
+and most PMML that tools write) the ``compiled`` engine walks the trees flattened into arrays
+(``resources._pmml_trees``, ``mlassets.TreeEnsembleScorer``), after checking at load time that it
+gives bit-identical outputs to pmml4s on rows placed on, beside and between every split value;
+rows with missing values are still scored by pmml4s, which owns the missing-value strategies.
+
 Inputs are the model's used fields (MiningSchema active fields, with DataDictionary types);
 outputs are the model's output fields (the PMML ``Output`` element, else pmml4s's defaults
 from the target). Missing values (nulls, NaN) reach pmml4s as missing, as JSON ``null`` does.
@@ -20,9 +26,12 @@ from the target). Missing values (nulls, NaN) reach pmml4s as missing, as JSON `
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import threading
+import warnings
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +42,7 @@ from resources._common import empty_batch, find_model_file, resolve_parallelism
 from resources.errors import ModelLoadError, SchemaMismatchError, ScoringError
 from resources.models import ModelVersion
 
+logger = logging.getLogger(__name__)
 _HELPERS = ("RowSlices", "PmmlBatchScorer")
 _NUMERIC = {
     "double": pa.float64(),
@@ -62,11 +72,22 @@ def pmml_jars(configured: str | os.PathLike[str] | None = None) -> list[Path]:
 
 
 class PmmlScorer:
-    def __init__(self, version: ModelVersion, pmml_path: Path, *, threads: int, jars_dir: str | None) -> None:
+    def __init__(
+        self,
+        version: ModelVersion,
+        pmml_path: Path,
+        *,
+        threads: int,
+        jars_dir: str | None,
+        engine: Literal["auto", "pmml4s", "compiled"] = "auto",
+        verify_rows: int = 4096,
+    ) -> None:
         self.version = version
+        self.engine = "pmml4s"
+        self._forest: Any = None
         self.concurrency = 1  # the JVM side spreads each batch over `threads` model copies
         self._lock = threading.Lock()
-        scorer_class = _jvm.helper_class("PmmlBatchScorer", _HELPERS, pmml_jars(jars_dir))
+        scorer_class = _jvm.helper_class("PmmlBatchScorer", (*_HELPERS, "TreeEnsembleScorer"), pmml_jars(jars_dir))
         try:
             self._java = scorer_class(str(pmml_path), threads)
         except Exception as exc:
@@ -101,6 +122,58 @@ class PmmlScorer:
                 for name, numeric in zip(out_names, self._numeric_out, strict=True)
             ]
         )
+        self._jars = pmml_jars(jars_dir)
+        if engine != "pmml4s":
+            self._try_compiled(pmml_path, threads=threads, required=engine == "compiled", verify_rows=verify_rows)
+
+    def _try_compiled(self, pmml_path: Path, *, threads: int, required: bool, verify_rows: int) -> None:
+        """Use the flattened tree evaluator when the PMML fits it and it agrees exactly with pmml4s."""
+        from resources._pmml_trees import Unsupported, flatten
+
+        try:
+            if any(kind != 0 for kind in self._kinds):
+                raise Unsupported("string inputs")
+            if not all(self._numeric_out):
+                raise Unsupported("string outputs")
+            forest = flatten(pmml_path, self._input_schema.names, self._output_schema.names)
+        except Unsupported as exc:
+            if required:
+                msg = f"{self.version.describe()}: engine='compiled' cannot evaluate this PMML: {exc}"
+                raise ModelLoadError(msg) from exc
+            logger.info("%s: scored by pmml4s alone (%s)", self.version.describe(), exc)
+            return
+        jpype = _jvm.ensure_jvm()
+        forest_class = _jvm.helper_class("TreeEnsembleScorer", (*_HELPERS, "TreeEnsembleScorer"), self._jars)
+        self._forest = forest_class(
+            jpype.JArray(jpype.JInt)(forest.field),
+            jpype.JArray(jpype.JByte)(forest.op),
+            jpype.JArray(jpype.JDouble)(forest.value),
+            jpype.JArray(jpype.JInt)(forest.first_child),
+            jpype.JArray(jpype.JInt)(forest.next_sibling),
+            jpype.JArray(jpype.JInt)(forest.dist),
+            jpype.JArray(jpype.JDouble)(forest.probs),
+            jpype.JArray(jpype.JInt)(forest.roots),
+            forest.n_classes,
+            len(self._kinds),
+            forest.average,
+            threads,
+        )
+        self._forest_meta = forest
+        sample = verification_batch(self._input_schema, forest, rows=verify_rows)
+        ours, theirs = self._score_compiled(sample), self._score_pmml4s(sample)
+        same = all(
+            np.array_equal(a.to_numpy(zero_copy_only=False), b.to_numpy(zero_copy_only=False), equal_nan=True)
+            for a, b in zip(ours.columns, theirs.columns, strict=True)
+        )
+        if not same:
+            self._forest.close()
+            self._forest = None
+            msg = f"{self.version.describe()}: the compiled tree evaluator disagrees with pmml4s on verification rows"
+            if required:
+                raise ModelLoadError(msg)
+            warnings.warn(msg + "; scoring with pmml4s", stacklevel=3)
+            return
+        self.engine = "compiled"
 
     @property
     def input_schema(self) -> pa.Schema:
@@ -137,9 +210,36 @@ class PmmlScorer:
             )
             raise SchemaMismatchError(msg)
         batch = batch.select(self._input_schema.names)
-        n = batch.num_rows
-        if n == 0:
+        if batch.num_rows == 0:
             return empty_batch(self._output_schema)
+        if self._forest is not None:
+            return self._score_compiled(batch)
+        return self._score_pmml4s(batch)
+
+    def _score_compiled(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        n = batch.num_rows
+        numeric, _, _ = self._columns(batch)
+        jpype = _jvm.ensure_jvm()
+        try:
+            with self._lock:
+                flat = self._forest.score(jpype.JArray(jpype.JDouble)(numeric.ravel()), n)
+                probs = np.asarray(memoryview(flat), dtype=np.float64).reshape(n, self._forest_meta.n_classes)
+        except Exception as exc:
+            reason = _jvm.java_error_message(exc)
+            msg = f"{self.version.describe()}: the tree evaluator failed on a batch of {n} rows: {reason}"
+            raise ScoringError(msg) from exc
+        outputs = np.stack([probs[:, k] for k in self._forest_meta.output_class_index])
+        # Rows with missing inputs (or a tree ending on a node with no true child) go to pmml4s.
+        deferred = np.flatnonzero(np.isnan(probs).any(axis=1))
+        if deferred.size:
+            rest = self._score_pmml4s(batch.take(pa.array(deferred)))
+            for k, column in enumerate(rest.columns):
+                outputs[k, deferred] = column.to_numpy(zero_copy_only=False)
+        arrays = [pa.array(outputs[k], mask=np.isnan(outputs[k])) for k in range(outputs.shape[0])]
+        return pa.RecordBatch.from_arrays(arrays, schema=self._output_schema)
+
+    def _score_pmml4s(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        n = batch.num_rows
         numeric, codes, dictionary = self._columns(batch)
         jpype = _jvm.ensure_jvm()
         try:
@@ -173,25 +273,79 @@ class PmmlScorer:
         return pa.RecordBatch.from_arrays(arrays, schema=self._output_schema)
 
     def close(self) -> None:
-        java, self._java = getattr(self, "_java", None), None
-        if java is not None:
-            java.close()
+        for attr in ("_java", "_forest"):
+            java = getattr(self, attr, None)
+            setattr(self, attr, None)
+            if java is not None:
+                java.close()
+
+
+def verification_batch(schema: pa.Schema, forest: Any, *, rows: int, seed: int = 0) -> pa.RecordBatch:
+    """Rows that sit on, just beside and between the trees' split values, for each input."""
+    rng = np.random.default_rng(seed)
+    columns = []
+    for j, field in enumerate(schema):
+        thresholds = forest.value[(forest.field == j) & (forest.op >= 2)]
+        if thresholds.size == 0:
+            thresholds = np.zeros(1)
+        pick = rng.choice(thresholds, size=rows)
+        mode = rng.integers(0, 6, size=rows)
+        spread = float(np.std(thresholds)) or 1.0
+        values = np.select(
+            [mode == 0, mode == 1, mode == 2, mode == 3, mode == 4],
+            [
+                pick,
+                np.nextafter(pick, np.inf),
+                np.nextafter(pick, -np.inf),
+                pick.astype(np.float32).astype(np.float64),
+                pick + rng.normal(0, spread * 0.01, rows),
+            ],
+            rng.normal(float(np.mean(thresholds)), spread * 1.5, rows),
+        )
+        if pa.types.is_integer(field.type):
+            values = np.round(values)
+        columns.append(pa.array(values).cast(field.type, safe=False))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
 class PmmlRuntime:
     """Scores PMML files in-process with pmml4s, the evaluator pypmml wraps.
 
-    Options: ``threads`` (JVM scoring threads, each with its own copy of the model; default
-    the cores available), ``jars_dir`` (a folder of pmml4s jars instead of pypmml's).
+    Options: ``threads`` (JVM scoring threads; default the cores available); ``engine``:
+    ``"pmml4s"`` evaluates every row with pmml4s (one model copy per thread), ``"compiled"``
+    walks the PMML's trees flattened into arrays (tree ensembles only; rows with missing
+    values still go to pmml4s) after checking on ``verify_rows`` rows placed on the split
+    values that it agrees exactly with pmml4s, ``"auto"`` (default) uses ``"compiled"`` where
+    the PMML fits it and the check passes, pmml4s otherwise; ``jars_dir`` (a folder of pmml4s
+    jars instead of pypmml's).
     """
 
-    def __init__(self, *, threads: int | None = None, jars_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        threads: int | None = None,
+        engine: Literal["auto", "pmml4s", "compiled"] = "auto",
+        verify_rows: int = 4096,
+        jars_dir: str | None = None,
+    ) -> None:
+        if engine not in ("auto", "pmml4s", "compiled"):
+            msg = f"engine must be 'auto', 'pmml4s' or 'compiled', got {engine!r}"
+            raise ValueError(msg)
         self.threads = resolve_parallelism(threads, what="threads")
+        self.engine = engine
+        self.verify_rows = verify_rows
         self.jars_dir = jars_dir
 
     def load(self, version: ModelVersion, path: Path) -> PmmlScorer:
         pmml = find_model_file(Path(path), (".pmml", ".xml"), version)
-        return PmmlScorer(version, pmml, threads=self.threads, jars_dir=self.jars_dir)
+        return PmmlScorer(
+            version,
+            pmml,
+            threads=self.threads,
+            jars_dir=self.jars_dir,
+            engine=self.engine,
+            verify_rows=self.verify_rows,
+        )
 
 
 __all__ = ["PmmlRuntime", "PmmlScorer", "pmml_jars"]
