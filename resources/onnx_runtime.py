@@ -185,10 +185,8 @@ class OnnxScorer:
 
     def _feeds(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
         if self._matrix_dtype is not None:
-            matrix = np.empty((batch.num_rows, batch.num_columns), dtype=self._matrix_dtype)
-            for j, column in enumerate(batch.columns):
-                matrix[:, j] = column.to_numpy(zero_copy_only=False)
-            return {self._inputs[0].name: matrix}
+            columns = [column.to_numpy(zero_copy_only=False) for column in batch.columns]
+            return {self._inputs[0].name: np.column_stack(columns).astype(self._matrix_dtype, copy=False)}
         feeds = {}
         for node, column in zip(self._inputs, batch.columns, strict=True):
             values = column.to_numpy(zero_copy_only=False)  # a view when there are no nulls

@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   virtualenv + project + embedded demo (SQLite MLflow registry, local Parquet), then score one day
+#   make test   virtualenv + project with test extras, then the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_ROOT ?= .demo
+DEMO_DAY ?= 2026-11-01
+
+.PHONY: demo test dev bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+demo: $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[demo]"
+	$(BIN)/ml-assets demo --root $(DEMO_ROOT)
+	$(BIN)/ml-assets score models:/fraud@champion $(DEMO_ROOT)/data/transactions $(DEMO_ROOT)/scores/fraud \
+		--partition date=$(DEMO_DAY) --passthrough transaction_id,customer_id \
+		--registry-uri sqlite:///$(abspath $(DEMO_ROOT))/mlflow.db
+
+dev: demo
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dagster dev -w workspace.yaml
+
+test: $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[test]"
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
+
+bench: $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[test]"
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_onnx.py
+
+lint: $(BIN)/python
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) $(DEMO_ROOT) .bench .pytest_cache
