@@ -371,6 +371,9 @@ class PyfuncScorer:
         if n == 0:
             return empty_batch(self._output_schema)
         columns = self._predict(batch)
+        if len(self._output_schema) == 1 and len(columns) == 1:
+            # One unnamed output in the signature: a returned Series keeps its own name.
+            columns = {self._output_schema.names[0]: next(iter(columns.values()))}
         arrays = []
         for field in self._output_schema:
             if field.name not in columns:
