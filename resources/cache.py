@@ -85,7 +85,7 @@ class ArtifactCache:
         lock = FileLock(str(final) + ".lock")
         try:
             with lock.acquire(timeout=self.lock_timeout_s):
-                if self._is_valid(final):
+                if self._is_valid(final, version):
                     return final
                 if final.exists():
                     shutil.rmtree(final)
@@ -98,7 +98,11 @@ class ArtifactCache:
                         msg = f"{version.describe()}: the download from {version.artifact_uri} produced no files"
                         raise ArtifactError(msg)
                     self._check(version, tmp)
-                    manifest = {"files": {k: list(v) for k, v in files.items()}, "uri": version.uri}
+                    manifest = {
+                        "files": {k: list(v) for k, v in files.items()},
+                        "uri": version.uri,
+                        "checksum": version.checksum,
+                    }
                     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
                     os.replace(tmp, final)
                 finally:
@@ -127,14 +131,21 @@ class ArtifactCache:
             raise ArtifactError(msg)
 
     @staticmethod
-    def _is_valid(folder: Path) -> bool:
-        """Cheap check on every use: the manifest exists and every file has its recorded size."""
+    def _is_valid(folder: Path, version: ModelVersion | None = None) -> bool:
+        """Cheap check on every use: the manifest exists and every file has its recorded size.
+
+        A copy fetched when the registry recorded another checksum for this version (a
+        version re-published under the same number) is stale.
+        """
         manifest_path = folder / MANIFEST
         if not manifest_path.is_file():
             return False
         try:
-            files = json.loads(manifest_path.read_text())["files"]
+            manifest = json.loads(manifest_path.read_text())
+            files = manifest["files"]
         except (ValueError, KeyError):
+            return False
+        if version is not None and version.checksum and manifest.get("checksum") not in (None, version.checksum):
             return False
         for rel, (size, _sha) in files.items():
             file = folder / rel
