@@ -124,5 +124,176 @@ def demo(root: str | None, days: int, rows_per_day: int) -> None:
     )
 
 
+# -- models: list, inspect and promote in any registry -------------------------------------------
+
+
+def _registry_options(fn: Any) -> Any:
+    fn = click.option(
+        "--option",
+        "registry_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Registry option (repeatable); JSON values are decoded, e.g. token_env=TOKEN or "
+        'storage_options=\'{"endpoint_url": "http://127.0.0.1:9000"}\'.',
+    )(fn)
+    fn = click.option(
+        "--registry-uri",
+        help="Registry location: MLflow tracking URI, registry folder/URL, or HTTP index URL.",
+    )(fn)
+    return click.option("--registry", "registry_kind", default="mlflow", show_default=True, help="Registry name.")(fn)
+
+
+def _open_registry(kind: str, uri: str | None, raw_options: tuple[str, ...]) -> Any:
+    import json
+
+    from resources.plugins import create_registry
+
+    options: dict[str, Any] = {}
+    for item in raw_options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return create_registry(kind, uri, **options)
+
+
+def _version_line(v: Any) -> str:
+    created = v.created_at.isoformat(timespec="seconds") if v.created_at else "-"
+    return "\t".join([v.version, v.format, ",".join(v.aliases) or "-", v.stage or "-", created, v.checksum or "-"])
+
+
+@main.group()
+def models() -> None:
+    """List, inspect and promote models in any registry (mlflow, file, http, ...)."""
+
+
+@models.command("list")
+@_registry_options
+def models_list(registry_kind: str, registry_uri: str | None, registry_options: tuple[str, ...]) -> None:
+    """The registry's model names, one per line."""
+    try:
+        for name in _open_registry(registry_kind, registry_uri, registry_options).list_models():
+            click.echo(name)
+    except MlAssetsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@models.command("versions")
+@click.argument("name")
+@_registry_options
+def models_versions(name: str, registry_kind: str, registry_uri: str | None, registry_options: tuple[str, ...]) -> None:
+    """NAME's versions: version, format, aliases, stage, created, checksum (tab-separated)."""
+    try:
+        versions = _open_registry(registry_kind, registry_uri, registry_options).list_versions(name)
+    except MlAssetsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("version\tformat\taliases\tstage\tcreated\tchecksum")
+    for version in versions:
+        click.echo(_version_line(version))
+
+
+@models.command("promote")
+@click.argument("name")
+@click.argument("version")
+@click.option("--alias", help="Point this alias at VERSION.")
+@click.option("--stage", help="Move VERSION into this stage (the previous holder is archived).")
+@_registry_options
+def models_promote(
+    name: str,
+    version: str,
+    alias: str | None,
+    stage: str | None,
+    registry_kind: str,
+    registry_uri: str | None,
+    registry_options: tuple[str, ...],
+) -> None:
+    """Move an alias and/or a stage to VERSION of NAME; promotion sensors pick it up."""
+    if alias is None and stage is None:
+        raise click.UsageError("give --alias, --stage or both")
+    try:
+        registry = _open_registry(registry_kind, registry_uri, registry_options)
+        if not hasattr(registry, "promote"):
+            raise click.ClickException(f"the {registry_kind!r} registry cannot promote models")
+        promoted = registry.promote(name, version, alias=alias, stage=stage)
+    except MlAssetsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(_version_line(promoted))
+
+
+@models.command("publish")
+@click.argument("name")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--format", "model_format", help="Model format (default: detected from the files).")
+@click.option("--inputs", metavar="COL:TYPE,...", help="Input signature, e.g. amount:float,hour:int32.")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Free-form tag (repeatable).")
+@click.option("--alias", help="Point this alias at the new version.")
+@click.option("--stage", help="Move the new version into this stage.")
+@_registry_options
+def models_publish(
+    name: str,
+    path: str,
+    model_format: str | None,
+    inputs: str | None,
+    tags: tuple[str, ...],
+    alias: str | None,
+    stage: str | None,
+    registry_kind: str,
+    registry_uri: str | None,
+    registry_options: tuple[str, ...],
+) -> None:
+    """Publish PATH (a model file or folder) as a new version of NAME in a file registry."""
+    signature = None
+    if inputs:
+        pairs = [item.partition(":") for item in _split(inputs)]
+        signature = {"inputs": [{"name": c, "type": t or "double"} for c, _, t in pairs]}
+    try:
+        registry = _open_registry(registry_kind, registry_uri, registry_options)
+        if not hasattr(registry, "publish"):
+            raise click.ClickException(f"the {registry_kind!r} registry does not publish models; use its own tools")
+        published = registry.publish(
+            name, path, format=model_format, signature=signature, tags=dict(t.partition("=")[::2] for t in tags)
+        )
+        if alias or stage:
+            published = registry.promote(name, published.version, alias=alias, stage=stage)
+    except MlAssetsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(_version_line(published))
+
+
+@main.group()
+def registry() -> None:
+    """Run a registry."""
+
+
+@registry.command("serve")
+@click.argument("root")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8080, show_default=True)
+@click.option("--token-env", metavar="VAR", help="Require the bearer token held by this environment variable.")
+def registry_serve(root: str, host: str, port: int, token_env: str | None) -> None:
+    """Serve the file registry at ROOT read-only over HTTP, for the 'http' registry."""
+    import os
+
+    from resources.file_registry import FileRegistry
+    from resources.registry_server import RegistryServer
+
+    token = None
+    if token_env:
+        if token_env not in os.environ:
+            raise click.BadParameter(f"environment variable {token_env!r} is not set", param_hint="--token-env")
+        token = os.environ[token_env]
+    server = RegistryServer(FileRegistry(root), host=host, port=port, token=token)
+    click.echo(f"serving {server.registry.location} at {server.url}index.json", err=True)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 if __name__ == "__main__":
     main()

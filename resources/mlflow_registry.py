@@ -52,6 +52,13 @@ class MlflowRegistry:
             MLflow's own default (``MLFLOW_TRACKING_URI``).
         registry_uri: when the registry lives apart from the tracking store.
         cache_dir: where artifacts are cached (default ``$ML_ASSETS_CACHE_DIR`` or ``~/.cache/ml-assets``).
+        request_timeout_s / max_retries: for ``http(s)://`` tracking servers. MLflow's own defaults
+            (120 s per request, 7 retries with exponential backoff) let one call hang for minutes
+            when the server is down; these bound it to roughly ``(max_retries + 1) * timeout``
+            plus a few seconds of backoff. MLflow reads them from the process environment
+            (``MLFLOW_HTTP_REQUEST_TIMEOUT``, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
+            ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``): values set there win over the defaults
+            (30 s, 2 retries, factor 1); values given here win over the environment.
     """
 
     def __init__(
@@ -60,9 +67,13 @@ class MlflowRegistry:
         *,
         registry_uri: str | None = None,
         cache_dir: str | Path | None = None,
+        request_timeout_s: int | None = None,
+        max_retries: int | None = None,
     ) -> None:
         # MLflow draws a progress bar per download, even for one small file; ours is enough.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        if any(u and u.startswith(("http://", "https://")) for u in (tracking_uri, registry_uri)):
+            _bound_http_requests(request_timeout_s, max_retries)
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
         self.cache = ArtifactCache(cache_dir)
@@ -112,6 +123,28 @@ class MlflowRegistry:
     def list_versions(self, name: str) -> list[ModelVersion]:
         ref = ModelRef(raw=f"models:/{name}/latest", name=name, latest=True)
         return [self._describe(mv, ref) for mv in sorted(self._search_versions(ref), key=lambda v: int(v.version))]
+
+    def promote(self, name: str, version: str, *, alias: str | None = None, stage: str | None = None) -> ModelVersion:
+        """Points ``alias`` at ``version`` and/or moves it into ``stage`` (archiving the version
+        that held Production/Staging before, as the file registry does)."""
+        if alias is None and stage is None:
+            msg = "promote needs an alias, a stage or both"
+            raise ValueError(msg)
+        ref = ModelRef(raw=f"models:/{name}/{version}", name=name, version=str(version))
+        self.resolve(ref)  # a clear error naming what exists
+        if alias is not None:
+            self._call(lambda c: c.set_registered_model_alias(name, alias, str(version)), ref)
+        if stage is not None:
+            archive = stage.lower() in ("production", "staging")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                self._call(
+                    lambda c: c.transition_model_version_stage(
+                        name, str(version), stage, archive_existing_versions=archive
+                    ),
+                    ref,
+                )
+        return self.resolve(ref)
 
     # -- files -----------------------------------------------------------------------------
 
@@ -254,9 +287,23 @@ class MlflowRegistry:
                 return Model.load(local)
             except Exception as exc:  # a version without an MLmodel file is not an MLflow model
                 msg = (
-                    f"model {mv.name!r} version {mv.version}: cannot read its MLmodel at {_redact(artifact_uri)}: {_shorten(str(exc))}"
+                    f"model {mv.name!r} version {mv.version}: cannot read its MLmodel at "
+                    f"{_redact(artifact_uri)}: {_shorten(str(exc))}"
                 )
                 raise ArtifactError(msg) from exc
+
+
+def _bound_http_requests(timeout_s: int | None, max_retries: int | None) -> None:
+    """MLflow's REST client reads its timeout and retries from the environment at every call."""
+    for var, given, default in (
+        ("MLFLOW_HTTP_REQUEST_TIMEOUT", timeout_s, 30),
+        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", max_retries, 2),
+        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", None, 1),
+    ):
+        if given is not None:
+            os.environ[var] = str(int(given))
+        else:
+            os.environ.setdefault(var, str(default))
 
 
 def _stage(mv: Any) -> str | None:
