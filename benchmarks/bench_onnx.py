@@ -232,7 +232,10 @@ def main() -> None:
                 results[f"{case}/{model}"] = results[f"{case}/lr"]
                 continue
             results[f"{case}/{model}"] = r = best_of(args.repeat, case, data, model)
-            print(f"{case:12s} {model}: {r['rows'] / r['seconds']:>12,.0f} rows/s  rss {r['peak_rss_mib']:,.0f} MiB", file=sys.stderr)
+            print(
+                f"{case:12s} {model}: {r['rows'] / r['seconds']:>12,.0f} rows/s  rss {r['peak_rss_mib']:,.0f} MiB",
+                file=sys.stderr,
+            )
     memory = {}
     for n in sorted({args.rows, args.memory_rows}):
         memory[n] = run_case("ours", make_data(n), "lr")
@@ -243,21 +246,32 @@ def main() -> None:
 
     for model in ("lr", "rf"):
         ours = rate(f"ours/{model}")
-        rows.append((f"**ours** (ONNX, {model})", f"{ours:,.0f}", f"{results[f'ours/{model}']['peak_rss_mib']:,.0f}", "1.00"))
+        rows.append(
+            (f"**ours** (ONNX, {model})", f"{ours:,.0f}", f"{results[f'ours/{model}']['peak_rss_mib']:,.0f}", "1.00")
+        )
         for case, label in (
             ("peer", f"peer: pandas -> mlflow.pyfunc (sklearn) -> to_parquet, {model}"),
             ("ort_compute", f"onnxruntime compute only, {model}"),
             ("io_floor", "IO floor: pyarrow read all + write key + 1 float"),
         ):
             r = results[f"{case}/{model}"]
-            rows.append((label, f"{rate(f'{case}/{model}'):,.0f}", f"{r['peak_rss_mib']:,.0f}", f"{ours / rate(f'{case}/{model}'):.2f}"))
+            rows.append(
+                (
+                    label,
+                    f"{rate(f'{case}/{model}'):,.0f}",
+                    f"{r['peak_rss_mib']:,.0f}",
+                    f"{ours / rate(f'{case}/{model}'):.2f}",
+                )
+            )
     import onnxruntime
     import pyarrow
 
-    print(f"\nONNX scoring, {args.rows:,} rows x 20 float32, steady state (best of {args.repeat}); "
-          f"{date.today()}, {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
-          f"Python {platform.python_version()}, pyarrow {pyarrow.__version__}, onnxruntime {onnxruntime.__version__}, "
-          f"mlflow {mlflow.__version__}\n")  # fmt: skip
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    print(
+        f"\nONNX scoring, {args.rows:,} rows x 20 float32, steady state (best of {args.repeat}); "
+        f"{date.today()}, {os.cpu_count()} cores, {memory_gib:.0f} GiB, Python {platform.python_version()}, "
+        f"pyarrow {pyarrow.__version__}, onnxruntime {onnxruntime.__version__}, mlflow {mlflow.__version__}\n"
+    )
     print("| path | rows/s | peak RSS MiB | ours / this |")
     print("|---|---:|---:|---:|")
     for row in rows:

@@ -19,40 +19,48 @@ HISTOGRAM_BINS = 10
 
 @dataclass
 class ColumnSummary:
+    """Mergeable moments (count, mean, M2 as in Chan et al.) so a chunk is summarised in one pass."""
+
     count: int = 0
     nulls: int = 0
     nans: int = 0
-    total: float = 0.0
-    total_sq: float = 0.0
+    mean_: float = 0.0
+    m2: float = 0.0
     minimum: float = math.inf
     maximum: float = -math.inf
     histogram: np.ndarray | None = None  # counts over [0, 1] in HISTOGRAM_BINS bins
 
     def update(self, column: pa.Array, *, probability: bool) -> None:
         self.nulls += column.null_count
-        values = column.drop_null().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-        finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
-        self.nans += len(values) - len(finite)
-        self.count += len(finite)
-        if len(finite):
-            self.total += float(finite.sum())
-            self.total_sq += float(np.dot(finite, finite))
-            self.minimum = min(self.minimum, float(finite.min()))
-            self.maximum = max(self.maximum, float(finite.max()))
+        values = (column.drop_null() if column.null_count else column).to_numpy(zero_copy_only=False)
+        if values.dtype.kind == "f" and not np.isfinite(values.sum(dtype=np.float64)):
+            finite = values[np.isfinite(values)]
+            self.nans += len(values) - len(finite)
+            values = finite
+        n = len(values)
+        if not n:
+            return
+        mean = float(values.mean(dtype=np.float64))
+        m2 = float(values.var(dtype=np.float64)) * n
+        total = self.count + n
+        delta = mean - self.mean_
+        self.mean_ += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+        self.minimum = min(self.minimum, float(values.min()))
+        self.maximum = max(self.maximum, float(values.max()))
         if probability:
-            counts, _ = np.histogram(finite, bins=HISTOGRAM_BINS, range=(0.0, 1.0))
+            bins = np.clip((values * HISTOGRAM_BINS).astype(np.int32), 0, HISTOGRAM_BINS - 1)
+            counts = np.bincount(bins, minlength=HISTOGRAM_BINS)
             self.histogram = counts if self.histogram is None else self.histogram + counts
 
     @property
     def mean(self) -> float | None:
-        return self.total / self.count if self.count else None
+        return self.mean_ if self.count else None
 
     @property
     def std(self) -> float | None:
-        if not self.count:
-            return None
-        mean = self.total / self.count
-        return math.sqrt(max(self.total_sq / self.count - mean * mean, 0.0))
+        return math.sqrt(self.m2 / self.count) if self.count else None
 
     def as_dict(self) -> dict[str, Any]:
         facts: dict[str, Any] = {

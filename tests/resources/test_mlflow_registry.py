@@ -48,7 +48,7 @@ def test_resolution_reports_aliases_and_stage(models):
 def test_found_through_entry_point(models):
     registry = create_registry("mlflow", models.tracking_uri)
     assert isinstance(registry, MlflowRegistry)
-    assert registry.list_models() == ["fraud"]
+    assert "fraud" in registry.list_models()
     assert [v.version for v in registry.list_versions("fraud")] == ["1", "2"]
 
 
