@@ -13,8 +13,9 @@ from resources.errors import ModelLoadError
 from resources.models import MODEL_FORMATS
 
 _BY_SUFFIX = {".onnx": "onnx", ".pmml": "pmml"}
-# Flavors with a runtime of their own; any other flavor that has python_function goes to pyfunc.
-_NATIVE_FLAVORS = {"onnx": "onnx"}
+# Flavors with a runtime of their own (the MLflow registry writes "pmml" and "h2o_mojo" flavors
+# for model files it registers); any other flavor that has python_function goes to pyfunc.
+_NATIVE_FLAVORS = {"onnx": "onnx", "pmml": "pmml", "h2o_mojo": "h2o_mojo"}
 
 
 def _from_mlmodel(mlmodel: Path) -> str:
