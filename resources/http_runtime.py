@@ -434,7 +434,11 @@ def encode(
         import pyarrow.parquet as pq
 
         sink = io.BytesIO()
-        pq.write_table(pa.Table.from_batches([batch]), sink, compression="none")
+        # Dictionary encoding and statistics cost 10x the encoding time of float columns and
+        # buy nothing for a body read once.
+        pq.write_table(
+            pa.Table.from_batches([batch]), sink, compression="none", use_dictionary=False, write_statistics=False
+        )
         return sink.getvalue(), "application/vnd.apache.parquet"
     if payload == "v2":
         return json.dumps(_v2_request(batch, v2_layout, v2_input_name)).encode(), "application/json"
@@ -494,6 +498,10 @@ def decode(body: bytes, payload: str, rows: int) -> dict[str, list[Any] | Any]:
 
     Unnamed columns are named ``""`` (one column) or ``"#0".."#k"`` and renamed by the scorer.
     """
+    if payload != "v2":
+        fast = _fast_numeric_predictions(body, rows)
+        if fast is not None:
+            return fast
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -546,6 +554,53 @@ def decode(body: bytes, payload: str, rows: int) -> dict[str, list[Any] | Any]:
             raise _BadResponse(msg)
         return {f"#{i}": matrix[:, i] for i in range(width)}
     return {"": predictions}
+
+
+_PREDICTIONS_HEAD = b'{"predictions": ['
+_NUMBER_BYTES = b"0123456789.eE+-, []"
+
+
+def _fast_numeric_predictions(body: bytes, rows: int) -> dict[str, Any] | None:
+    """MLflow's ``{"predictions": [[p, q], ...]}`` (or a flat list of floats) parsed by Arrow's CSV
+    reader: 5x less CPU than ``json.loads`` + numpy. None when the body is anything else (NaN,
+    nulls, records, strings, other keys, ints only); then the JSON path decides."""
+    if rows == 0 or not body.startswith(_PREDICTIONS_HEAD) or not body.endswith(b"]}"):
+        return None
+    inner = body[len(_PREDICTIONS_HEAD) : -2]
+    if inner.translate(None, _NUMBER_BYTES):
+        return None
+    if inner.startswith(b"["):
+        if not inner.endswith(b"]"):
+            return None
+        text = inner[1:-1].replace(b"], [", b"\n")
+        if b"[" in text or b"]" in text:
+            return None
+        first_line = text.split(b"\n", 1)[0]
+        width = first_line.count(b",") + 1 if first_line.strip() else 0
+        names = [f"#{i}" for i in range(width)]
+    else:
+        if b"." not in inner and b"e" not in inner:  # integers keep their own type via JSON
+            return None
+        text = inner.replace(b", ", b"\n")
+        if b"," in text:
+            return None
+        names = [""]
+    if not names:
+        return None
+    import pyarrow.csv as pacsv
+
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(text),
+            read_options=pacsv.ReadOptions(column_names=names, use_threads=False),
+            parse_options=pacsv.ParseOptions(newlines_in_values=False),
+            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.float64())),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if table.num_rows != rows or any(c.null_count for c in table.columns):
+        return None
+    return {name: table.column(name).to_numpy() for name in names}
 
 
 def _decode_v2(doc: Any, rows: int) -> dict[str, Any]:
