@@ -295,5 +295,44 @@ def registry_serve(root: str, host: str, port: int, token_env: str | None) -> No
         server.server_close()
 
 
+@main.group()
+def services() -> None:
+    """The full MLflow environment on loopback (see ml_assets/services.py)."""
+
+
+@services.command("up")
+@click.option("--workdir", type=click.Path(file_okay=False), default=".services", show_default=True)
+@click.option("--mlflow-port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--s3-port", type=click.IntRange(1, 65535), default=9000, show_default=True)
+@click.option("--bucket", default="mlflow", show_default=True)
+@click.option("--database", help="Database name (default: a fresh ml_assets_<random>); recreated empty, kept after.")
+def services_up(workdir: str, mlflow_port: int, s3_port: int, bucket: str, database: str | None) -> None:
+    """mlflow server (PostgreSQL backend, s3:// artifacts) and an S3 server (moto), until Ctrl-C."""
+    import contextlib
+    import time
+    from pathlib import Path
+
+    from ml_assets.services import running_services
+
+    try:
+        with running_services(
+            workdir=Path(workdir).resolve(), mlflow_port=mlflow_port, s3_port=s3_port, bucket=bucket,
+            database=database, keep_database=True,
+        ) as env:  # fmt: skip
+            click.echo(
+                f"mlflow server {env.tracking_uri} (backend: PostgreSQL database {env.database}); "
+                f"artifacts {env.artifact_root} on {env.s3_endpoint_url}\n"
+                f"export MLFLOW_TRACKING_URI={env.tracking_uri}\n"
+                f"export MLFLOW_S3_ENDPOINT_URL={env.s3_endpoint_url}\n"
+                "# and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY as in this shell (moto accepts any)\n"
+                "Ctrl-C stops everything."
+            )
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(1)
+    except MlAssetsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 if __name__ == "__main__":
     main()
