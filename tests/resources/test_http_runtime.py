@@ -220,7 +220,8 @@ class _V2Handler(_Handler):
 
 
 class _FaultHandler(_Handler):
-    """Answers CSV requests with [[a + b, a - b], ...], unless the plan says otherwise."""
+    """Answers CSV requests with [[a + b, a - b], ...] (a, b: the first two columns), unless the plan
+    says otherwise."""
 
     def do_POST(self) -> None:
         owner = self.owner
@@ -234,7 +235,7 @@ class _FaultHandler(_Handler):
             self.answer(415, b'{"message": "only text/csv"}')
             return
         table = pacsv.read_csv(io.BytesIO(body))
-        a, b = table["a"].to_numpy(), table["b"].to_numpy()
+        a, b = table.column(0).to_numpy(), table.column(1).to_numpy()
         predictions = np.column_stack([a + b, a - b]).tolist()
         action = owner.plan(number, table.num_rows) if owner.plan else None
         if action is None:
@@ -563,3 +564,117 @@ def test_codec_round_trips() -> None:
     assert decode(b'{"predictions": [1, 0]}', "csv", 2) == {"": [1, 0]}
     assert decode(b'{"predictions": [{"a": 1}, {"a": 2}]}', "csv", 2) == {"a": [1, 2]}
     assert list(decode(b"[[0.1, 0.9], [0.2, 0.8]]", "csv", 2)) == ["#0", "#1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A real Dagster materialization through the asset factory
+
+
+@pytest.fixture(scope="module")
+def registered_remote_model(models: Any) -> tuple[str, Any]:
+    """``fraud_remote`` v1 in the session's MLflow registry: sklearn, predict_proba, column signature."""
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+
+    from ml_assets.demo import FEATURES as DEMO_FEATURES
+    from ml_assets.demo import make_transactions
+
+    train = make_transactions(3_000, seed=0).to_pandas()
+    model = LogisticRegression(max_iter=500).fit(train[DEMO_FEATURES], train["is_fraud"])
+    mlflow.set_tracking_uri(models.tracking_uri)
+    with mlflow.start_run():
+        mlflow.sklearn.log_model(
+            model,
+            name="model",
+            pyfunc_predict_fn="predict_proba",
+            signature=infer_signature(train[DEMO_FEATURES], model.predict_proba(train[DEMO_FEATURES])),
+            registered_model_name="fraud_remote",
+        )
+    return models.tracking_uri, model
+
+
+def _materialize_remote(tracking_uri: str, data: Path, output: Path, http_options: dict[str, Any]) -> Any:
+    import dagster as dg
+
+    from ml_assets.assets import build_scoring_asset
+    from resources.dagster_resources import ModelRegistryResource, ModelRuntimeResource
+
+    asset = build_scoring_asset(
+        name="remote_scores",
+        model="models:/fraud_remote/1",
+        input_dataset=str(data),
+        output_dataset=str(output),
+        partitions_def=dg.StaticPartitionsDefinition(["2026-11-01", "2026-11-02"]),
+        passthrough=["row_id"],
+        chunk_rows=3_000,
+    )
+    resources = {
+        "model_registry": ModelRegistryResource(kind="mlflow", uri=tracking_uri),
+        "model_runtime": ModelRuntimeResource(runtime="http", options={"http": http_options}),
+    }
+    with dg.instance_for_test() as instance:
+        return dg.materialize(
+            [asset], partition_key="2026-11-02", resources=resources, instance=instance, raise_on_error=False
+        )
+
+
+@pytest.fixture(scope="module")
+def remote_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ml_assets.demo import make_transactions, write_partitioned
+
+    root = tmp_path_factory.mktemp("remote") / "transactions"
+
+    def day(d: str) -> pa.Table:
+        table = make_transactions(10_000, seed=int(d[-1])).drop_columns(["transaction_id", "customer_id", "is_fraud"])
+        return table.append_column("row_id", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+
+    write_partitioned(day, root, ["2026-11-01", "2026-11-02"], row_group_rows=4_000)
+    return root
+
+
+@pytest.mark.slow
+def test_dagster_materialize_through_a_served_registry_model(
+    registered_remote_model: tuple[str, Any], remote_data: Path, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    from ml_assets.demo import FEATURES as DEMO_FEATURES
+
+    tracking_uri, model = registered_remote_model
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", "models:/fraud_remote/1", "-h", "127.0.0.1"]
+    cmd += ["-p", str(port), "--env-manager", "local", "-w", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/ping", proc, 120)
+        options = {"url": f"http://127.0.0.1:{port}", "output_names": ["p0", "p1"], "outputs": ["p1"]}
+        result = _materialize_remote(tracking_uri, remote_data, tmp_path / "out", options)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert result.success
+    (event,) = result.asset_materializations_for_node("remote_scores")
+    assert event.metadata["model_version"].value == "1"
+    out = pq.read_table(tmp_path / "out" / "date=2026-11-02")
+    source = pq.read_table(remote_data / "date=2026-11-02").to_pandas()
+    assert out["row_id"].to_pylist() == source["row_id"].tolist()
+    expected = model.predict_proba(source[DEMO_FEATURES])[:, 1]
+    np.testing.assert_allclose(out["p1"].to_numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_dagster_partition_fails_cleanly_when_the_server_fails(
+    registered_remote_model: tuple[str, Any], remote_data: Path, tmp_path: Path, fault_server: FaultServer
+) -> None:
+    fault_server.plan = lambda number, rows: None if rows == 1 else (503, {}, b"overloaded")  # the probe passes
+    options = {"url": fault_server.url, **FAST_RETRIES, "max_attempts": 3, "breaker_threshold": 3}
+    result = _materialize_remote(registered_remote_model[0], remote_data, tmp_path / "out", options)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    assert "HTTP 503" in failure.message or "HTTP 503" in str(failure.cause)
+    assert not (tmp_path / "out" / "date=2026-11-02").exists() or not any(
+        (tmp_path / "out" / "date=2026-11-02").iterdir()
+    )
