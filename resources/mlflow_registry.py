@@ -122,7 +122,15 @@ class MlflowRegistry:
 
     def list_versions(self, name: str) -> list[ModelVersion]:
         ref = ModelRef(raw=f"models:/{name}/latest", name=name, latest=True)
-        return [self._describe(mv, ref) for mv in sorted(self._search_versions(ref), key=lambda v: int(v.version))]
+        found = sorted(self._search_versions(ref), key=lambda v: int(v.version))
+        # Search results carry no aliases; the registered model has them all.
+        by_version: dict[str, list[str]] = {}
+        for alias, number in (self._registered_model(ref).aliases or {}).items():
+            by_version.setdefault(str(number), []).append(alias)
+        return [
+            _replace(self._describe(mv, ref), aliases=tuple(sorted(by_version.get(str(mv.version), []))))
+            for mv in found
+        ]
 
     def promote(self, name: str, version: str, *, alias: str | None = None, stage: str | None = None) -> ModelVersion:
         """Points ``alias`` at ``version`` and/or moves it into ``stage`` (archiving the version
