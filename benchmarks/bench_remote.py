@@ -224,7 +224,7 @@ def main() -> None:
         f"scikit-learn {pkg_version('scikit-learn')}. Server: `mlflow models serve -w {args.workers}` on loopback.\n"
     )
     print(
-        "| client | rows | seconds | rows/s | x naive | requests | max rows/request | "
+        "| client | rows | seconds | rows/s | x naive | requests | adaptive cap rows/request | "
         "client CPU s / 1M rows | server CPU s / 1M rows | max abs diff vs naive |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -702,6 +702,7 @@ class HttpScorer:
         self._pause_until = 0.0  # set by Retry-After: every thread waits, not only the one told
         self._chunks = itertools.count()
         self._closed = False
+        self._stats_lock = threading.Lock()
         self.requests_sent = 0
         self.retries = 0
         try:
@@ -737,7 +738,10 @@ class HttpScorer:
         if n == 0:
             empty = [pa.array([], type=f.type) for f in self._output_schema]
             return pa.RecordBatch.from_arrays(empty, schema=self._output_schema)
-        pieces = max(1, math.ceil(n / self._sizer.rows))
+        # Enough pieces that the core's `concurrency` calls together fill `max_in_flight`
+        # requests, but none smaller than the minimum request size.
+        spread = min(math.ceil(self.runtime.max_in_flight / self.concurrency), max(1, n // self.runtime.min_batch_rows))
+        pieces = max(1, math.ceil(n / self._sizer.rows), spread)
         step = math.ceil(n / pieces)
         abort = threading.Event()
         futures: list[Future[list[pa.Array]]] = [
@@ -989,7 +993,8 @@ class HttpScorer:
             wait = self._pause_until - time.monotonic()
             if wait > 0:
                 time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
-            self.requests_sent += 1
+            with self._stats_lock:
+                self.requests_sent += 1
             outcome = self._post(body, content_type)
             if outcome.status == 200:
                 try:
@@ -1046,7 +1051,8 @@ class HttpScorer:
                 raise ScoringError(msg)
             if outcome.retry_after:
                 self._pause_until = max(self._pause_until, time.monotonic() + outcome.retry_after)
-            self.retries += 1
+            with self._stats_lock:
+                self.retries += 1
             log.warning(
                 "%s: %s at %s: %s; retry %d/%d in %.2fs",
                 self.version.describe(),
