@@ -10,10 +10,7 @@ from ml_assets.datasets import ParquetDataset
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS, NullPolicy, Progress, ScoringResult, score_partition
 from resources.dagster_resources import ModelRegistryResource, ModelRuntimeResource
 from resources.errors import MlAssetsError
-
-# Tags on every materialization, so sensors can find which version produced which partition.
-MODEL_NAME_TAG = "ml_assets/model_name"
-MODEL_VERSION_TAG = "ml_assets/model_version"
+from sensors.promotion import MODEL_NAME_TAG, MODEL_VERSION_TAG
 
 
 def _as_dataset(value: ParquetDataset | str, partition_column: str | None) -> ParquetDataset:

@@ -1,0 +1,284 @@
+"""Re-score when a model version is promoted (an alias or a stage moves, including a rollback).
+
+The sensor polls the registry (``search_model_versions`` cannot filter by alias or stage) and,
+optionally, a webhook inbox so a promotion is seen within seconds instead of a polling interval.
+The registry stays the source of truth: a webhook event only makes the next tick look now.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import dagster as dg
+
+from resources.errors import MlAssetsError, ModelNotFoundError
+from resources.models import ModelRef, ModelVersion
+from sensors.webhooks import PromotionInbox
+
+RescoreScope = Literal["stale", "materialized", "latest", "window"]
+# On every scoring materialization and run, so the sensor finds which version produced which partition.
+MODEL_NAME_TAG = "ml_assets/model_name"
+MODEL_VERSION_TAG = "ml_assets/model_version"
+REASON_TAG = "ml_assets/reason"
+# Dagster gives a sensor tick 60 s by default; leave room to build and return the result.
+DEFAULT_TICK_BUDGET_S = 40.0
+_PAGE = 1_000
+
+# Registry calls run here so a hung call cannot hold a tick past its deadline.
+_resolver_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ml-assets-promotion")
+
+
+@dataclass
+class PromotionCursor:
+    """Per watched ref: the version last acted on and how many promotions were seen.
+
+    The promotion count is part of every run key, so rolling back to a version scored before
+    is a new promotion, while a repeated tick for the same promotion is not.
+    """
+
+    versions: dict[str, str] = field(default_factory=dict)
+    promotions: dict[str, int] = field(default_factory=dict)
+    last_poll: float = 0.0
+
+    @classmethod
+    def decode(cls, raw: str | None) -> PromotionCursor:
+        """An undecodable cursor starts fresh: the next tick records a baseline, no storm of runs."""
+        if not raw:
+            return cls()
+        try:
+            data = json.loads(raw)
+            return cls(
+                versions={str(k): str(v) for k, v in data["versions"].items()},
+                promotions={str(k): int(v) for k, v in data.get("promotions", {}).items()},
+                last_poll=float(data.get("last_poll", 0.0)),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return cls()
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    ref: str
+    previous: str
+    version: ModelVersion
+    sequence: int
+
+    @property
+    def reason(self) -> str:
+        return f"promotion: {self.ref} moved from version {self.previous} to {self.version.version}"
+
+
+def build_model_promotion_sensor(
+    *,
+    name: str,
+    watch: Sequence[str],
+    target: Sequence[dg.AssetKey | str | dg.AssetsDefinition],
+    rescore: RescoreScope = "stale",
+    latest_n: int = 7,
+    window: tuple[str, str] | None = None,
+    registry_key: str = "model_registry",
+    minimum_interval_seconds: int = 60,
+    webhook_inbox: str | None = None,
+    tick_budget_s: float = DEFAULT_TICK_BUDGET_S,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+) -> dg.SensorDefinition:
+    """A sensor that requests re-scoring of ``target`` when a watched alias or stage moves.
+
+    Args:
+        watch: refs with an alias or a stage, e.g. ``["models:/fraud@champion"]``.
+        target: the scoring assets to re-materialize.
+        rescore: which partitions: ``stale`` (those whose latest materialization used another
+            version), ``materialized`` (all materialized), ``latest`` (the last ``latest_n``
+            partition keys), ``window`` (keys from ``window[0]`` to ``window[1]``, inclusive).
+        registry_key: resource key of a ``ModelRegistryResource``.
+        minimum_interval_seconds: how often the registry is polled. With ``webhook_inbox``,
+            ticks come every few seconds and look at the inbox; the registry is still polled at
+            this interval as a safety net.
+        webhook_inbox: a folder an ``ml-assets webhook serve`` receiver writes verified MLflow
+            ``model_version_alias.created`` events to.
+        tick_budget_s: a tick that cannot finish its registry calls in this time skips.
+    """
+    refs = [ModelRef.parse(r) for r in watch]
+    for ref in refs:
+        if ref.alias is None and ref.stage is None:
+            msg = f"{ref.raw!r} names no alias or stage; a promotion sensor watches e.g. 'models:/fraud@champion'"
+            raise ValueError(msg)
+    if rescore == "window" and window is None:
+        msg = "rescore='window' needs window=(first_partition_key, last_partition_key)"
+        raise ValueError(msg)
+    target_keys = [_asset_key(t) for t in target]
+    inbox = PromotionInbox(webhook_inbox) if webhook_inbox else None
+    interval = min(minimum_interval_seconds, 5) if inbox else minimum_interval_seconds
+
+    @dg.sensor(
+        name=name,
+        minimum_interval_seconds=interval,
+        asset_selection=target_keys,
+        required_resource_keys={registry_key},
+        default_status=default_status,
+        description=f"Re-scores {', '.join(k.to_user_string() for k in target_keys)} when {', '.join(watch)} moves.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext, **resources: Any) -> dg.SensorResult:
+        started = time.monotonic()
+        cursor = PromotionCursor.decode(context.cursor)
+        nudged = inbox.take(refs) if inbox else set()
+        now = time.time()
+        # Without an inbox every tick is a poll; with one, ticks are frequent and polls keep their interval.
+        poll_due = inbox is None or now - cursor.last_poll >= minimum_interval_seconds
+        to_check = [r for r in refs if poll_due or r.raw in nudged or r.raw not in cursor.versions]
+        if not to_check:
+            return dg.SensorResult(skip_reason="no webhook event and the next registry poll is not due")
+        registry = resources[registry_key]
+        promotions: list[Promotion] = []
+        notes: list[str] = []
+        for ref in to_check:
+            remaining = tick_budget_s - (time.monotonic() - started)
+            try:
+                version = _resolve_within(registry, ref, remaining)
+            except ModelNotFoundError as exc:
+                notes.append(f"{ref.raw}: {exc}")
+                continue
+            except (MlAssetsError, FutureTimeout, OSError) as exc:
+                reason = "timed out" if isinstance(exc, FutureTimeout) else str(exc)
+                # The cursor stays where it was: the promotion is picked up once the registry answers.
+                return dg.SensorResult(skip_reason=f"registry unavailable, nothing requested ({ref.raw}: {reason})")
+            previous = cursor.versions.get(ref.raw)
+            cursor.versions[ref.raw] = version.version
+            if previous is None:
+                notes.append(f"{ref.raw}: baseline recorded at version {version.version}")
+            elif previous != version.version:
+                cursor.promotions[ref.raw] = sequence = cursor.promotions.get(ref.raw, 0) + 1
+                promotions.append(Promotion(ref.raw, previous, version, sequence))
+        if poll_due:
+            cursor.last_poll = now
+        requests = [
+            request
+            for promotion in promotions
+            for key in target_keys
+            for request in _run_requests(context, name, key, promotion, rescore, latest_n, window)
+        ]
+        for promotion in promotions:
+            context.log.info(promotion.reason)
+        if not requests:
+            notes.extend(f"{p.reason}; no partition of the targets needs re-scoring" for p in promotions)
+            return dg.SensorResult(skip_reason="; ".join(notes) or "no promotion", cursor=cursor.encode())
+        return dg.SensorResult(run_requests=requests, cursor=cursor.encode())
+
+    return _sensor
+
+
+def _asset_key(target: dg.AssetKey | str | dg.AssetsDefinition) -> dg.AssetKey:
+    if isinstance(target, dg.AssetsDefinition):
+        return target.key
+    return target if isinstance(target, dg.AssetKey) else dg.AssetKey.from_user_string(target)
+
+
+def _resolve_within(registry: Any, ref: ModelRef, seconds: float) -> ModelVersion:
+    if seconds <= 0:
+        raise FutureTimeout
+    return _resolver_pool.submit(registry.resolve, ref.raw).result(timeout=seconds)
+
+
+def _run_requests(
+    context: dg.SensorEvaluationContext,
+    sensor_name: str,
+    key: dg.AssetKey,
+    promotion: Promotion,
+    rescore: RescoreScope,
+    latest_n: int,
+    window: tuple[str, str] | None,
+) -> list[dg.RunRequest]:
+    version = promotion.version
+    tags = {MODEL_NAME_TAG: version.name, MODEL_VERSION_TAG: version.version, REASON_TAG: promotion.reason}
+    base_key = f"{sensor_name}:{promotion.ref}:{promotion.sequence}:{version.version}:{key.to_user_string()}"
+    assets_def = context.repository_def.assets_defs_by_key[key] if context.repository_def else None
+    partitions_def = assets_def.partitions_def if assets_def else None
+    if partitions_def is None:
+        if rescore == "stale" and _latest_versions(context.instance, key).get(None) == version.version:
+            return []
+        return [dg.RunRequest(run_key=base_key, asset_selection=[key], tags=tags)]
+    keys = _partitions(context, key, partitions_def, version, rescore, latest_n, window)
+    single_run = assets_def is not None and assets_def.backfill_policy == dg.BackfillPolicy.single_run()
+    if single_run:
+        # One run per contiguous range: one unit in the UI, the model loaded once per range.
+        return [
+            dg.RunRequest(
+                run_key=f"{base_key}:{first}...{last}",
+                asset_selection=[key],
+                partition_key_range=dg.PartitionKeyRange(first, last),
+                tags={**tags, "dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+            )
+            for first, last in _contiguous_ranges(keys, partitions_def, context)
+        ]
+    return [
+        dg.RunRequest(run_key=f"{base_key}:{pk}", asset_selection=[key], partition_key=pk, tags=tags) for pk in keys
+    ]
+
+
+def _partitions(
+    context: dg.SensorEvaluationContext,
+    key: dg.AssetKey,
+    partitions_def: dg.PartitionsDefinition,
+    version: ModelVersion,
+    rescore: RescoreScope,
+    latest_n: int,
+    window: tuple[str, str] | None,
+) -> list[str]:
+    all_keys = partitions_def.get_partition_keys(dynamic_partitions_store=context.instance)
+    if rescore == "latest":
+        return all_keys[-latest_n:]
+    if rescore == "window":
+        assert window is not None
+        return _between(all_keys, window)
+    materialized = context.instance.get_materialized_partitions(key)
+    if rescore == "materialized":
+        return [k for k in all_keys if k in materialized]
+    latest = _latest_versions(context.instance, key, expected=len(materialized))
+    return [k for k in all_keys if k in materialized and latest.get(k) != version.version]
+
+
+def _latest_versions(instance: dg.DagsterInstance, key: dg.AssetKey, expected: int = 1) -> dict[str | None, str | None]:
+    """The model version tag of each partition's latest materialization (newest records first)."""
+    latest: dict[str | None, str | None] = {}
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(key, limit=_PAGE, cursor=cursor)
+        for record in page.records:
+            materialization = record.asset_materialization
+            if materialization is not None and materialization.partition not in latest:
+                latest[materialization.partition] = (materialization.tags or {}).get(MODEL_VERSION_TAG)
+        if not page.has_more or len(latest) >= expected:
+            return latest
+        cursor = page.cursor
+
+
+def _between(keys: list[str], window: tuple[str, str]) -> list[str]:
+    """Keys from window[0] to window[1] in the partitions' own order; a bound not among them is an error."""
+    missing = [k for k in window if k not in keys]
+    if missing:
+        msg = f"window bound(s) {missing} are not partition keys (first: {keys[0]!r}, last: {keys[-1]!r})"
+        raise ValueError(msg)
+    first, last = keys.index(window[0]), keys.index(window[1])
+    return keys[first : last + 1]
+
+
+def _contiguous_ranges(
+    keys: list[str], partitions_def: dg.PartitionsDefinition, context: dg.SensorEvaluationContext
+) -> list[tuple[str, str]]:
+    order = {k: i for i, k in enumerate(partitions_def.get_partition_keys(dynamic_partitions_store=context.instance))}
+    ranges: list[tuple[str, str]] = []
+    for k in sorted(keys, key=order.__getitem__):
+        if ranges and order[k] == order[ranges[-1][1]] + 1:
+            ranges[-1] = (ranges[-1][0], k)
+        else:
+            ranges.append((k, k))
+    return ranges
