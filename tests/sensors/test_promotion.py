@@ -12,7 +12,7 @@ import pytest
 
 from ml_assets.assets import build_scoring_asset
 from ml_assets.datasets import ParquetDataset, read_lineage
-from ml_assets.demo import FEATURES, register_onnx_model, to_onnx_classifier
+from ml_assets.demo import FEATURES, register_onnx_model
 from resources.dagster_resources import ModelRegistryResource, ModelRuntimeResource
 from sensors.promotion import MODEL_VERSION_TAG, REASON_TAG, PromotionCursor, build_model_promotion_sensor
 from sensors.schedules import build_partition_schedule
