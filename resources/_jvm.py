@@ -152,3 +152,17 @@ def java_error_message(exc: BaseException) -> str:
     java_class = getattr(exc, "getClass", None)
     name = java_class().getName() if callable(java_class) else type(exc).__name__
     return f"{name}: {text}"
+
+
+def direct_buffer(array: Any) -> Any:
+    """A ``java.nio.ByteBuffer`` over a C-contiguous, writable numpy array's memory (no copy).
+
+    The array must stay alive (and unresized) until the Java call using the buffer returns.
+    """
+    ensure_jvm()
+    import jpype.nio
+
+    if not array.flags.c_contiguous or not array.flags.writeable:
+        msg = "direct_buffer needs a C-contiguous, writable array"
+        raise ValueError(msg)
+    return jpype.nio.convertToDirectBuffer(memoryview(array).cast("B"))

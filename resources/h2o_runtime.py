@@ -15,6 +15,7 @@ from ``genmodel_jar`` / ``ML_ASSETS_H2O_GENMODEL_JAR`` (e.g. a standalone ``h2o-
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 import threading
@@ -30,6 +31,7 @@ from resources._common import empty_batch, find_model_file, resolve_parallelism
 from resources.errors import ModelLoadError, SchemaMismatchError, ScoringError
 from resources.models import ModelVersion
 
+logger = logging.getLogger(__name__)
 _HELPERS = ("RowSlices", "MojoBatchScorer")
 _CLASSIFIERS = {"Binomial", "Multinomial", "Ordinal"}
 _INTEGER_LABEL = re.compile(r"^[+-]?\d{1,9}$")
@@ -64,6 +66,8 @@ class H2oMojoScorer:
         threads: int,
         unseen_levels: Literal["missing", "error"],
         jar: Path,
+        engine: Literal["auto", "genmodel", "compiled"] = "auto",
+        verify_rows: int = 4096,
     ) -> None:
         self.version = version
         self.unseen_levels = unseen_levels
@@ -83,6 +87,17 @@ class H2oMojoScorer:
                 f"supported: Binomial, Multinomial, Ordinal, Regression"
             )
             raise ModelLoadError(msg)
+        self.engine = "genmodel"
+        if engine != "genmodel":
+            reason = self._java.compileTrees(verify_rows)
+            if reason is not None:
+                if engine == "compiled":
+                    self.close()
+                    msg = f"{version.describe()}: engine='compiled' cannot score this MOJO: {reason}"
+                    raise ModelLoadError(msg)
+                logger.info("%s: scored by GenModel.score0 (%s)", version.describe(), reason)
+            else:
+                self.engine = "compiled"
         self._preds = int(self._java.predsSize())
         names = [str(n) for n in self._java.featureNames()]
         self._domains: list[pa.Array | None] = []
@@ -141,11 +156,11 @@ class H2oMojoScorer:
         if n == 0:
             return empty_batch(self._output_schema)
         matrix = self._encode(batch)
-        jpype = _jvm.ensure_jvm()
+        preds = np.empty((n, self._preds), dtype=np.float64)
         try:
             with self._lock:
-                flat = self._java.score(jpype.JArray(jpype.JDouble)(matrix.ravel()), n)
-                preds = np.asarray(memoryview(flat), dtype=np.float64).reshape(n, self._preds)
+                # Java reads and writes these numpy buffers in place (no copy through JNI arrays).
+                self._java.score(_jvm.direct_buffer(matrix), _jvm.direct_buffer(preds), n)
         except Exception as exc:
             reason = _jvm.java_error_message(exc)
             msg = f"{self.version.describe()}: h2o-genmodel failed on a batch of {n} rows: {reason}"
@@ -169,7 +184,12 @@ class H2oMojoRuntime:
 
     Options: ``threads`` (JVM scoring threads, each with its own copy of the model; default
     the cores available), ``unseen_levels`` (``"missing"``: score an unseen enum level as
-    missing, as H2O does; ``"error"``: refuse the batch), ``genmodel_jar``.
+    missing, as H2O does; ``"error"``: refuse the batch), ``genmodel_jar``; ``engine``:
+    ``"genmodel"`` scores every row with ``GenModel.score0``, ``"compiled"`` walks the MOJO's
+    trees flattened into arrays and finishes with the model's own ``unifyPreds`` (tree models
+    with numeric splits only), used after it matched ``score0`` bit for bit on ``verify_rows``
+    rows placed on, beside and between the split values (NaN included); ``"auto"`` (default)
+    uses ``"compiled"`` where it applies and agrees, ``"genmodel"`` otherwise.
     """
 
     def __init__(
@@ -178,7 +198,14 @@ class H2oMojoRuntime:
         threads: int | None = None,
         unseen_levels: Literal["missing", "error"] = "missing",
         genmodel_jar: str | None = None,
+        engine: Literal["auto", "genmodel", "compiled"] = "auto",
+        verify_rows: int = 4096,
     ) -> None:
+        if engine not in ("auto", "genmodel", "compiled"):
+            msg = f"engine must be 'auto', 'genmodel' or 'compiled', got {engine!r}"
+            raise ValueError(msg)
+        self.engine = engine
+        self.verify_rows = verify_rows
         if unseen_levels not in ("missing", "error"):
             msg = f"unseen_levels must be 'missing' or 'error', got {unseen_levels!r}"
             raise ValueError(msg)
@@ -194,6 +221,8 @@ class H2oMojoRuntime:
             threads=self.threads,
             unseen_levels=self.unseen_levels,
             jar=genmodel_jar(self.genmodel_jar),
+            engine=self.engine,
+            verify_rows=self.verify_rows,
         )
 
 

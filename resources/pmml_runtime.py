@@ -219,11 +219,11 @@ class PmmlScorer:
     def _score_compiled(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         n = batch.num_rows
         numeric, _, _ = self._columns(batch)
-        jpype = _jvm.ensure_jvm()
+        probs = np.empty((n, self._forest_meta.n_classes), dtype=np.float64)
         try:
             with self._lock:
-                flat = self._forest.score(jpype.JArray(jpype.JDouble)(numeric.ravel()), n)
-                probs = np.asarray(memoryview(flat), dtype=np.float64).reshape(n, self._forest_meta.n_classes)
+                # Java reads and writes these numpy buffers in place.
+                self._forest.score(_jvm.direct_buffer(numeric), _jvm.direct_buffer(probs), n)
         except Exception as exc:
             reason = _jvm.java_error_message(exc)
             msg = f"{self.version.describe()}: the tree evaluator failed on a batch of {n} rows: {reason}"

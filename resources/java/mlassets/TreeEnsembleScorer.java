@@ -79,18 +79,22 @@ public final class TreeEnsembleScorer implements AutoCloseable {
         }
     }
 
-    /** Returns n * nClasses probabilities, row-major; NaN rows are left to pmml4s. */
-    public synchronized double[] score(double[] columns, int n) throws Exception {
-        final double[] out = new double[n * nClasses];
+    /**
+     * Reads n rows, column-major native-order doubles, from {@code in}; writes n * nClasses
+     * probabilities, row-major, into {@code outBuffer}. NaN rows are left to pmml4s.
+     */
+    public synchronized void score(java.nio.ByteBuffer in, java.nio.ByteBuffer outBuffer, int n) throws Exception {
+        final java.nio.DoubleBuffer columns = in.order(java.nio.ByteOrder.nativeOrder()).asDoubleBuffer();
+        final java.nio.DoubleBuffer out = outBuffer.order(java.nio.ByteOrder.nativeOrder()).asDoubleBuffer();
         slices.run(n, (worker, from, to) -> {
             double[] row = new double[nFields];
             double[] acc = new double[nClasses];
             rows:
             for (int i = from; i < to; i++) {
                 for (int j = 0; j < nFields; j++) {
-                    double x = columns[j * n + i];
+                    double x = columns.get(j * n + i);
                     if (Double.isNaN(x)) {
-                        java.util.Arrays.fill(out, i * nClasses, (i + 1) * nClasses, Double.NaN);
+                        missing(out, i);
                         continue rows;
                     }
                     row[j] = x;
@@ -99,7 +103,7 @@ public final class TreeEnsembleScorer implements AutoCloseable {
                 for (int t = 0; t < roots.length; t++) {
                     int d = leaf(roots[t], row);
                     if (d < 0) {
-                        java.util.Arrays.fill(out, i * nClasses, (i + 1) * nClasses, Double.NaN);
+                        missing(out, i);
                         continue rows;
                     }
                     int base = d * nClasses;
@@ -108,11 +112,16 @@ public final class TreeEnsembleScorer implements AutoCloseable {
                     }
                 }
                 for (int k = 0; k < nClasses; k++) {
-                    out[i * nClasses + k] = average ? acc[k] / roots.length : acc[k];
+                    out.put(i * nClasses + k, average ? acc[k] / roots.length : acc[k]);
                 }
             }
         });
-        return out;
+    }
+
+    private void missing(java.nio.DoubleBuffer out, int i) {
+        for (int k = 0; k < nClasses; k++) {
+            out.put(i * nClasses + k, Double.NaN);
+        }
     }
 
     @Override
