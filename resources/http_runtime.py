@@ -158,7 +158,7 @@ class _BatchSizer:
     def __init__(self, start: int, low: int, high: int, target_seconds: float) -> None:
         self.low, self.high, self.target = low, high, target_seconds
         self._rows = min(max(start, low), high)
-        self._ceiling = high  # below the smallest request the server refused as too large
+        self._ceiling = high  # lowered by 413s: never grow back to a size the server refused
         self._lock = threading.Lock()
 
     @property
@@ -178,7 +178,9 @@ class _BatchSizer:
     def shrink(self, rows: int, *, too_large: bool = False) -> None:
         with self._lock:
             if too_large:
-                self._ceiling = max(self.low, min(self._ceiling, rows - 1))
+                # Half the refused size: the halves are what gets retried, and growing back
+                # towards the refused size one 413 at a time would cost a request per step.
+                self._ceiling = max(self.low, min(self._ceiling, rows // 2))
             self._rows = max(self.low, min(self._rows, rows) // 2)
 
 

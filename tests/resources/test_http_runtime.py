@@ -452,7 +452,7 @@ def test_413_splits_the_request(fault_server: FaultServer) -> None:
     ],
 )
 def test_unusable_answers_fail_cleanly(fault_server: FaultServer, action: str, message: str) -> None:
-    scorer = HttpRuntime(url=fault_server.url, batch_rows=1000, **FAST_RETRIES).load(FAULT_VERSION)
+    scorer = HttpRuntime(url=fault_server.url, batch_rows=1000, max_in_flight=2, **FAST_RETRIES).load(FAULT_VERSION)
     fault_server.after_probe(lambda n, rows: action)
     before = fault_server.count
     with pytest.raises(ScoringError, match=message):
@@ -462,7 +462,7 @@ def test_unusable_answers_fail_cleanly(fault_server: FaultServer, action: str, m
 
 
 def test_client_errors_fail_at_once_without_the_payload(fault_server: FaultServer) -> None:
-    scorer = HttpRuntime(url=fault_server.url, batch_rows=1000, **FAST_RETRIES).load(FAULT_VERSION)
+    scorer = HttpRuntime(url=fault_server.url, batch_rows=1000, max_in_flight=2, **FAST_RETRIES).load(FAULT_VERSION)
     echo = json.dumps({"error_code": "BAD_REQUEST", "message": "Failed to predict data '0.123456789 0.98765'. bad"})
     fault_server.after_probe(lambda n, rows: (400, {}, echo.encode()))
     with pytest.raises(ScoringError) as info:
@@ -490,7 +490,8 @@ def test_circuit_breaker_stops_hammering(fault_server: FaultServer) -> None:
 
 
 def test_retries_are_bounded(fault_server: FaultServer) -> None:
-    scorer = HttpRuntime(url=fault_server.url, batch_rows=1000, max_attempts=3, **FAST_RETRIES).load(FAULT_VERSION)
+    options = {**FAST_RETRIES, "max_in_flight": 2, "max_attempts": 3}
+    scorer = HttpRuntime(url=fault_server.url, batch_rows=1000, **options).load(FAULT_VERSION)
     fault_server.after_probe(lambda n, rows: (502, {}, b"bad gateway"))
     with pytest.raises(ScoringError, match=r"chunk 0 rows 0-999: .* failed 3 time\(s\) within 120s; last: HTTP 502"):
         scorer.score(_toy_batch(1000))
