@@ -334,5 +334,38 @@ def services_up(workdir: str, mlflow_port: int, s3_port: int, bucket: str, datab
         raise click.ClickException(str(exc)) from exc
 
 
+@main.group()
+def webhook() -> None:
+    """Receive MLflow webhooks so promotion sensors react in seconds."""
+
+
+@webhook.command("serve")
+@click.option("--inbox", required=True, type=click.Path(file_okay=False), help="The sensor's webhook_inbox folder.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8787, show_default=True)
+@click.option(
+    "--secret-env", default="MLFLOW_WEBHOOK_SECRET", show_default=True, help="Variable holding the webhook's secret."
+)
+def webhook_serve(inbox: str, host: str, port: int, secret_env: str) -> None:
+    """Verify MLflow's HMAC-signed model_version_alias events and hand them to the promotion sensor."""
+    import logging
+    import os
+
+    from sensors.webhooks import serve
+
+    secret = os.environ.get(secret_env, "")
+    if not secret:
+        raise click.ClickException(f"set {secret_env} to the secret the MLflow webhook was created with")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    server = serve(inbox, secret, host=host, port=port)
+    click.echo(f"receiving MLflow webhooks on http://{host}:{port}/ into {inbox}; Ctrl-C stops")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 if __name__ == "__main__":
     main()
