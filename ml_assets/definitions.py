@@ -11,8 +11,10 @@ from datetime import timedelta
 import dagster as dg
 
 from ml_assets.assets import build_scoring_asset
+from ml_assets.datasets import ParquetDataset
 from ml_assets.demo import DEMO_DAYS, DEMO_START, DemoPaths, demo_root
 from resources.dagster_resources import ModelRegistryResource, ModelRuntimeResource
+from sensors import build_model_promotion_sensor, build_partition_schedule
 
 paths = DemoPaths(demo_root())
 daily = dg.DailyPartitionsDefinition(
@@ -28,10 +30,31 @@ fraud_scores = build_scoring_asset(
     partition_column="date",
     passthrough=["transaction_id", "customer_id"],
     group_name="scoring",
+    backfill_policy=dg.BackfillPolicy.single_run(),
+)
+
+# Promote in MLflow (or `ml-assets models promote fraud 2 --alias champion ...`): within ~15 s the
+# partitions scored with the old version are re-scored in one run.
+fraud_promotion = build_model_promotion_sensor(
+    name="fraud_champion_promotion",
+    watch=["models:/fraud@champion"],
+    target=[fraud_scores],
+    rescore="stale",
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+
+fraud_daily = build_partition_schedule(
+    name="fraud_scores_daily",
+    target=fraud_scores,
+    partitions_def=daily,
+    input_partition_uri=ParquetDataset(str(paths.transactions), partition_column="date").partition_uri,
 )
 
 defs = dg.Definitions(
     assets=[fraud_scores],
+    sensors=[fraud_promotion],
+    schedules=[fraud_daily],
     resources={
         "model_registry": ModelRegistryResource(kind="mlflow", uri=paths.tracking_uri),
         "model_runtime": ModelRuntimeResource(),
