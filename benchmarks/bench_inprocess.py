@@ -142,17 +142,27 @@ def case_pmml_peer(data: Path, out: Path) -> dict:
     t0 = time.perf_counter()
     frame = pd.read_parquet(data / f"date={PARTITION}")
     predicted = model.predict(frame[FEATURES])
-    pd.DataFrame({"id": frame["id"], "p1": predicted["probability(1)"]}).to_parquet(out / "peer.parquet")
-    return {"seconds": time.perf_counter() - t0, "rows": len(frame), "load_seconds": load}
+    seconds = time.perf_counter() - t0
+    # Untimed: pmml4s's own output, sent and read back as exact JSON (pandas' to_json rounds
+    # inputs to 10 digits and read_json parses outputs imprecisely); this is what ours must match.
+    values = frame[FEATURES].to_numpy(np.float64).tolist()
+    raw = json.loads(model.call("predict", json.dumps({"columns": FEATURES, "data": values})))
+    exact = [row[raw["columns"].index("probability(1)")] for row in raw["data"]]
+    pd.DataFrame({"id": frame["id"], "p1": exact, "p1_dataframe": predicted["probability(1)"]}).to_parquet(
+        out / "peer.parquet"
+    )
+    return {"seconds": seconds, "rows": len(frame), "load_seconds": load}
 
 
-def case_h2o_ours(data: Path, out: Path, _: str) -> dict:
+def case_h2o_ours(data: Path, out: Path, engine: str) -> dict:
     from resources.h2o_runtime import H2oMojoRuntime
 
     t0 = time.perf_counter()
-    scorer = H2oMojoRuntime().load(version("gbm", "h2o_mojo"), make_mojo()[0])
+    scorer = H2oMojoRuntime(engine=engine or "auto").load(version("gbm", "h2o_mojo"), make_mojo()[0])
     load = time.perf_counter() - t0
-    return _ours(scorer, version("gbm", "h2o_mojo"), data, out, load)
+    result = _ours(scorer, version("gbm", "h2o_mojo"), data, out, load)
+    result["engine"] = scorer.engine
+    return result
 
 
 def case_h2o_peer(data: Path, out: Path) -> dict:
@@ -232,7 +242,11 @@ def agreement(ours: dict, peer: dict, ours_column: str) -> str:
     assert mine["id"].to_pylist() == theirs["id"].to_pylist()
     a, b = mine[ours_column].to_numpy(zero_copy_only=False), theirs["p1"].to_numpy(zero_copy_only=False)
     same = int(np.sum((a == b) | (np.isnan(a) & np.isnan(b))))
-    return f"{same:,}/{len(a):,} identical, max diff {np.nanmax(np.abs(a - b)):.1e}"
+    note = f"{same:,}/{len(a):,} identical, max diff {np.nanmax(np.abs(a - b)):.1e}"
+    if "p1_dataframe" in theirs.column_names:
+        c = theirs["p1_dataframe"].to_numpy(zero_copy_only=False)
+        note += f" (vs pmml4s's exact output; vs pypmml's DataFrame: max diff {np.nanmax(np.abs(a - c)):.1e})"
+    return note
 
 
 def main() -> None:
@@ -262,6 +276,7 @@ def main() -> None:
     r: dict[str, dict] = {}
     r["pmml"] = best_of(args.repeat, "pmml_ours", big, "auto")
     r["pmml_pmml4s"] = best_of(1, "pmml_ours", small, "pmml4s")
+    r["h2o_genmodel"] = best_of(1, "h2o_ours", big, "genmodel")
     r["pmml_small"] = run_case("pmml_ours", small, "auto")
     r["pmml_peer"] = best_of(1, "pmml_peer", small)
     r["h2o"] = best_of(args.repeat, "h2o_ours", big)
@@ -304,7 +319,8 @@ def main() -> None:
     print(line("ours PMML rf, engine pmml4s (pypmml's evaluator, columnar, threads)", "pmml_pmml4s", "pmml_peer"))
     print(line("peer: pypmml Model.predict(DataFrame)", "pmml_peer", "pmml_peer"))
     h2o_note = agreement(r["h2o_small"], r["h2o_peer"], "p1")
-    print(line("**ours** H2O MOJO gbm", "h2o", "h2o_peer", h2o_note))
+    print(line(f"**ours** H2O MOJO gbm, engine {r['h2o']['engine']}", "h2o", "h2o_peer", h2o_note))
+    print(line("ours H2O MOJO gbm, engine genmodel (GenModel.score0 per row)", "h2o_genmodel", "h2o_peer"))
     print(line("peer: h2o.mojo_predict_pandas", "h2o_peer", "h2o_peer"))
     pyfunc_note = agreement(r["pyfunc"], r["pyfunc_peer"], "prediction_1")
     print(line("**ours** pyfunc rf (sklearn), in-process", "pyfunc", "pyfunc_peer", pyfunc_note))

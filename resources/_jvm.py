@@ -166,3 +166,31 @@ def direct_buffer(array: Any) -> Any:
         msg = "direct_buffer needs a C-contiguous, writable array"
         raise ValueError(msg)
     return jpype.nio.convertToDirectBuffer(memoryview(array).cast("B"))
+
+
+class DirectArrays:
+    """Reusable float64 numpy buffers, each with the direct ``ByteBuffer`` Java sees it through.
+
+    A ``ByteBuffer`` made by JPype keeps its numpy memory alive until the JVM collects it, and
+    a JVM that allocates little collects rarely: fresh buffers per batch would pile up in RSS.
+    So each named buffer is allocated once (grown when a batch needs more) and reused; callers
+    copy results out before the next call and serialize calls.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, tuple[Any, Any]] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> tuple[Any, Any]:
+        """(a C-contiguous float64 array of ``shape``, the ByteBuffer over its whole allocation)."""
+        import numpy as np
+
+        size = int(np.prod(shape))
+        held = self._arrays.get(name)
+        if held is None or held[0].size < size:
+            backing = np.empty(max(size, 1), dtype=np.float64)
+            held = (backing, direct_buffer(backing))
+            self._arrays[name] = held
+        return held[0][:size].reshape(shape), held[1]
+
+    def clear(self) -> None:
+        self._arrays.clear()

@@ -73,6 +73,7 @@ class H2oMojoScorer:
         self.unseen_levels = unseen_levels
         self.concurrency = 1  # one call at a time; the JVM side spreads each batch over `threads` threads
         self._lock = threading.Lock()
+        self._buffers = _jvm.DirectArrays()
         scorer_class = _jvm.helper_class("MojoBatchScorer", _HELPERS, [jar])
         try:
             self._java = scorer_class(str(mojo_path), threads)
@@ -128,9 +129,8 @@ class H2oMojoScorer:
     def output_schema(self) -> pa.Schema:
         return self._output_schema
 
-    def _encode(self, batch: pa.RecordBatch) -> np.ndarray:
-        n = batch.num_rows
-        matrix = np.empty((len(self._domains), n), dtype=np.float64)
+    def _encode(self, batch: pa.RecordBatch, matrix: np.ndarray) -> None:
+        """Fills ``matrix`` (features x rows) with the batch as H2O reads it."""
         for j, (field, domain) in enumerate(zip(self._input_schema, self._domains, strict=True)):
             column = batch.column(j)
             if domain is None:
@@ -149,22 +149,23 @@ class H2oMojoScorer:
             # Missing and unseen levels become NaN, as EasyPredictModelWrapper does with
             # convertUnknownCategoricalLevelsToNa (the setting PredictCsv uses).
             matrix[j] = codes.cast(pa.float64()).to_numpy(zero_copy_only=False)
-        return matrix
 
     def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         n = batch.num_rows
         if n == 0:
             return empty_batch(self._output_schema)
-        matrix = self._encode(batch)
-        preds = np.empty((n, self._preds), dtype=np.float64)
-        try:
-            with self._lock:
-                # Java reads and writes these numpy buffers in place (no copy through JNI arrays).
-                self._java.score(_jvm.direct_buffer(matrix), _jvm.direct_buffer(preds), n)
-        except Exception as exc:
-            reason = _jvm.java_error_message(exc)
-            msg = f"{self.version.describe()}: h2o-genmodel failed on a batch of {n} rows: {reason}"
-            raise ScoringError(msg) from exc
+        with self._lock:
+            # Java reads and writes these numpy buffers in place (no copy through JNI arrays).
+            matrix, in_buffer = self._buffers.get("in", (len(self._domains), n))
+            self._encode(batch, matrix)
+            preds, out_buffer = self._buffers.get("out", (n, self._preds))
+            try:
+                self._java.score(in_buffer, out_buffer, n)
+            except Exception as exc:
+                reason = _jvm.java_error_message(exc)
+                msg = f"{self.version.describe()}: h2o-genmodel failed on a batch of {n} rows: {reason}"
+                raise ScoringError(msg) from exc
+            preds = preds.copy()  # the buffer is reused by the next call
         if self._labels is None:
             arrays = [pa.array(preds[:, 0])]
         else:
@@ -177,6 +178,8 @@ class H2oMojoScorer:
         java, self._java = getattr(self, "_java", None), None
         if java is not None:
             java.close()
+        if hasattr(self, "_buffers"):
+            self._buffers.clear()
 
 
 class H2oMojoRuntime:

@@ -87,6 +87,7 @@ class PmmlScorer:
         self._forest: Any = None
         self.concurrency = 1  # the JVM side spreads each batch over `threads` model copies
         self._lock = threading.Lock()
+        self._buffers = _jvm.DirectArrays()
         scorer_class = _jvm.helper_class("PmmlBatchScorer", (*_HELPERS, "TreeEnsembleScorer"), pmml_jars(jars_dir))
         try:
             self._java = scorer_class(str(pmml_path), threads)
@@ -218,16 +219,19 @@ class PmmlScorer:
 
     def _score_compiled(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         n = batch.num_rows
-        numeric, _, _ = self._columns(batch)
-        probs = np.empty((n, self._forest_meta.n_classes), dtype=np.float64)
-        try:
-            with self._lock:
-                # Java reads and writes these numpy buffers in place.
-                self._forest.score(_jvm.direct_buffer(numeric), _jvm.direct_buffer(probs), n)
-        except Exception as exc:
-            reason = _jvm.java_error_message(exc)
-            msg = f"{self.version.describe()}: the tree evaluator failed on a batch of {n} rows: {reason}"
-            raise ScoringError(msg) from exc
+        with self._lock:
+            # Java reads and writes these numpy buffers in place.
+            numeric, in_buffer = self._buffers.get("in", (self._n_numeric, n))
+            for j in range(self._n_numeric):
+                numeric[j] = batch.column(j).cast(pa.float64()).to_numpy(zero_copy_only=False)
+            probs, out_buffer = self._buffers.get("out", (n, self._forest_meta.n_classes))
+            try:
+                self._forest.score(in_buffer, out_buffer, n)
+            except Exception as exc:
+                reason = _jvm.java_error_message(exc)
+                msg = f"{self.version.describe()}: the tree evaluator failed on a batch of {n} rows: {reason}"
+                raise ScoringError(msg) from exc
+            probs = probs.copy()  # the buffers are reused by the next call
         outputs = np.stack([probs[:, k] for k in self._forest_meta.output_class_index])
         # Rows with missing inputs (or a tree ending on a node with no true child) go to pmml4s.
         deferred = np.flatnonzero(np.isnan(probs).any(axis=1))
@@ -278,6 +282,8 @@ class PmmlScorer:
             setattr(self, attr, None)
             if java is not None:
                 java.close()
+        if hasattr(self, "_buffers"):
+            self._buffers.clear()
 
 
 def verification_batch(schema: pa.Schema, forest: Any, *, rows: int, seed: int = 0) -> pa.RecordBatch:
