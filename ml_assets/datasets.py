@@ -116,6 +116,21 @@ class PartitionReader:
     def schema(self) -> pa.Schema:
         return self._dataset.schema
 
+    def null_counts(self, columns: list[str]) -> dict[str, int]:
+        """Nulls per column from the footers' statistics, without reading data (0 where none recorded)."""
+        counts = dict.fromkeys(columns, 0)
+        for fragment in self._dataset.get_fragments():
+            metadata = fragment.metadata
+            names = metadata.schema.names
+            for i in range(metadata.num_row_groups):
+                row_group = metadata.row_group(i)
+                for name in columns:
+                    if name in names:
+                        stats = row_group.column(names.index(name)).statistics
+                        if stats is not None and stats.has_null_count:
+                            counts[name] += stats.null_count
+        return counts
+
     def batches(self, columns: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
         """Chunks in file order. Read-ahead is bounded so memory follows chunk size, not partition size."""
         scanner = self._dataset.scanner(

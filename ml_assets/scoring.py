@@ -25,8 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ml_assets.checks import schema_problems
 from ml_assets.datasets import AtomicPartitionWriter, ParquetDataset, PartitionReader
-from ml_assets.summary import ScoreSummary
+from ml_assets.summary import Comparison, ScoreSummary
 from resources.errors import DatasetError, MlAssetsError, SchemaMismatchError, ScoringError
 from resources.models import ModelVersion, Scorer
 
@@ -52,6 +53,9 @@ class ScoringResult:
     seconds: float
     chunks: int
     summary: ScoreSummary = field(repr=False)
+    prediction_schema: pa.Schema | None = field(default=None, repr=False)
+    challengers: list[ScoringResult] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
 
     @property
     def rows_per_second(self) -> float:
@@ -64,21 +68,10 @@ class _Chunk:
     first_row: int
     num_rows: int
     passthrough: pa.RecordBatch
-    predictions: Future[pa.RecordBatch]
 
     @property
     def rows(self) -> str:
         return f"rows {self.first_row}-{self.first_row + self.num_rows - 1}"
-
-
-def _castable(found: pa.DataType, expected: pa.DataType) -> bool:
-    """Casts we do silently: numbers among numbers (Arrow checks each value), anything to string."""
-    if pa.types.is_dictionary(found):
-        found = found.value_type
-    if found == expected or pa.types.is_string(expected) or pa.types.is_large_string(expected):
-        return True
-    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal)
-    return any(t(found) for t in numeric) and any(t(expected) for t in numeric)
 
 
 class _Plan:
@@ -100,19 +93,16 @@ class _Plan:
         self.version_column = version_column
         self.inputs = scorer.input_schema
         data = reader.schema
-        missing = [f for f in self.inputs if f.name not in data.names]
+        missing, incompatible = schema_problems(data, self.inputs)
         if missing:
-            listed = ", ".join(f"{f.name} ({f.type})" for f in missing)
             msg = (
-                f"{self.where}: {version.describe()} needs column(s) {listed} that the data does not have; "
-                f"the data has: {', '.join(data.names)}"
+                f"{self.where}: {version.describe()} needs column(s) {', '.join(missing)} that the data does not "
+                f"have; the data has: {', '.join(data.names)}"
             )
             raise SchemaMismatchError(msg)
-        for f in self.inputs:
-            found = data.field(f.name).type
-            if not _castable(found, f.type):
-                msg = f"{self.where}: column {f.name!r} is {found}; {version.describe()} expects {f.type}"
-                raise SchemaMismatchError(msg)
+        if incompatible:
+            msg = f"{self.where}: column {'; column '.join(incompatible)} ({version.describe()})"
+            raise SchemaMismatchError(msg)
         # A hive partition's key is in the path, not the files; passthrough of it is a constant.
         self.constants: dict[str, str] = {}
         for name in passthrough:
@@ -185,6 +175,39 @@ def _constant(value: str, rows: int) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int32)), pa.array([value]))
 
 
+@dataclass(frozen=True)
+class Challenger:
+    """A second model scored in the same pass over the input, into its own output."""
+
+    scorer: Scorer
+    version: ModelVersion
+    dest: ParquetDataset
+
+
+@dataclass
+class _Lane:
+    """One model's path through a pass: its plan, its output file and its running summary."""
+
+    scorer: Scorer
+    version: ModelVersion
+    plan: _Plan
+    writer: AtomicPartitionWriter
+    summary: ScoreSummary = field(default_factory=ScoreSummary)
+
+    def predictions(self, chunk: _Chunk, future: Future[pa.RecordBatch]) -> pa.RecordBatch:
+        where = f"{self.plan.where}, chunk {chunk.index} ({chunk.rows})"
+        try:
+            predictions = future.result()
+        except MlAssetsError as exc:
+            raise type(exc)(f"{where}: {exc}") from exc
+        except Exception as exc:  # a runtime's own error type: keep it, name the chunk
+            msg = f"{where}: {self.version.describe()} failed: {exc}"
+            raise ScoringError(msg) from exc
+        if predictions.schema != self.scorer.output_schema:
+            predictions = _conform(predictions, self.scorer.output_schema, self.plan, chunk)
+        return predictions
+
+
 def score_partition(
     scorer: Scorer,
     version: ModelVersion,
@@ -196,6 +219,7 @@ def score_partition(
     passthrough: Sequence[str] = (),
     nulls: NullPolicy = "error",
     version_column: str | None = None,
+    challengers: Sequence[Challenger] = (),
     queue_depth: int | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     extra_metadata: dict[str, Any] | None = None,
@@ -208,6 +232,8 @@ def score_partition(
         passthrough: input columns copied to the output beside the predictions (e.g. keys).
         nulls: ``error`` rejects nulls in features; ``pass`` hands them to the model as missing values.
         version_column: if set, a column of that name holding the model version on every row.
+        challengers: more models scored in the same pass, each into its own output; the result
+            compares each with ``scorer`` (agreement, mean absolute difference).
         queue_depth: chunks in flight between reading and writing (default: 2 per scoring thread + 2).
     """
     if chunk_rows < 1:
@@ -218,87 +244,120 @@ def score_partition(
     if reader.num_rows == 0:
         msg = f"{reader.where}: the partition is empty (0 rows in {len(reader.files)} file(s)); nothing to score"
         raise DatasetError(msg)
-    plan = _Plan(reader, scorer, version, passthrough=passthrough, nulls=nulls, version_column=version_column)
-    metadata = {**version.lineage(), "partition": partition, "input": reader.where, **(extra_metadata or {})}
-    workers = max(1, int(getattr(scorer, "concurrency", 1)))
-    in_flight: queue.Queue[_Chunk | None] = queue.Queue(maxsize=queue_depth or 2 * workers + 2)
-    summary = ScoreSummary()
-    writer = AtomicPartitionWriter(dest, partition, plan.output_schema, metadata)
+    models = [(scorer, version, dest), *((c.scorer, c.version, c.dest) for c in challengers)]
+    plans = [
+        _Plan(reader, s, v, passthrough=passthrough, nulls=nulls, version_column=version_column) for s, v, _ in models
+    ]
+    lanes: list[_Lane] = []
+    try:
+        for (lane_scorer, lane_version, lane_dest), plan in zip(models, plans, strict=True):
+            metadata = {
+                **lane_version.lineage(),
+                "partition": partition,
+                "input": reader.where,
+                **(extra_metadata or {}),
+            }
+            writer = AtomicPartitionWriter(lane_dest, partition, plan.output_schema, metadata)
+            lanes.append(_Lane(lane_scorer, lane_version, plan, writer))
+        result = _run(reader, lanes, chunk_rows, queue_depth, on_progress, started)
+    except BaseException:
+        for lane in lanes:
+            lane.writer.abort()
+        raise
+    return result
+
+
+def _run(
+    reader: PartitionReader,
+    lanes: list[_Lane],
+    chunk_rows: int,
+    queue_depth: int | None,
+    on_progress: Callable[[Progress], None] | None,
+    started: float,
+) -> ScoringResult:
+    """The threads of one pass; every lane's output is committed only if every lane succeeded."""
+    main = lanes[0]
+    read_columns = list(dict.fromkeys(c for lane in lanes for c in lane.plan.read_columns))
+    workers = sum(max(1, int(getattr(lane.scorer, "concurrency", 1))) for lane in lanes)
+    in_flight: queue.Queue[tuple[_Chunk, list[Future[pa.RecordBatch]]] | None] = queue.Queue(
+        maxsize=queue_depth or 2 * workers + 2
+    )
+    comparisons = [Comparison(lane.version) for lane in lanes[1:]]
     failure: list[BaseException] = []
     chunks = 0
 
     def write_in_order() -> None:
         try:
-            while (chunk := in_flight.get()) is not None:
-                try:
-                    predictions = chunk.predictions.result()
-                except MlAssetsError as exc:
-                    msg = f"{plan.where}, chunk {chunk.index} ({chunk.rows}): {exc}"
-                    raise type(exc)(msg) from exc
-                except Exception as exc:  # a runtime's own error type: keep it, name the chunk
-                    msg = f"{plan.where}, chunk {chunk.index} ({chunk.rows}): {version.describe()} failed: {exc}"
-                    raise ScoringError(msg) from exc
-                if predictions.schema != scorer.output_schema:
-                    predictions = _conform(predictions, scorer.output_schema, plan, chunk)
-                out = plan.output_batch(chunk, predictions)
-                writer.write(out)
-                summary.update(predictions)
+            while (item := in_flight.get()) is not None:
+                chunk, futures = item
+                outputs = [lane.predictions(chunk, future) for lane, future in zip(lanes, futures, strict=True)]
+                for lane, predictions in zip(lanes, outputs, strict=True):
+                    lane.writer.write(lane.plan.output_batch(chunk, predictions))
+                    lane.summary.update(predictions)
+                for comparison, predictions in zip(comparisons, outputs[1:], strict=True):
+                    comparison.update(outputs[0], predictions)
                 if on_progress is not None:
-                    on_progress(Progress(chunk.index + 1, writer.rows, reader.num_rows))
+                    on_progress(Progress(chunk.index + 1, main.writer.rows, reader.num_rows))
         except BaseException as exc:  # noqa: BLE001 -- handed to the calling thread, which re-raises it
             failure.append(exc)
             _drain(in_flight)
 
-    def put(chunk: _Chunk | None) -> None:
+    def put(item: tuple[_Chunk, list[Future[pa.RecordBatch]]] | None) -> None:
         while not failure:
             try:
-                in_flight.put(chunk, timeout=_POLL_S)
+                in_flight.put(item, timeout=_POLL_S)
                 return
             except queue.Full:
                 continue
 
     write_thread = threading.Thread(target=write_in_order, name="ml-assets-writer", daemon=True)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ml-assets-score")
-    committed = False
     try:
         write_thread.start()
         first_row = 0
         try:
-            for batch in reader.batches(plan.read_columns, chunk_rows):
+            for batch in reader.batches(read_columns, chunk_rows):
                 if failure:
                     break
-                features = plan.features(batch, chunks, first_row)
-                future = pool.submit(scorer.score, features)
-                put(_Chunk(chunks, first_row, batch.num_rows, plan.passthrough_batch(batch), future))
+                futures = [
+                    pool.submit(lane.scorer.score, lane.plan.features(batch, chunks, first_row)) for lane in lanes
+                ]
+                chunk = _Chunk(chunks, first_row, batch.num_rows, main.plan.passthrough_batch(batch))
+                put((chunk, futures))
                 chunks += 1
                 first_row += batch.num_rows
         except (pa.ArrowInvalid, OSError) as exc:
-            msg = f"{plan.where}: reading chunk {chunks} (from row {first_row}) failed: {exc}"
+            msg = f"{main.plan.where}: reading chunk {chunks} (from row {first_row}) failed: {exc}"
             raise DatasetError(msg) from exc
         finally:
             put(None)
             write_thread.join()
         if failure:
             raise failure[0]
-        if writer.rows != reader.num_rows:
-            msg = f"{plan.where}: wrote {writer.rows} rows but the partition has {reader.num_rows}"
+        if main.writer.rows != reader.num_rows:
+            msg = f"{main.plan.where}: wrote {main.writer.rows} rows but the partition has {reader.num_rows}"
             raise ScoringError(msg)
-        output_uri = writer.commit()
-        committed = True
+        uris = [lane.writer.commit() for lane in lanes]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        if not committed:
-            writer.abort()
-    return ScoringResult(
-        version=version,
-        partition=partition,
-        output_uri=output_uri,
-        rows_in=reader.num_rows,
-        rows_out=writer.rows,
-        seconds=time.perf_counter() - started,
-        chunks=chunks,
-        summary=summary,
-    )
+    seconds = time.perf_counter() - started
+    results = [
+        ScoringResult(
+            version=lane.version,
+            partition=reader.partition,
+            output_uri=uri,
+            rows_in=reader.num_rows,
+            rows_out=lane.writer.rows,
+            seconds=seconds,
+            chunks=chunks,
+            summary=lane.summary,
+            prediction_schema=lane.scorer.output_schema,
+        )
+        for lane, uri in zip(lanes, uris, strict=True)
+    ]
+    results[0].challengers = results[1:]
+    results[0].comparisons = comparisons
+    return results[0]
 
 
 def _conform(predictions: pa.RecordBatch, schema: pa.Schema, plan: _Plan, chunk: _Chunk) -> pa.RecordBatch:

@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-HISTOGRAM_BINS = 10
+# Fine enough for drift statistics (PSI, KS) on probabilities; a person sees them re-binned to 10.
+HISTOGRAM_BINS = 100
 
 
 @dataclass
@@ -113,7 +114,7 @@ class ScoreSummary:
             "|---|---|---|---|---|---|---|---|",
         ]
         for name, s in self.columns.items():
-            bars = _sparkline(s.histogram) if s.histogram is not None else ""
+            bars = _sparkline(s.histogram.reshape(10, -1).sum(axis=1)) if s.histogram is not None else ""
             lines.append(
                 f"| {name} | {s.count:,} | {s.nulls + s.nans:,} | {_fmt(s.mean)} | {_fmt(s.std)} | "
                 f"{_fmt(s.minimum if s.count else None)} | {_fmt(s.maximum if s.count else None)} | {bars} |"
@@ -136,3 +137,63 @@ def _sparkline(counts: np.ndarray) -> str:
     blocks = " ▁▂▃▄▅▆▇█"
     top = counts.max() or 1
     return "".join(blocks[round(8 * c / top)] for c in counts)
+
+
+def score_column(schema: pa.Schema) -> str | None:
+    """The column drift and comparisons look at: the positive-class probability, else the first float."""
+    names = schema.names
+    if "probability_1" in names:
+        return "probability_1"
+    probabilities = [n for n in names if n.startswith("probability_")]
+    if probabilities:
+        return probabilities[-1]
+    return next((f.name for f in schema if pa.types.is_floating(f.type)), None)
+
+
+def label_column(schema: pa.Schema) -> str | None:
+    """The predicted class: a label-like name, else the first integer or string column."""
+    named = [f.name for f in schema if _looks_like_label(f.name) and not pa.types.is_floating(f.type)]
+    if named:
+        return named[0]
+    return next((f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_string(f.type)), None)
+
+
+@dataclass
+class Comparison:
+    """Champion vs one challenger on the same rows: label agreement and mean absolute score difference."""
+
+    challenger: Any  # the challenger's ModelVersion
+    rows: int = 0
+    label_rows: int = 0
+    agreeing: int = 0
+    abs_diff: float = 0.0
+    score_rows: int = 0
+
+    def update(self, champion: pa.RecordBatch, challenger: pa.RecordBatch) -> None:
+        self.rows += champion.num_rows
+        labels = label_column(champion.schema), label_column(challenger.schema)
+        if all(labels):
+            a = champion.column(labels[0])
+            b = challenger.column(labels[1])
+            if a.type != b.type:
+                a, b = a.cast(pa.string()), b.cast(pa.string())
+            equal = pc.equal(a, b)
+            self.agreeing += pc.sum(equal).as_py() or 0
+            self.label_rows += len(equal) - equal.null_count
+        scores = score_column(champion.schema), score_column(challenger.schema)
+        if all(scores):
+            diff = np.abs(
+                champion.column(scores[0]).to_numpy(zero_copy_only=False).astype(np.float64)
+                - challenger.column(scores[1]).to_numpy(zero_copy_only=False)
+            )
+            diff = diff[np.isfinite(diff)]
+            self.abs_diff += float(diff.sum())
+            self.score_rows += len(diff)
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreeing / self.label_rows if self.label_rows else None
+
+    @property
+    def mean_abs_diff(self) -> float | None:
+        return self.abs_diff / self.score_rows if self.score_rows else None

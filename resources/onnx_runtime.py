@@ -154,6 +154,11 @@ class OnnxScorer:
         return self._input_schema
 
     @property
+    def classes(self) -> list[Any] | None:
+        """A classifier's class labels (from its ZipMap or classifier node); None for regressors."""
+        return next((labels for labels in self._labels.values() if labels), None)
+
+    @property
     def output_schema(self) -> pa.Schema:
         return self._output_schema
 

@@ -183,7 +183,10 @@ def test_type_that_cannot_be_cast_at_all(champion, transactions, tmp_path):
         lambda t: t.set_column(t.schema.get_field_index("hour_of_day"), "hour_of_day", pa.array([[1]] * t.num_rows)),
     )
     version, scorer = champion
-    with pytest.raises(SchemaMismatchError, match=r"column 'hour_of_day' is list<element: int64>; .*expects float"):
+    with pytest.raises(
+        SchemaMismatchError,
+        match=r"column hour_of_day is list<element: int64>, expected float \(model 'fraud' version 1\)",
+    ):
         score_partition(scorer, version, hive(source), hive(tmp_path / "out"), partition="2026-11-01")
     assert_nothing_written(tmp_path / "out")
 

@@ -1,0 +1,191 @@
+"""Model-aware data quality, decided from what a scoring pass already knows. No Dagster here.
+
+- signature: the input against the model's inputs (missing columns, incompatible types, nulls
+  from the Parquet footers' statistics) before a row is read;
+- prediction health: null/NaN rate, probabilities outside [0, 1], classes the model does not
+  have, rows in = rows out, from the streaming summary;
+- drift: PSI and KS between score histograms (this partition vs the previous partition, and vs
+  the previous model version on the same partition);
+- agreement: champion vs challenger on the same rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from ml_assets.datasets import PartitionReader
+from ml_assets.summary import Comparison, ScoreSummary
+
+Severity = Literal["warn", "error"]
+_EPSILON = 1e-4  # keeps PSI finite where a bin is empty on one side
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    name: str
+    passed: bool
+    description: str
+    severity: Severity = "error"
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def castable(found: pa.DataType, expected: pa.DataType) -> bool:
+    """Casts done silently: numbers among numbers (Arrow checks each value), anything to string."""
+    if pa.types.is_dictionary(found):
+        found = found.value_type
+    if found == expected or pa.types.is_string(expected) or pa.types.is_large_string(expected):
+        return True
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal)
+    return any(t(found) for t in numeric) and any(t(expected) for t in numeric)
+
+
+def schema_problems(data: pa.Schema, inputs: pa.Schema) -> tuple[list[str], list[str]]:
+    """(missing columns, columns of a type that cannot become the model's), each described."""
+    missing = [f"{f.name} ({f.type})" for f in inputs if f.name not in data.names]
+    incompatible = [
+        f"{f.name} is {data.field(f.name).type}, expected {f.type}"
+        for f in inputs
+        if f.name in data.names and not castable(data.field(f.name).type, f.type)
+    ]
+    return missing, incompatible
+
+
+def check_signature(reader: PartitionReader, inputs: pa.Schema, *, nulls: Literal["error", "pass"]) -> CheckOutcome:
+    missing, incompatible = schema_problems(reader.schema, inputs)
+    present = [f.name for f in inputs if f.name in reader.schema.names]
+    null_counts = reader.null_counts(present)
+    with_nulls = {name: n for name, n in null_counts.items() if n}
+    problems = [f"missing: {', '.join(missing)}"] if missing else []
+    problems += [f"incompatible: {'; '.join(incompatible)}"] if incompatible else []
+    if with_nulls and nulls == "error":
+        problems.append("unexpected nulls: " + ", ".join(f"{k} ({v:,})" for k, v in with_nulls.items()))
+    return CheckOutcome(
+        name="signature",
+        passed=not problems,
+        description="; ".join(problems) or f"all {len(inputs)} model inputs present with compatible types",
+        metrics={
+            "missing_columns": len(missing),
+            "incompatible_columns": len(incompatible),
+            "null_values": sum(with_nulls.values()),
+            "rows": reader.num_rows,
+        },
+    )
+
+
+def check_prediction_health(
+    summary: ScoreSummary,
+    *,
+    rows_in: int,
+    rows_out: int,
+    classes: Sequence[Any] | None = None,
+    max_null_rate: float = 0.0,
+) -> CheckOutcome:
+    problems: list[str] = []
+    metrics: dict[str, Any] = {"rows_in": rows_in, "rows_out": rows_out}
+    if rows_in != rows_out:
+        problems.append(f"{rows_out:,} rows out for {rows_in:,} in")
+    for name, column in summary.columns.items():
+        total = column.count + column.nulls + column.nans
+        rate = (column.nulls + column.nans) / total if total else 0.0
+        metrics[f"{name}.null_nan_rate"] = rate
+        if rate > max_null_rate:
+            problems.append(f"{name}: {rate:.2%} null/NaN (allowed {max_null_rate:.2%})")
+        if name.startswith("probability") and column.count and (column.minimum < 0.0 or column.maximum > 1.0):
+            problems.append(f"{name}: values in [{column.minimum:.4g}, {column.maximum:.4g}], outside [0, 1]")
+    if classes is not None:
+        known = {str(c) for c in classes}
+        for name, counts in summary.value_counts.items():
+            unknown = sorted(set(counts) - known)
+            metrics[f"{name}.unknown_classes"] = len(unknown)
+            if unknown:
+                problems.append(f"{name}: classes {unknown[:5]} are not among the model's {sorted(known)[:10]}")
+    return CheckOutcome(
+        name="prediction_health",
+        passed=not problems,
+        description="; ".join(problems) or "no nulls/NaNs beyond the limit, values in range, every row scored",
+        metrics=metrics,
+    )
+
+
+def psi(current: Sequence[float], reference: Sequence[float]) -> float:
+    """Population stability index between two histograms over the same bins."""
+    p = _shares(current)
+    q = _shares(reference)
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def ks(current: Sequence[float], reference: Sequence[float]) -> float:
+    """Kolmogorov-Smirnov statistic at bin resolution: the largest gap between the two CDFs."""
+    a = np.cumsum(current) / max(np.sum(current), 1)
+    b = np.cumsum(reference) / max(np.sum(reference), 1)
+    return float(np.max(np.abs(a - b)))
+
+
+def _shares(counts: Sequence[float]) -> np.ndarray:
+    shares = np.asarray(counts, dtype=np.float64) / max(float(np.sum(counts)), 1.0)
+    shares = np.maximum(shares, _EPSILON)
+    return shares / shares.sum()
+
+
+def check_drift(
+    column: str | None,
+    current: Sequence[int] | None,
+    references: Mapping[str, Sequence[int] | None],
+    *,
+    psi_threshold: float = 0.2,
+    ks_threshold: float = 0.1,
+    severity: Severity = "warn",
+) -> CheckOutcome:
+    """``references``: label -> histogram (e.g. 'previous partition 2026-11-01', 'previous version 3')."""
+    if column is None or current is None:
+        return CheckOutcome("score_drift", True, "no probability column with a histogram to compare", severity)
+    metrics: dict[str, Any] = {"column": column}
+    problems: list[str] = []
+    compared: list[str] = []
+    for label, reference in references.items():
+        if reference is None or len(reference) != len(current) or not sum(reference):
+            continue
+        p, k = psi(current, reference), ks(current, reference)
+        key = label.split(" ")[1] if " " in label else label
+        metrics[f"psi_vs_{key}"], metrics[f"ks_vs_{key}"] = p, k
+        compared.append(label)
+        if p > psi_threshold or k > ks_threshold:
+            problems.append(
+                f"{column} vs {label}: PSI {p:.3f} (limit {psi_threshold}), KS {k:.3f} (limit {ks_threshold})"
+            )
+    if not compared:
+        return CheckOutcome(
+            "score_drift", True, "nothing to compare with yet (first partition and version)", severity, metrics
+        )
+    description = "; ".join(problems) or f"{column} stable vs {', '.join(compared)}"
+    return CheckOutcome("score_drift", not problems, description, severity, metrics)
+
+
+def check_agreement(
+    comparison: Comparison,
+    *,
+    champion_histogram: Sequence[int] | None,
+    challenger_histogram: Sequence[int] | None,
+    min_agreement: float = 0.0,
+    max_mean_abs_diff: float = 1.0,
+) -> CheckOutcome:
+    """Champion vs challenger on the same rows; passes unless limits are set and crossed."""
+    agreement, diff = comparison.agreement, comparison.mean_abs_diff
+    metrics: dict[str, Any] = {"rows": comparison.rows, "agreement": agreement, "mean_abs_diff": diff}
+    if champion_histogram is not None and challenger_histogram is not None:
+        metrics["psi"] = psi(challenger_histogram, champion_histogram)
+        metrics["ks"] = ks(challenger_histogram, champion_histogram)
+    problems = []
+    if agreement is not None and agreement < min_agreement:
+        problems.append(f"labels agree on {agreement:.2%} of rows (minimum {min_agreement:.2%})")
+    if diff is not None and diff > max_mean_abs_diff:
+        problems.append(f"mean absolute score difference {diff:.4f} (maximum {max_mean_abs_diff})")
+    described = ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if v is not None
+    )
+    return CheckOutcome("champion_challenger", not problems, "; ".join(problems) or described, "warn", metrics)
