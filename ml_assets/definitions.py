@@ -6,10 +6,13 @@ registry that ``ml-assets demo`` (``make demo``) seeds under ``$ML_ASSETS_DEMO_R
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
+from pathlib import Path
 
 import dagster as dg
 
+import ml_assets.demo_defs
 from ml_assets.assets import build_scoring_asset
 from ml_assets.datasets import ParquetDataset
 from ml_assets.demo import DEMO_DAYS, DEMO_START, DemoPaths, demo_root
@@ -17,6 +20,8 @@ from resources.dagster_resources import ModelRegistryResource, ModelRuntimeResou
 from sensors import build_model_promotion_sensor, build_partition_schedule
 
 paths = DemoPaths(demo_root())
+# The YAML pipelines in ml_assets/demo_defs/ find the demo through this variable.
+os.environ.setdefault("ML_ASSETS_DEMO_ROOT", str(paths.root))
 daily = dg.DailyPartitionsDefinition(
     start_date=DEMO_START.isoformat(), end_date=(DEMO_START + timedelta(days=DEMO_DAYS)).isoformat()
 )
@@ -51,7 +56,7 @@ fraud_daily = build_partition_schedule(
     input_partition_uri=ParquetDataset(str(paths.transactions), partition_column="date").partition_uri,
 )
 
-defs = dg.Definitions(
+python_defs = dg.Definitions(
     assets=[fraud_scores],
     sensors=[fraud_promotion],
     schedules=[fraud_daily],
@@ -60,3 +65,8 @@ defs = dg.Definitions(
         "model_runtime": ModelRuntimeResource(),
     },
 )
+
+# A second pipeline, declared in YAML with the ScoringPipelineComponent: champion and challenger in one pass.
+yaml_defs = dg.load_defs(defs_root=ml_assets.demo_defs, project_root=Path(__file__).resolve().parent)
+
+defs = dg.Definitions.merge(python_defs, yaml_defs)

@@ -1,0 +1,91 @@
+"""The ScoringPipelineComponent: scaffolded and loaded from YAML in a temporary project, then materialized."""
+
+from __future__ import annotations
+
+import warnings
+
+import dagster as dg
+import numpy as np
+import pyarrow.parquet as pq
+import yaml
+from dagster.components.testing import create_defs_folder_sandbox
+
+from ml_assets.components import ScoringPipelineComponent
+from ml_assets.datasets import read_lineage
+from tests.conftest import DATES, features_of
+
+
+def test_scaffolded_yaml_loads():
+    with create_defs_folder_sandbox() as sandbox:
+        path = sandbox.scaffold_component(component_cls=ScoringPipelineComponent)
+        written = yaml.safe_load((path / "defs.yaml").read_text())
+    assert written["type"].endswith("ScoringPipelineComponent")
+    assert written["attributes"]["model"] == "models:/my_model@champion"
+    assert written["attributes"]["promotion_sensor"] == {"rescore": "stale"}
+
+
+def test_pipeline_from_yaml_materializes_with_checks_sensor_and_schedule(models, transactions, tmp_path):
+    attributes = {
+        "name": "yaml_scores",
+        "model": "models:/fraud@champion",
+        "registry": {"kind": "mlflow", "uri": models.tracking_uri},
+        "runtime": {"options": {"onnx": {"threads": 1}}},
+        "input": {"uri": str(transactions), "partition_column": "date"},
+        "output": {"uri": str(tmp_path / "scores")},
+        "partitions": {"daily": {"start_date": DATES[0], "end_date": "2026-11-04"}},
+        "passthrough": ["transaction_id"],
+        "challenger": {"model": "models:/fraud@challenger", "output": {"uri": str(tmp_path / "challenger")}},
+        "checks": {"drift_severity": "error", "min_agreement": 0.5},
+        "schedule": {},
+        "promotion_sensor": {"rescore": "latest", "latest_n": 2},
+    }
+    with create_defs_folder_sandbox() as sandbox:
+        path = sandbox.scaffold_component(
+            component_cls=ScoringPipelineComponent,
+            defs_yaml_contents={"type": "ml_assets.components.ScoringPipelineComponent", "attributes": attributes},
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with sandbox.load_component_and_build_defs(defs_path=path) as (component, defs):
+                assert isinstance(component, ScoringPipelineComponent)
+                assert [s.name for s in defs.sensors] == ["yaml_scores_promotion"]
+                assert [s.name for s in defs.schedules] == ["yaml_scores_schedule"]
+                job = defs.resolve_implicit_global_asset_job_def()
+                with dg.instance_for_test() as instance:
+                    result = job.execute_in_process(instance=instance, partition_key=DATES[1])
+    assert result.success
+    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
+        "signature": True,
+        "prediction_health": True,
+        "score_drift": True,
+        "champion_challenger": True,
+    }
+    scored = pq.read_table(tmp_path / "scores" / f"date={DATES[1]}")
+    source = pq.read_table(transactions / f"date={DATES[1]}")
+    np.testing.assert_allclose(
+        scored["probability_1"].to_numpy(), models.lr.predict_proba(features_of(source))[:, 1], atol=1e-5
+    )
+    assert read_lineage(str(tmp_path / "challenger" / f"date={DATES[1]}" / "part-0.parquet"))["model_version"] == "2"
+
+
+def test_demo_location_includes_the_yaml_pipeline(monkeypatch, tmp_path):
+    import importlib
+    import sys
+
+    monkeypatch.setenv("ML_ASSETS_DEMO_ROOT", str(tmp_path))
+    sys.modules.pop("ml_assets.definitions", None)
+    defs = importlib.import_module("ml_assets.definitions").defs
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {"fraud_scores", "fraud_shadow_scores", "fraud_shadow_scores_challenger"} <= keys
+    assert (
+        str(tmp_path)
+        in defs.resolve_assets_def("fraud_shadow_scores")
+        .specs_by_key[dg.AssetKey("fraud_shadow_scores")]
+        .metadata["input_dataset"]
+    )
+
+
+def test_yaml_schema_is_generated_from_the_typed_fields():
+    schema = ScoringPipelineComponent.model().model_json_schema()
+    assert {"name", "model", "input", "output", "challenger", "promotion_sensor", "checks"} <= set(schema["properties"])
+    assert set(schema["required"]) == {"name", "model", "input", "output"}
