@@ -141,7 +141,7 @@ warnings.filterwarnings("ignore", message='Field name "model" in "ScoringPipelin
 
 @dg.scaffold_with(ScoringPipelineScaffolder)
 class ScoringPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
-    """Scores a partitioned Parquet dataset with a registered model, with checks, schedule and re-scoring on promotion."""
+    """Scores partitioned Parquet with a registered model: checks, a challenger, schedule, re-scoring on promotion."""
 
     name: str = Field(description="Asset name.")
     model: str = Field(description="Model ref, e.g. models:/fraud@champion.")

@@ -88,7 +88,8 @@ def test_all_checks_pass_on_good_data(registry_uri, tmp_path):
     asset = scoring_asset(root, tmp_path / "out")
     with dg.instance_for_test() as instance:
         first, second = run(asset, DAYS[0], registry_uri, instance), run(asset, DAYS[1], registry_uri, instance)
-    assert first.success and second.success
+    assert first.success
+    assert second.success
     checks = checks_of(second)
     assert {name: c.passed for name, c in checks.items()} == {
         "signature": True,

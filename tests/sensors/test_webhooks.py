@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -92,6 +93,8 @@ def mlflow_server(tmp_path, models):
         "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
         "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
         "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+        # MLflow 3.17 starts job workers that outlive a terminated server unless job execution is off.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     process = subprocess.Popen(
         [
@@ -99,7 +102,7 @@ def mlflow_server(tmp_path, models):
             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
             "--default-artifact-root", (tmp_path / "artifacts").as_uri(), "--workers", "1",
         ],
-        env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "server.log").open("w"),
+        env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "server.log").open("w"), start_new_session=True,
     )  # fmt: skip
     try:
         wait_for_port(port, process, timeout_s=120)
@@ -109,7 +112,7 @@ def mlflow_server(tmp_path, models):
         mlflow.MlflowClient(uri).set_registered_model_alias("pushed", "champion", "1")
         yield uri
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)  # the server and its gunicorn/uvicorn workers
         process.wait(timeout=30)
 
 
