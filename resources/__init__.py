@@ -31,6 +31,7 @@ __all__ = [
     "Registry",
     "RegistryUnavailableError",
     "Runtime",
+    "SchemaMismatchError",
     "Scorer",
     "ScoringError",
     "Signature",
