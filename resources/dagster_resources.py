@@ -6,6 +6,7 @@ every partition a run scores (see ``BackfillPolicy.single_run()``).
 
 from __future__ import annotations
 
+import inspect
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from resources.models import ModelRef, ModelVersion, Registry, Scorer
-from resources.plugins import create_registry, create_runtime
+from resources.plugins import RUNTIME_GROUP, create_registry, load_plugin
 
 
 class ModelRegistryResource(dg.ConfigurableResource):
@@ -72,6 +73,10 @@ class ModelRuntimeResource(dg.ConfigurableResource):
         default_factory=dict,
         description="Options per runtime name, e.g. {'onnx': {'threads': 2, 'parallel': 1}}.",
     )
+    # Secrets of remote runtimes live here, not in `options`, so they can be dg.EnvVar.
+    token: str | None = Field(default=None, description="Bearer token for remote runtimes (use dg.EnvVar).")
+    username: str | None = Field(default=None, description="Basic-auth user for remote runtimes.")
+    password: str | None = Field(default=None, description="Basic-auth password for remote runtimes (use dg.EnvVar).")
 
     _scorers: dict[tuple[str, str, str], Scorer] = PrivateAttr(default_factory=dict)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -82,9 +87,15 @@ class ModelRuntimeResource(dg.ConfigurableResource):
             scorer = self._scorers.get(key)
             if scorer is None:
                 name = self.runtime or version.format
-                scorer = create_runtime(name, **self.options.get(name, {})).load(version, path)
+                scorer = load_plugin(RUNTIME_GROUP, name)(**self.runtime_options(name)).load(version, path)
                 self._scorers[key] = scorer
             return scorer
+
+    def runtime_options(self, name: str) -> dict[str, Any]:
+        """The options for runtime ``name``: its ``options`` entry plus the secrets it accepts."""
+        accepted = inspect.signature(load_plugin(RUNTIME_GROUP, name)).parameters
+        secrets = {"token": self.token, "username": self.username, "password": self.password}
+        return {**self.options.get(name, {}), **{k: v for k, v in secrets.items() if v and k in accepted}}
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         with self._lock:
