@@ -1,4 +1,4 @@
-"""The streaming scoring core: one partition in, one committed output file out. No Dagster here.
+"""The streaming scoring core: one partition in, one committed output file per model out. No Dagster here.
 
     read (Arrow's scanner threads, bounded read-ahead)
       -> prepare (select, cast, null check)        on the calling thread
@@ -8,7 +8,8 @@
 The queue between scoring and writing holds futures in input order, so output order is input
 order and the number of chunks alive at once is bounded: memory follows chunk size, not
 partition size. The output is written under a temporary name and renamed into place only
-after the last chunk, so a failure or a kill leaves the final path as it was.
+after the last chunk, so a failure or a kill leaves the final path as it was. Challengers ride
+along in the same pass: each chunk is read once and scored by every model.
 """
 
 from __future__ import annotations

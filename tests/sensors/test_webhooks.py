@@ -121,6 +121,9 @@ def test_alias_move_reaches_the_sensor_through_a_webhook(mlflow_server, receiver
     url, inbox = receiver
     client = mlflow.MlflowClient(mlflow_server)
     client.create_webhook(name="to-dagster", url=url, events=["model_version_alias.created"], secret=SECRET)
+    # The server caches the webhooks of each event for MLFLOW_WEBHOOK_CACHE_TTL (1 s here); the
+    # fixture's alias move cached "none", so a promotion within that second would not be delivered.
+    time.sleep(1.5)
     asset = build_scoring_asset(
         name="pushed_scores", model="models:/pushed@champion", input_dataset=str(transactions),
         output_dataset=str(tmp_path / "scores"), partitions_def=dg.StaticPartitionsDefinition(DATES),
