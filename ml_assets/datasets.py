@@ -134,7 +134,14 @@ class PartitionReader:
     def batches(self, columns: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
         """Chunks in file order. Read-ahead is bounded so memory follows chunk size, not partition size."""
         scanner = self._dataset.scanner(
-            columns=columns, batch_size=chunk_rows, batch_readahead=4, fragment_readahead=2, use_threads=True
+            columns=columns,
+            batch_size=chunk_rows,
+            batch_readahead=4,
+            fragment_readahead=2,
+            use_threads=True,
+            # pre_buffer caches every column chunk it read until the file is closed: memory would
+            # grow with the file. Without it, Arrow reads row group by row group.
+            fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False),
         )
         for batch in scanner.to_batches():
             if batch.num_rows:

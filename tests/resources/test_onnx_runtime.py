@@ -34,7 +34,10 @@ def table() -> pa.Table:
 
 
 def reference(path: Path, x: np.ndarray) -> list:
-    session = ort.InferenceSession(str(path))
+    """onnxruntime itself, single-threaded like our default, so tree sums run in the same order."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options)
     return session.run(None, {session.get_inputs()[0].name: x})
 
 
