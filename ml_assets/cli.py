@@ -57,6 +57,7 @@ def score(
 
     from ml_assets.datasets import ParquetDataset
     from ml_assets.scoring import score_partition
+    from resources.direct import DirectFiles, fetch_version, resolve_ref
     from resources.plugins import create_registry, create_runtime
 
     column, value = None, None
@@ -73,9 +74,11 @@ def score(
         options["outputs"] = _split(outputs)
     try:
         registry = create_registry(registry_kind, registry_uri)
-        version = registry.resolve(model_ref)
+        direct = DirectFiles()
+        version = resolve_ref(registry, direct, model_ref)
         click.echo(f"{model_ref} -> {version.describe()} ({version.format}, {version.uri})", err=True)
-        scorer = create_runtime(runtime or version.format, **options).load(version, registry.fetch(version))
+        path = fetch_version(registry, direct, version)
+        scorer = create_runtime(runtime or version.format, **options).load(version, path)
         with tqdm(total=0, unit="row", unit_scale=True, disable=quiet, file=sys.stderr) as bar:
 
             def show(progress: Any) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from resources.models import ModelRef, ModelVersion, Registry, Scorer
+from resources.direct import DirectFiles, fetch_version, resolve_ref
+from resources.models import ModelVersion, Registry, Scorer
 from resources.plugins import RUNTIME_GROUP, create_registry, load_plugin
 
 
@@ -37,6 +38,7 @@ class ModelRegistryResource(dg.ConfigurableResource):
     options: dict[str, Any] = Field(default_factory=dict, description="Registry-specific options.")
 
     _registry: Registry | None = PrivateAttr(default=None)
+    _direct: DirectFiles | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._registry = self.build()
@@ -53,11 +55,18 @@ class ModelRegistryResource(dg.ConfigurableResource):
             self._registry = self.build()
         return self._registry
 
+    @property
+    def direct(self) -> DirectFiles:
+        """Model files named by URL (file:///..., s3://...), outside any registry."""
+        if self._direct is None:
+            self._direct = DirectFiles(cache_dir=self.cache_dir, storage_options=self.options.get("storage_options"))
+        return self._direct
+
     def resolve(self, ref: str) -> ModelVersion:
-        return self.registry.resolve(ModelRef.parse(ref))
+        return resolve_ref(self.registry, self.direct, ref)
 
     def fetch(self, version: ModelVersion) -> Path:
-        return self.registry.fetch(version)
+        return fetch_version(self.registry, self.direct, version)
 
 
 class ModelRuntimeResource(dg.ConfigurableResource):

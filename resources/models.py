@@ -123,7 +123,9 @@ class ModelVersion:
 
     @property
     def uri(self) -> str:
-        """The canonical, version-pinned URI, e.g. ``models:/fraud/7``."""
+        """The canonical, version-pinned URI, e.g. ``models:/fraud/7``; a direct ref's file URL."""
+        if self.registry == "direct":  # resources.direct: the version is the file's content hash
+            return self.artifact_uri
         return f"models:/{self.name}/{self.version}"
 
     def describe(self) -> str:
