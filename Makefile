@@ -30,6 +30,8 @@ test: $(BIN)/python
 bench: $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test]"
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_onnx.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_inprocess.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_remote.py
 
 lint: $(BIN)/python
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
