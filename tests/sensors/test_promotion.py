@@ -176,6 +176,39 @@ def test_registry_down_skips_and_keeps_the_cursor(setup, monkeypatch):
     assert result.cursor is None  # Dagster keeps the previous cursor
 
 
+def test_slow_registry_ends_the_tick_within_its_budget(setup, monkeypatch):
+    """A server that accepts connections but never answers: the tick gives up at its budget, cursor kept."""
+    import socket
+    import time
+
+    s = setup
+    cursor = tick(s, None).cursor
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        port = silent.getsockname()[1]
+        sensor = build_model_promotion_sensor(
+            name="impatient", watch=["models:/promo@champion"], target=[s["asset"]], tick_budget_s=2.0
+        )
+        slow = {
+            **s["defs"].resources,
+            "model_registry": ModelRegistryResource(kind="mlflow", uri=f"http://127.0.0.1:{port}"),
+        }
+        started = time.monotonic()
+        result = evaluate(sensor, s, cursor, resources=slow)
+        elapsed = time.monotonic() - started
+    finally:
+        silent.close()
+    assert elapsed < 10
+    assert result.run_requests == []
+    assert (
+        "registry unavailable, nothing requested (models:/promo@champion: timed out)" in result.skip_reason.skip_message
+    )
+    assert result.cursor is None
+
+
 def test_undecodable_cursor_starts_fresh_without_runs(setup):
     s = setup
     assert execute(s, dg.RunRequest(partition_key=DATES[0])).success
