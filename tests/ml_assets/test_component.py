@@ -89,3 +89,19 @@ def test_yaml_schema_is_generated_from_the_typed_fields():
     schema = ScoringPipelineComponent.model().model_json_schema()
     assert {"name", "model", "input", "output", "challenger", "promotion_sensor", "checks"} <= set(schema["properties"])
     assert set(schema["required"]) == {"name", "model", "input", "output"}
+
+
+def test_dg_lists_the_component(tmp_path):
+    import json
+    import subprocess
+    from pathlib import Path
+
+    from tests.conftest import VENV_BIN
+
+    done = subprocess.run(
+        [str(Path(VENV_BIN) / "dg"), "list", "components", "--json"],
+        capture_output=True, text=True, timeout=180, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    listed = {entry["key"] for entry in json.loads(done.stdout)["items"]}
+    assert "ml_assets.components.ScoringPipelineComponent" in listed
