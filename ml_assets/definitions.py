@@ -56,17 +56,17 @@ fraud_daily = build_partition_schedule(
     input_partition_uri=ParquetDataset(str(paths.transactions), partition_column="date").partition_uri,
 )
 
-python_defs = dg.Definitions(
-    assets=[fraud_scores],
-    sensors=[fraud_promotion],
-    schedules=[fraud_daily],
-    resources={
-        "model_registry": ModelRegistryResource(kind="mlflow", uri=paths.tracking_uri),
-        "model_runtime": ModelRuntimeResource(),
-    },
+# Dagster's loader accepts exactly one Definitions object at module scope, so the Python pipeline
+# and the YAML one (ScoringPipelineComponent: champion and challenger in one pass) merge in place.
+defs = dg.Definitions.merge(
+    dg.Definitions(
+        assets=[fraud_scores],
+        sensors=[fraud_promotion],
+        schedules=[fraud_daily],
+        resources={
+            "model_registry": ModelRegistryResource(kind="mlflow", uri=paths.tracking_uri),
+            "model_runtime": ModelRuntimeResource(),
+        },
+    ),
+    dg.load_defs(defs_root=ml_assets.demo_defs, project_root=Path(__file__).resolve().parent),
 )
-
-# A second pipeline, declared in YAML with the ScoringPipelineComponent: champion and challenger in one pass.
-yaml_defs = dg.load_defs(defs_root=ml_assets.demo_defs, project_root=Path(__file__).resolve().parent)
-
-defs = dg.Definitions.merge(python_defs, yaml_defs)

@@ -105,3 +105,22 @@ def test_dg_lists_the_component(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     listed = {entry["key"] for entry in json.loads(done.stdout)["items"]}
     assert "ml_assets.components.ScoringPipelineComponent" in listed
+
+
+def test_workspace_loads_with_dagsters_own_loader(tmp_path):
+    """What `dagster dev -w workspace.yaml` does first: load and validate the code location."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from tests.conftest import VENV_BIN
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "ML_ASSETS_DEMO_ROOT": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "home")}
+    (tmp_path / "home").mkdir()
+    done = subprocess.run(
+        [str(Path(VENV_BIN) / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        capture_output=True, text=True, timeout=180, check=False, cwd=root, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "All code locations passed validation" in done.stdout + done.stderr
