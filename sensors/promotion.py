@@ -127,7 +127,9 @@ def build_model_promotion_sensor(
         default_status=default_status,
         description=f"Re-scores {', '.join(k.to_user_string() for k in target_keys)} when {', '.join(watch)} moves.",
     )
-    def _sensor(context: dg.SensorEvaluationContext, **resources: Any) -> dg.SensorResult:
+    def _sensor(context: dg.SensorEvaluationContext, **_resources: Any) -> dg.SensorResult:
+        # The daemon hands resources over on the context; calling the sensor directly (tests, the
+        # UI's "test sensor") also passes them as keyword arguments, taken and ignored here.
         started = time.monotonic()
         cursor = PromotionCursor.decode(context.cursor)
         nudged = inbox.take(refs) if inbox else set()
@@ -137,7 +139,7 @@ def build_model_promotion_sensor(
         to_check = [r for r in refs if poll_due or r.raw in nudged or r.raw not in cursor.versions]
         if not to_check:
             return dg.SensorResult(skip_reason="no webhook event and the next registry poll is not due")
-        registry = resources[registry_key]
+        registry = getattr(context.resources, registry_key)
         promotions: list[Promotion] = []
         notes: list[str] = []
         for ref in to_check:

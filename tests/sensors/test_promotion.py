@@ -130,6 +130,24 @@ def test_promotion_rescores_stale_partitions_once(setup):
     assert PromotionCursor.decode(again.cursor).versions == {"models:/promo@champion": "2"}
 
 
+def test_the_daemons_path_evaluate_tick(setup):
+    """The daemon calls evaluate_tick, which hands resources over on the context only."""
+    s = setup
+    assert execute(s, dg.RunRequest(partition_key=DATES[0])).success
+    with dg.build_sensor_context(
+        instance=s["instance"], definitions=s["defs"], resources=s["defs"].resources
+    ) as context:
+        baseline = s["sensor"].evaluate_tick(context)
+    s["client"].set_registered_model_alias("promo", "champion", "2")
+    with dg.build_sensor_context(
+        instance=s["instance"], cursor=baseline.cursor, definitions=s["defs"], resources=s["defs"].resources
+    ) as context:
+        data = s["sensor"].evaluate_tick(context)
+    (request,) = data.run_requests
+    assert request.partition_key_range == dg.PartitionKeyRange(DATES[0], DATES[0])
+    assert request.tags[MODEL_VERSION_TAG] == "2"
+
+
 def test_rollback_is_a_promotion_with_new_run_keys(setup):
     s = setup
     for day in DATES[:2]:
