@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Any
 
@@ -58,7 +59,7 @@ def score(
     from ml_assets.datasets import ParquetDataset
     from ml_assets.scoring import score_partition
     from resources.direct import DirectFiles, fetch_version, resolve_ref
-    from resources.plugins import create_registry, create_runtime
+    from resources.plugins import RUNTIME_GROUP, create_registry, create_runtime, load_plugin
 
     column, value = None, None
     if partition:
@@ -78,7 +79,12 @@ def score(
         version = resolve_ref(registry, direct, model_ref)
         click.echo(f"{model_ref} -> {version.describe()} ({version.format}, {version.uri})", err=True)
         path = fetch_version(registry, direct, version)
-        scorer = create_runtime(runtime or version.format, **options).load(version, path)
+        runtime_name = runtime or version.format
+        takes = inspect.signature(load_plugin(RUNTIME_GROUP, runtime_name)).parameters
+        refused = [f"--{k.replace('_', '-')}" for k in options if k not in takes]
+        if refused:
+            raise click.UsageError(f"the {runtime_name} runtime takes no {', '.join(refused)}")
+        scorer = create_runtime(runtime_name, **options).load(version, path)
         with tqdm(total=0, unit="row", unit_scale=True, disable=quiet, file=sys.stderr) as bar:
 
             def show(progress: Any) -> None:

@@ -15,7 +15,8 @@ import pytest
 
 from ml_assets.datasets import TEMP_PREFIX, read_lineage
 from ml_assets.demo import make_transactions, write_partitioned
-from tests.conftest import ROWS_PER_DAY, VENV_BIN, features_of
+from tests.conftest import DATES, ROWS_PER_DAY, VENV_BIN, features_of
+
 
 CLI = str(Path(VENV_BIN) / "ml-assets")
 
@@ -110,3 +111,13 @@ def test_importing_the_package_loads_no_heavy_dependency():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_an_option_the_runtime_does_not_take_is_a_usage_error(models, transactions, tmp_path):
+    done = run_cli(
+        "score", "models:/fraud@champion", str(transactions), str(tmp_path / "o"), "--partition", f"date={DATES[0]}",
+        "--registry-uri", models.tracking_uri, "--runtime", "http", "--threads", "2",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "the http runtime takes no --threads" in done.stderr
+    assert not (tmp_path / "o").exists()
