@@ -17,7 +17,6 @@ from ml_assets.datasets import TEMP_PREFIX, read_lineage
 from ml_assets.demo import make_transactions, write_partitioned
 from tests.conftest import DATES, ROWS_PER_DAY, VENV_BIN, features_of
 
-
 CLI = str(Path(VENV_BIN) / "ml-assets")
 
 
