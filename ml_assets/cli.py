@@ -85,7 +85,8 @@ def score(
         if refused:
             raise click.UsageError(f"the {runtime_name} runtime takes no {', '.join(refused)}")
         scorer = create_runtime(runtime_name, **options).load(version, path)
-        with tqdm(total=0, unit="row", unit_scale=True, disable=quiet, file=sys.stderr) as bar:
+        # delay: no empty bar before the first chunk tells the total
+        with tqdm(total=0, unit="row", unit_scale=True, disable=quiet, file=sys.stderr, delay=0.3) as bar:
 
             def show(progress: Any) -> None:
                 bar.total = progress.rows_total
