@@ -5,10 +5,8 @@ hive-partitioned Parquet data. Built once per test session; every test gets its 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ import pyarrow as pa
 import pytest
 
 from ml_assets.demo import FEATURES, make_transactions, register_onnx_model, to_onnx_classifier, write_partitioned
+from ml_assets.services import free_port, wait_for_port
 
 DATES = ["2026-11-01", "2026-11-02", "2026-11-03"]
 ROWS_PER_DAY = 20_000
@@ -88,26 +87,6 @@ def features_of(table: pa.Table) -> np.ndarray:
     return np.column_stack([table[c].to_numpy() for c in FEATURES]).astype(np.float32)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            msg = f"server exited with {process.returncode} before listening on {port}"
-            raise RuntimeError(msg)
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    msg = f"nothing listened on 127.0.0.1:{port} within {timeout_s}s"
-    raise TimeoutError(msg)
-
-
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[dict[str, str]]:
     """A real S3-compatible server (moto's server mode) on loopback; yields s3fs storage options."""
@@ -118,7 +97,7 @@ def s3_server() -> Iterator[dict[str, str]]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for_port(port, process)
+        wait_for_port(port, process, what="moto S3 server")
         yield {"endpoint_url": f"http://127.0.0.1:{port}", "key": "testing", "secret": "testing"}
     finally:
         process.terminate()

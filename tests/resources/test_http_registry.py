@@ -173,7 +173,7 @@ def test_served_by_the_cli_command(file_registry_root, tmp_path):
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for_port(port, server)
+        wait_for_port(port, server, what="registry server")
         from click.testing import CliRunner
 
         from ml_assets.cli import main as cli

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
+from ml_assets.services import free_port
 from resources.errors import ModelLoadError, ScoringError
 from resources.http_runtime import HttpRuntime, decode, encode
 from resources.models import ColumnSpec, ModelVersion, Signature
@@ -33,12 +34,6 @@ from resources.plugins import create_runtime
 VENV_BIN = Path(sys.executable).parent
 FEATURES = [f"f{i}" for i in range(8)]
 SECRET = "s3cr3t-t0ken-value"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _version(
@@ -102,7 +97,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes] | None, seconds: float) -
 
 @pytest.fixture(scope="module")
 def mlflow_server(lr_model: tuple[Any, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     log_file = (tmp_path_factory.mktemp("serve") / "serve.log").open("wb")
     cmd = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", str(lr_model[1]), "-h", "127.0.0.1", "-p", str(port)]
@@ -507,7 +502,7 @@ def test_retries_are_bounded(fault_server: FaultServer) -> None:
 
 
 def test_connection_refused_fails_load_cleanly() -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(ModelLoadError, match=r"probing http://127.0.0.1:\d+/invocations .* connection failed"):
         HttpRuntime(url=url, max_attempts=2, **FAST_RETRIES).load(FAULT_VERSION)
@@ -644,7 +639,7 @@ def test_dagster_materialize_through_a_served_registry_model(
     from ml_assets.demo import FEATURES as DEMO_FEATURES
 
     tracking_uri, model = registered_remote_model
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     cmd = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", "models:/fraud_remote/1", "-h", "127.0.0.1"]
     cmd += ["-p", str(port), "--env-manager", "local", "-w", "1"]

@@ -105,7 +105,7 @@ def mlflow_server(tmp_path, models):
         env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "server.log").open("w"), start_new_session=True,
     )  # fmt: skip
     try:
-        wait_for_port(port, process, timeout_s=120)
+        wait_for_port(port, process, what="mlflow server", timeout_s=120)
         uri = f"http://127.0.0.1:{port}"
         for path in (models.lr_onnx, models.rf_onnx):
             register_onnx_model(uri, "pushed", onnx.load(str(path)), FEATURES, experiment="webhooks")
