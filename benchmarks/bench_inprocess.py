@@ -96,7 +96,7 @@ def make_mojo() -> tuple[Path, Path]:
 
 
 def version(name: str, fmt: str):
-    from resources.models import ModelVersion
+    from ml_assets.resources.core.models import ModelVersion
 
     return ModelVersion(name=name, version="1", format=fmt, artifact_uri=f"file:///{name}", registry="bench")
 
@@ -122,7 +122,7 @@ def _ours(scorer, model_version, data: Path, out: Path, load: float, **options) 
 
 
 def case_pmml_ours(data: Path, out: Path, engine: str) -> dict:
-    from resources.pmml_runtime import PmmlRuntime
+    from ml_assets.resources.runtimes.pmml import PmmlRuntime
 
     t0 = time.perf_counter()
     scorer = PmmlRuntime(engine=engine).load(version("rf_pmml", "pmml"), make_pmml())
@@ -155,7 +155,7 @@ def case_pmml_peer(data: Path, out: Path) -> dict:
 
 
 def case_h2o_ours(data: Path, out: Path, engine: str) -> dict:
-    from resources.h2o_runtime import H2oMojoRuntime
+    from ml_assets.resources.runtimes.h2o import H2oMojoRuntime
 
     t0 = time.perf_counter()
     scorer = H2oMojoRuntime(engine=engine or "auto").load(version("gbm", "h2o_mojo"), make_mojo()[0])
@@ -178,8 +178,8 @@ def case_h2o_peer(data: Path, out: Path) -> dict:
 
 
 def case_pyfunc_ours(data: Path, out: Path, isolation: str) -> dict:
-    from resources.mlflow_registry import MlflowRegistry
-    from resources.pyfunc_runtime import PyfuncRuntime
+    from ml_assets.resources.registries.mlflow import MlflowRegistry
+    from ml_assets.resources.runtimes.pyfunc import PyfuncRuntime
 
     t0 = time.perf_counter()
     registry = MlflowRegistry(os.environ["BENCH_TRACKING_URI"])

@@ -70,7 +70,7 @@ def make_models() -> str:
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
 
-    from ml_assets.demo import register_onnx_model, to_onnx_classifier
+    from ml_assets.dev.demo import register_onnx_model, to_onnx_classifier
 
     head = pq.read_table(make_data(2_000_000) / "date=2026-01-01", columns=FEATURES).slice(0, 50_000)
     x = np.column_stack([head[c].to_numpy() for c in FEATURES])
@@ -116,7 +116,7 @@ def case_ort_compute(data: Path, model: str, out: Path) -> dict:
     import onnxruntime as ort
     import pyarrow.parquet as pq
 
-    from resources.mlflow_registry import MlflowRegistry
+    from ml_assets.resources.registries.mlflow import MlflowRegistry
 
     registry = MlflowRegistry(os.environ["BENCH_TRACKING_URI"])
     path = registry.fetch(registry.resolve(f"models:/{model}_onnx/1")) / "model.onnx"
@@ -133,9 +133,9 @@ def case_ort_compute(data: Path, model: str, out: Path) -> dict:
 
 def case_ours(data: Path, model: str, out: Path) -> dict:
     from ml_assets.datasets import ParquetDataset
+    from ml_assets.resources.registries.mlflow import MlflowRegistry
+    from ml_assets.resources.runtimes.onnx import OnnxRuntime
     from ml_assets.scoring import score_partition
-    from resources.mlflow_registry import MlflowRegistry
-    from resources.onnx_runtime import OnnxRuntime
 
     t_start = time.perf_counter()
     registry = MlflowRegistry(os.environ["BENCH_TRACKING_URI"])

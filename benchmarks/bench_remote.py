@@ -37,9 +37,9 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ml_assets.datasets import ParquetDataset
+from ml_assets.resources.core.models import ColumnSpec, ModelVersion, Signature
+from ml_assets.resources.runtimes.http import HttpRuntime
 from ml_assets.scoring import score_partition
-from resources.http_runtime import HttpRuntime
-from resources.models import ColumnSpec, ModelVersion, Signature
 
 FEATURES = [f"f{i}" for i in range(20)]
 PARTITION = "2026-11-01"

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from resources.errors import MlAssetsError
+from ml_assets.resources.core.errors import MlAssetsError
 
 
 def _split(value: str | None) -> list[str]:
@@ -57,9 +57,9 @@ def score(
     from tqdm import tqdm
 
     from ml_assets.datasets import ParquetDataset
+    from ml_assets.resources.core.plugins import RUNTIME_GROUP, create_registry, create_runtime, load_plugin
+    from ml_assets.resources.registries.direct import DirectFiles, fetch_version, resolve_ref
     from ml_assets.scoring import score_partition
-    from resources.direct import DirectFiles, fetch_version, resolve_ref
-    from resources.plugins import RUNTIME_GROUP, create_registry, create_runtime, load_plugin
 
     column, value = None, None
     if partition:
@@ -122,7 +122,7 @@ def demo(root: str | None, days: int, rows_per_day: int) -> None:
     """Seed the embedded demo: a SQLite MLflow registry with an ONNX model and daily Parquet data."""
     from pathlib import Path
 
-    from ml_assets.demo import demo_dates, seed_demo
+    from ml_assets.dev.demo import demo_dates, seed_demo
 
     paths = seed_demo(Path(root).resolve() if root else None, days=days, rows_per_day=rows_per_day, log=click.echo)
     click.echo(
@@ -156,7 +156,7 @@ def _registry_options(fn: Any) -> Any:
 def _open_registry(kind: str, uri: str | None, raw_options: tuple[str, ...]) -> Any:
     import json
 
-    from resources.plugins import create_registry
+    from ml_assets.resources.core.plugins import create_registry
 
     options: dict[str, Any] = {}
     for item in raw_options:
@@ -287,8 +287,8 @@ def registry_serve(root: str, host: str, port: int, token_env: str | None) -> No
     """Serve the file registry at ROOT read-only over HTTP, for the 'http' registry."""
     import os
 
-    from resources.file_registry import FileRegistry
-    from resources.registry_server import RegistryServer
+    from ml_assets.resources.registries.file import FileRegistry
+    from ml_assets.resources.registries.server import RegistryServer
 
     token = None
     if token_env:
@@ -322,7 +322,7 @@ def services_up(workdir: str, mlflow_port: int, s3_port: int, bucket: str, datab
     import time
     from pathlib import Path
 
-    from ml_assets.services import running_services
+    from ml_assets.dev.services import running_services
 
     try:
         with running_services(
@@ -361,7 +361,7 @@ def webhook_serve(inbox: str, host: str, port: int, secret_env: str) -> None:
     import logging
     import os
 
-    from sensors.webhooks import serve
+    from ml_assets.webhooks import serve
 
     secret = os.environ.get(secret_env, "")
     if not secret:

@@ -18,7 +18,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from resources.errors import DatasetError
+from ml_assets.resources.core.errors import DatasetError
 
 METADATA_KEY = b"ml_assets"
 OUTPUT_FILE = "part-0.parquet"

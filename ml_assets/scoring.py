@@ -28,9 +28,9 @@ import pyarrow.compute as pc
 
 from ml_assets.checks import schema_problems
 from ml_assets.datasets import AtomicPartitionWriter, ParquetDataset, PartitionReader
+from ml_assets.resources.core.errors import DatasetError, MlAssetsError, SchemaMismatchError, ScoringError
+from ml_assets.resources.core.models import ModelVersion, Scorer
 from ml_assets.summary import Comparison, ScoreSummary
-from resources.errors import DatasetError, MlAssetsError, SchemaMismatchError, ScoringError
-from resources.models import ModelVersion, Scorer
 
 NullPolicy = Literal["error", "pass"]
 DEFAULT_CHUNK_ROWS = 65_536

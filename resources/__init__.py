@@ -3,7 +3,7 @@
 Importing this package imports no registry or runtime library: those load lazily.
 """
 
-from resources.errors import (
+from ml_assets.resources.core.errors import (
     ArtifactError,
     DatasetError,
     MlAssetsError,
@@ -15,7 +15,7 @@ from resources.errors import (
     SchemaMismatchError,
     ScoringError,
 )
-from resources.models import ColumnSpec, ModelRef, ModelVersion, Registry, Runtime, Scorer, Signature
+from ml_assets.resources.core.models import ColumnSpec, ModelRef, ModelVersion, Registry, Runtime, Scorer, Signature
 
 __all__ = [
     "ArtifactError",

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import dagster as dg
 
-from resources.errors import MlAssetsError, ModelNotFoundError
-from resources.models import ModelRef, ModelVersion
-from sensors.webhooks import PromotionInbox
+from ml_assets.resources.core.errors import MlAssetsError, ModelNotFoundError
+from ml_assets.resources.core.models import ModelRef, ModelVersion
+from ml_assets.webhooks import PromotionInbox
 
 RescoreScope = Literal["stale", "materialized", "latest", "window"]
 # On every scoring materialization and run, so the sensor finds which version produced which partition.

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ml_assets.demo import FEATURES, make_transactions, register_onnx_model, to_onnx_classifier, write_partitioned
-from ml_assets.services import free_port, wait_for_port
+from ml_assets.dev.demo import FEATURES, make_transactions, register_onnx_model, to_onnx_classifier, write_partitioned
+from ml_assets.dev.services import free_port, wait_for_port
 
 DATES = ["2026-11-01", "2026-11-02", "2026-11-03"]
 ROWS_PER_DAY = 20_000

@@ -9,9 +9,9 @@ import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
 
-from ml_assets.assets import MODEL_VERSION_TAG, build_scoring_asset
+from ml_assets.dagster.assets import MODEL_VERSION_TAG, build_scoring_asset
+from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
 from ml_assets.datasets import read_lineage
-from resources.dagster_resources import ModelRegistryResource, ModelRuntimeResource
 from tests.conftest import DATES, ROWS_PER_DAY, features_of
 
 DAILY = dg.DailyPartitionsDefinition(start_date=DATES[0], end_date="2026-11-04")
@@ -148,8 +148,8 @@ def test_single_run_backfill_scores_each_partition(models, transactions, tmp_pat
 
 def test_demo_code_location_loads(monkeypatch, tmp_path):
     monkeypatch.setenv("ML_ASSETS_DEMO_ROOT", str(tmp_path / "demo"))
-    sys.modules.pop("ml_assets.definitions", None)
-    module = importlib.import_module("ml_assets.definitions")
+    sys.modules.pop("ml_assets.dev.definitions", None)
+    module = importlib.import_module("ml_assets.dev.definitions")
     defs: dg.Definitions = module.defs
     assets = defs.resolve_asset_graph().get_all_asset_keys()
     assert dg.AssetKey("fraud_scores") in assets

@@ -11,14 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ml_assets.assets import CheckSettings, build_scoring_asset
 from ml_assets.checks import ks, psi
+from ml_assets.dagster.assets import CheckSettings, build_scoring_asset
+from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
 from ml_assets.datasets import ParquetDataset, read_lineage
-from ml_assets.demo import FEATURES, make_transactions, register_onnx_model, to_onnx_classifier, write_partitioned
+from ml_assets.dev.demo import FEATURES, make_transactions, register_onnx_model, to_onnx_classifier, write_partitioned
+from ml_assets.resources.registries.mlflow import MlflowRegistry
+from ml_assets.resources.runtimes.onnx import OnnxRuntime
 from ml_assets.scoring import score_partition
-from resources.dagster_resources import ModelRegistryResource, ModelRuntimeResource
-from resources.mlflow_registry import MlflowRegistry
-from resources.onnx_runtime import OnnxRuntime
 
 DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
 DAILY = dg.StaticPartitionsDefinition(DAYS)

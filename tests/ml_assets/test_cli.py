@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ml_assets.datasets import TEMP_PREFIX, read_lineage
-from ml_assets.demo import make_transactions, write_partitioned
+from ml_assets.dev.demo import make_transactions, write_partitioned
 from tests.conftest import DATES, ROWS_PER_DAY, VENV_BIN, features_of
 
 CLI = str(Path(VENV_BIN) / "ml-assets")
@@ -104,7 +104,7 @@ def test_killed_mid_write_leaves_nothing_at_the_final_path(models, tmp_path):
 
 def test_importing_the_package_loads_no_heavy_dependency():
     code = (
-        "import sys, ml_assets.assets, ml_assets.scoring, ml_assets.cli, resources, resources.dagster_resources, sensors;"
+        "import sys, ml_assets.dagster.assets, ml_assets.scoring, ml_assets.cli, resources, ml_assets.dagster.resources, sensors;"
         "heavy = [m for m in ('mlflow', 'onnxruntime', 'onnx', 's3fs', 'sklearn', 'pypmml', 'h2o') if m in sys.modules];"
         "print(heavy)"
     )

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import yaml
 from dagster.components.testing import create_defs_folder_sandbox
 
-from ml_assets.components import ScoringPipelineComponent
+from ml_assets.dagster.components import ScoringPipelineComponent
 from ml_assets.datasets import read_lineage
 from tests.conftest import DATES, features_of
 
@@ -42,7 +42,10 @@ def test_pipeline_from_yaml_materializes_with_checks_sensor_and_schedule(models,
     with create_defs_folder_sandbox() as sandbox:
         path = sandbox.scaffold_component(
             component_cls=ScoringPipelineComponent,
-            defs_yaml_contents={"type": "ml_assets.components.ScoringPipelineComponent", "attributes": attributes},
+            defs_yaml_contents={
+                "type": "ml_assets.dagster.components.ScoringPipelineComponent",
+                "attributes": attributes,
+            },
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -73,8 +76,8 @@ def test_demo_location_includes_the_yaml_pipeline(monkeypatch, tmp_path):
     import sys
 
     monkeypatch.setenv("ML_ASSETS_DEMO_ROOT", str(tmp_path))
-    sys.modules.pop("ml_assets.definitions", None)
-    defs = importlib.import_module("ml_assets.definitions").defs
+    sys.modules.pop("ml_assets.dev.definitions", None)
+    defs = importlib.import_module("ml_assets.dev.definitions").defs
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"fraud_scores", "fraud_shadow_scores", "fraud_shadow_scores_challenger"} <= keys
     assert (
@@ -104,7 +107,7 @@ def test_dg_lists_the_component(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     listed = {entry["key"] for entry in json.loads(done.stdout)["items"]}
-    assert "ml_assets.components.ScoringPipelineComponent" in listed
+    assert "ml_assets.dagster.components.ScoringPipelineComponent" in listed
 
 
 def test_workspace_loads_with_dagsters_own_loader(tmp_path):

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ml_assets.assets import build_scoring_asset
-from ml_assets.demo import FEATURES, make_transactions, write_partitioned
-from resources.dagster_resources import ModelRegistryResource, ModelRuntimeResource
-from resources.mlflow_registry import FORMAT_TAG
+from ml_assets.dagster.assets import build_scoring_asset
+from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
+from ml_assets.dev.demo import FEATURES, make_transactions, write_partitioned
+from ml_assets.resources.registries.mlflow import FORMAT_TAG
 from tests.conftest import DATES
 from tests.resources.fixtures.make_h2o_mojos import training_frame
 
@@ -121,7 +121,7 @@ def test_h2o_mojo_partition(models, tmp_path):
     import h2o
     from mlflow.models import infer_signature
 
-    from resources.h2o_runtime import genmodel_jar
+    from ml_assets.resources.runtimes.h2o import genmodel_jar
 
     features = ["x0", "x1", "x2", "x3", "color", "size"]
     data = tmp_path / "h2o_input"

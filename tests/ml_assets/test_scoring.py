@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from ml_assets.datasets import OUTPUT_FILE, ParquetDataset, read_lineage
-from ml_assets.demo import FEATURES
+from ml_assets.dev.demo import FEATURES
+from ml_assets.resources.core.errors import DatasetError, SchemaMismatchError, ScoringError
+from ml_assets.resources.core.models import ModelVersion
+from ml_assets.resources.registries.mlflow import MlflowRegistry
+from ml_assets.resources.runtimes.onnx import OnnxRuntime
 from ml_assets.scoring import score_partition
-from resources.errors import DatasetError, SchemaMismatchError, ScoringError
-from resources.mlflow_registry import MlflowRegistry
-from resources.models import ModelVersion
-from resources.onnx_runtime import OnnxRuntime
 from tests.conftest import ROWS_PER_DAY, features_of
 
 
@@ -290,7 +290,7 @@ def test_model_returning_wrong_row_count(champion, transactions, tmp_path):
 
 
 def test_model_whose_inputs_do_not_match_the_data(models, transactions, tmp_path):
-    from resources.models import ColumnSpec, Signature
+    from ml_assets.resources.core.models import ColumnSpec, Signature
 
     registry = MlflowRegistry(models.tracking_uri)
     base = registry.resolve("models:/fraud/1")

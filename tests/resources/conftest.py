@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ml_assets.demo import FEATURES
-from resources.file_registry import FileRegistry
-from resources.registry_server import RegistryServer
+from ml_assets.dev.demo import FEATURES
+from ml_assets.resources.registries.file import FileRegistry
+from ml_assets.resources.registries.server import RegistryServer
 
 SIGNATURE = {"inputs": [{"name": f, "type": "float"} for f in FEATURES]}
 

@@ -11,11 +11,11 @@ import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
 
-from ml_assets.assets import build_scoring_asset
+from ml_assets.dagster.assets import build_scoring_asset
+from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
 from ml_assets.datasets import read_lineage
-from ml_assets.demo import FEATURES
-from resources.dagster_resources import ModelRegistryResource, ModelRuntimeResource
-from resources.direct import DirectFiles
+from ml_assets.dev.demo import FEATURES
+from ml_assets.resources.registries.direct import DirectFiles
 from tests.conftest import DATES, VENV_BIN, features_of
 
 

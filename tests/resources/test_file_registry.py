@@ -14,15 +14,15 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from ml_assets.assets import build_scoring_asset
 from ml_assets.cli import main as cli
+from ml_assets.dagster.assets import build_scoring_asset
+from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
 from ml_assets.datasets import ParquetDataset, read_lineage
-from resources.cache import MANIFEST as CACHE_MANIFEST
-from resources.cache import tree_checksum
-from resources.dagster_resources import ModelRegistryResource, ModelRuntimeResource
-from resources.errors import ArtifactError, ModelNotFoundError, ModelRefError, RegistryUnavailableError
-from resources.file_registry import FileRegistry
-from resources.plugins import create_registry
+from ml_assets.resources.core.cache import MANIFEST as CACHE_MANIFEST
+from ml_assets.resources.core.cache import tree_checksum
+from ml_assets.resources.core.errors import ArtifactError, ModelNotFoundError, ModelRefError, RegistryUnavailableError
+from ml_assets.resources.core.plugins import create_registry
+from ml_assets.resources.registries.file import FileRegistry
 from tests.conftest import DATES, features_of
 from tests.resources.conftest import SIGNATURE, seed_file_registry
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from resources.errors import ModelLoadError
-from resources.formats import detect_format
+from ml_assets.resources.core.errors import ModelLoadError
+from ml_assets.resources.core.formats import detect_format
 
 MOJO = Path(__file__).parent / "fixtures" / "h2o" / "binomial.zip"
 

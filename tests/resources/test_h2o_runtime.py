@@ -12,11 +12,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from resources.errors import ModelLoadError, SchemaMismatchError
-from resources.formats import detect_format
-from resources.h2o_runtime import H2oMojoRuntime, genmodel_jar, probability_column_name
-from resources.models import ModelVersion
-from resources.plugins import create_runtime
+from ml_assets.resources.core.errors import ModelLoadError, SchemaMismatchError
+from ml_assets.resources.core.formats import detect_format
+from ml_assets.resources.core.models import ModelVersion
+from ml_assets.resources.core.plugins import create_runtime
+from ml_assets.resources.runtimes.h2o import H2oMojoRuntime, genmodel_jar, probability_column_name
 from tests.resources.fixtures.make_h2o_mojos import training_frame
 
 MOJOS = Path(__file__).parent / "fixtures" / "h2o"

@@ -13,14 +13,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from ml_assets.assets import build_scoring_asset
-from resources.cache import MANIFEST as CACHE_MANIFEST
-from resources.dagster_resources import ModelRegistryResource, ModelRuntimeResource
-from resources.errors import ArtifactError, ModelNotFoundError, RegistryUnavailableError
-from resources.file_registry import FileRegistry
-from resources.http_registry import HttpRegistry
-from resources.plugins import create_registry
-from resources.registry_server import RegistryServer
+from ml_assets.dagster.assets import build_scoring_asset
+from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
+from ml_assets.resources.core.cache import MANIFEST as CACHE_MANIFEST
+from ml_assets.resources.core.errors import ArtifactError, ModelNotFoundError, RegistryUnavailableError
+from ml_assets.resources.core.plugins import create_registry
+from ml_assets.resources.registries.file import FileRegistry
+from ml_assets.resources.registries.http import HttpRegistry
+from ml_assets.resources.registries.server import RegistryServer
 from tests.conftest import DATES, features_of, free_port, wait_for_port
 
 

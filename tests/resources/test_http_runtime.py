@@ -25,11 +25,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
-from ml_assets.services import free_port
-from resources.errors import ModelLoadError, ScoringError
-from resources.http_runtime import HttpRuntime, decode, encode
-from resources.models import ColumnSpec, ModelVersion, Signature
-from resources.plugins import create_runtime
+from ml_assets.dev.services import free_port
+from ml_assets.resources.core.errors import ModelLoadError, ScoringError
+from ml_assets.resources.core.models import ColumnSpec, ModelVersion, Signature
+from ml_assets.resources.core.plugins import create_runtime
+from ml_assets.resources.runtimes.http import HttpRuntime, decode, encode
 
 VENV_BIN = Path(sys.executable).parent
 FEATURES = [f"f{i}" for i in range(8)]
@@ -382,7 +382,7 @@ def test_500s_then_success(fault_server: FaultServer, caplog: pytest.LogCaptureF
     assert scorer.payload == "csv"  # the server refused Parquet with 415 at the probe
     fault_server.after_probe(lambda n, rows: (500, {}, b'{"message": "boom"}') if n <= 3 else None)
     batch = _toy_batch(1000)
-    with caplog.at_level(logging.WARNING, logger="resources.http_runtime"):
+    with caplog.at_level(logging.WARNING, logger="ml_assets.resources.runtimes.http"):
         out = scorer.score(batch)
     scorer.close()
     np.testing.assert_array_equal(_matrix(out), _expected_toy(batch))
@@ -517,7 +517,10 @@ def test_auth_headers_and_secrets_stay_secret(fault_server: FaultServer, caplog:
     assert fault_server.headers[-1]["Authorization"] == f"Bearer {SECRET}"
     assert fault_server.headers[-1]["X-Api-Key"] == "k3y-" + SECRET
     fault_server.after_probe(lambda n, rows: (500, {}, f'{{"message": "bad token {SECRET}"}}'.encode()))
-    with caplog.at_level(logging.DEBUG, logger="resources.http_runtime"), pytest.raises(ScoringError) as info:
+    with (
+        caplog.at_level(logging.DEBUG, logger="ml_assets.resources.runtimes.http"),
+        pytest.raises(ScoringError) as info,
+    ):
         scorer.score(_toy_batch(10))
     assert SECRET not in str(info.value)
     assert all(SECRET not in r.getMessage() for r in caplog.records)
@@ -574,8 +577,8 @@ def registered_remote_model(models: Any) -> tuple[str, Any]:
     from mlflow.models import infer_signature
     from sklearn.linear_model import LogisticRegression
 
-    from ml_assets.demo import FEATURES as DEMO_FEATURES
-    from ml_assets.demo import make_transactions
+    from ml_assets.dev.demo import FEATURES as DEMO_FEATURES
+    from ml_assets.dev.demo import make_transactions
 
     train = make_transactions(3_000, seed=0).to_pandas()
     model = LogisticRegression(max_iter=500).fit(train[DEMO_FEATURES], train["is_fraud"])
@@ -594,8 +597,8 @@ def registered_remote_model(models: Any) -> tuple[str, Any]:
 def _materialize_remote(tracking_uri: str, data: Path, output: Path, http_options: dict[str, Any]) -> Any:
     import dagster as dg
 
-    from ml_assets.assets import build_scoring_asset
-    from resources.dagster_resources import ModelRegistryResource, ModelRuntimeResource
+    from ml_assets.dagster.assets import build_scoring_asset
+    from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
 
     asset = build_scoring_asset(
         name="remote_scores",
@@ -618,7 +621,7 @@ def _materialize_remote(tracking_uri: str, data: Path, output: Path, http_option
 
 @pytest.fixture(scope="module")
 def remote_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ml_assets.demo import make_transactions, write_partitioned
+    from ml_assets.dev.demo import make_transactions, write_partitioned
 
     root = tmp_path_factory.mktemp("remote") / "transactions"
 
@@ -636,7 +639,7 @@ def test_dagster_materialize_through_a_served_registry_model(
 ) -> None:
     import pyarrow.parquet as pq
 
-    from ml_assets.demo import FEATURES as DEMO_FEATURES
+    from ml_assets.dev.demo import FEATURES as DEMO_FEATURES
 
     tracking_uri, model = registered_remote_model
     port = free_port()

@@ -9,11 +9,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from resources.cache import MANIFEST
-from resources.errors import ModelNotFoundError, ModelRefError, RegistryUnavailableError
-from resources.mlflow_registry import MlflowRegistry
-from resources.models import ModelRef
-from resources.plugins import create_registry
+from ml_assets.resources.core.cache import MANIFEST
+from ml_assets.resources.core.errors import ModelNotFoundError, ModelRefError, RegistryUnavailableError
+from ml_assets.resources.core.models import ModelRef
+from ml_assets.resources.core.plugins import create_registry
+from ml_assets.resources.registries.mlflow import MlflowRegistry
 
 
 @pytest.mark.parametrize(

@@ -15,14 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from ml_assets.assets import build_scoring_asset
 from ml_assets.cli import main as cli
+from ml_assets.dagster.assets import build_scoring_asset
+from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
 from ml_assets.datasets import ParquetDataset, read_lineage
-from ml_assets.demo import FEATURES, register_onnx_model, to_onnx_classifier
-from ml_assets.services import Services, running_services
-from resources.dagster_resources import ModelRegistryResource, ModelRuntimeResource
-from resources.errors import RegistryUnavailableError
-from resources.mlflow_registry import MlflowRegistry
+from ml_assets.dev.demo import FEATURES, register_onnx_model, to_onnx_classifier
+from ml_assets.dev.services import Services, running_services
+from ml_assets.resources.core.errors import RegistryUnavailableError
+from ml_assets.resources.registries.mlflow import MlflowRegistry
 from tests.conftest import DATES, features_of, free_port
 
 SECRET = "ml-assets-secret-never-logged"

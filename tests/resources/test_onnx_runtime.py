@@ -12,11 +12,11 @@ from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.linear_model import LinearRegression
 
-from ml_assets.demo import FEATURES, make_transactions
-from resources.errors import SchemaMismatchError
-from resources.models import ColumnSpec, ModelVersion, Signature
-from resources.onnx_runtime import OnnxRuntime
-from resources.plugins import create_runtime
+from ml_assets.dev.demo import FEATURES, make_transactions
+from ml_assets.resources.core.errors import SchemaMismatchError
+from ml_assets.resources.core.models import ColumnSpec, ModelVersion, Signature
+from ml_assets.resources.core.plugins import create_runtime
+from ml_assets.resources.runtimes.onnx import OnnxRuntime
 from tests.conftest import features_of
 
 SIGNATURE = Signature(inputs=tuple(ColumnSpec(c, "float") for c in FEATURES))

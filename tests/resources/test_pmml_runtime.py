@@ -16,11 +16,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from resources.errors import ModelLoadError, SchemaMismatchError
-from resources.formats import detect_format
-from resources.models import ModelVersion
-from resources.plugins import create_runtime
-from resources.pmml_runtime import PmmlRuntime
+from ml_assets.resources.core.errors import ModelLoadError, SchemaMismatchError
+from ml_assets.resources.core.formats import detect_format
+from ml_assets.resources.core.models import ModelVersion
+from ml_assets.resources.core.plugins import create_runtime
+from ml_assets.resources.runtimes.pmml import PmmlRuntime
 
 NUMERIC = [f"f{i}" for i in range(6)]
 

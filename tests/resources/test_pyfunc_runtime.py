@@ -11,11 +11,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from resources.errors import ModelLoadError, ScoringError
-from resources.formats import detect_format
-from resources.models import ModelVersion
-from resources.plugins import create_runtime
-from resources.pyfunc_runtime import PyfuncRuntime, RequirementsMismatchWarning
+from ml_assets.resources.core.errors import ModelLoadError, ScoringError
+from ml_assets.resources.core.formats import detect_format
+from ml_assets.resources.core.models import ModelVersion
+from ml_assets.resources.core.plugins import create_runtime
+from ml_assets.resources.runtimes.pyfunc import PyfuncRuntime, RequirementsMismatchWarning
 
 FEATURES = ["amount", "age"]
 

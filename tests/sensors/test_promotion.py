@@ -10,12 +10,12 @@ import dagster as dg
 import mlflow
 import pytest
 
-from ml_assets.assets import build_scoring_asset
+from ml_assets.dagster.assets import build_scoring_asset
+from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
 from ml_assets.datasets import ParquetDataset, read_lineage
-from ml_assets.demo import FEATURES, register_onnx_model
-from resources.dagster_resources import ModelRegistryResource, ModelRuntimeResource
-from sensors.promotion import MODEL_VERSION_TAG, REASON_TAG, PromotionCursor, build_model_promotion_sensor
-from sensors.schedules import build_partition_schedule
+from ml_assets.dev.demo import FEATURES, register_onnx_model
+from ml_assets.sensors.promotion import MODEL_VERSION_TAG, REASON_TAG, PromotionCursor, build_model_promotion_sensor
+from ml_assets.sensors.schedules import build_partition_schedule
 from tests.conftest import DATES, free_port
 
 DAILY = dg.DailyPartitionsDefinition(start_date=DATES[0], end_date="2026-11-04")

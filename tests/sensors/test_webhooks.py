@@ -16,10 +16,10 @@ import mlflow
 import pytest
 import requests
 
-from ml_assets.assets import build_scoring_asset
-from resources.dagster_resources import ModelRegistryResource, ModelRuntimeResource
-from sensors.promotion import REASON_TAG, build_model_promotion_sensor
-from sensors.webhooks import (
+from ml_assets.dagster.assets import build_scoring_asset
+from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
+from ml_assets.sensors.promotion import REASON_TAG, build_model_promotion_sensor
+from ml_assets.webhooks import (
     DELIVERY_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -85,7 +85,7 @@ def mlflow_server(tmp_path, models):
     """`mlflow server` over a SQLite backend (webhooks need a SQL store), allowed to call loopback receivers."""
     import onnx
 
-    from ml_assets.demo import FEATURES, register_onnx_model
+    from ml_assets.dev.demo import FEATURES, register_onnx_model
 
     port = free_port()
     env = {

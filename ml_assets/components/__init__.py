@@ -1,5 +1,0 @@
-"""Dagster Components of dagster-ml-assets (registered for `dg list components`)."""
-
-from ml_assets.components.scoring_pipeline import ScoringPipelineComponent
-
-__all__ = ["ScoringPipelineComponent"]

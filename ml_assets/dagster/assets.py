@@ -1,0 +1,392 @@
+"""The asset factory: a partitioned Dagster asset that scores one dataset partition per partition key,
+with model-aware asset checks and, optionally, a challenger model scored in the same pass."""
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import dagster as dg
+from dagster import AssetExecutionContext
+
+from ml_assets.checks import (
+    CheckOutcome,
+    check_agreement,
+    check_drift,
+    check_prediction_health,
+    check_signature,
+)
+from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
+from ml_assets.datasets import ParquetDataset, PartitionReader
+from ml_assets.resources.core.errors import MlAssetsError
+from ml_assets.scoring import DEFAULT_CHUNK_ROWS, Challenger, NullPolicy, Progress, ScoringResult, score_partition
+from ml_assets.sensors.promotion import MODEL_NAME_TAG, MODEL_VERSION_TAG
+from ml_assets.summary import score_column
+
+_NO_PARTITION = "_"
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """Thresholds of the scoring asset's checks.
+
+    Args:
+        max_null_rate: share of null/NaN predictions allowed per prediction column.
+        psi_threshold / ks_threshold: drift limits of the score distribution against the previous
+            partition and against the previous model version on the same partition.
+        drift_severity: ``warn`` shows a failed drift check in the UI; ``error`` also fails it hard.
+        min_agreement / max_mean_abs_diff: champion vs challenger limits (defaults never fail).
+    """
+
+    max_null_rate: float = 0.0
+    psi_threshold: float = 0.2
+    ks_threshold: float = 0.1
+    drift_severity: Literal["warn", "error"] = "warn"
+    min_agreement: float = 0.0
+    max_mean_abs_diff: float = 1.0
+
+
+def _as_dataset(value: ParquetDataset | str, partition_column: str | None) -> ParquetDataset:
+    return value if isinstance(value, ParquetDataset) else ParquetDataset(value, partition_column=partition_column)
+
+
+def build_scoring_asset(
+    *,
+    name: str,
+    model: str,
+    input_dataset: ParquetDataset | str,
+    output_dataset: ParquetDataset | str,
+    partitions_def: dg.PartitionsDefinition | None = None,
+    partition_column: str | None = "date",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    passthrough: Sequence[str] = (),
+    nulls: NullPolicy = "error",
+    version_column: str | None = None,
+    checks: CheckSettings | None = CheckSettings(),
+    challenger: str | None = None,
+    challenger_output: ParquetDataset | str | None = None,
+    challenger_name: str | None = None,
+    key_prefix: str | Sequence[str] | None = None,
+    group_name: str | None = None,
+    deps: Sequence[dg.AssetKey | str | dg.AssetsDefinition] | None = None,
+    backfill_policy: dg.BackfillPolicy | None = None,
+    description: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    registry_key: str = "model_registry",
+    runtime_key: str = "model_runtime",
+) -> dg.AssetsDefinition:
+    """An asset whose materialization scores the input partition named by the partition key.
+
+    Args:
+        name: the asset name.
+        model: a model ref, e.g. ``models:/fraud@champion``; resolved at every run, so a
+            promotion changes what the next run scores with.
+        input_dataset / output_dataset: a ``ParquetDataset`` or a URI (hive-partitioned by
+            ``partition_column``, or a path template such as ``s3://b/scores/{date}.parquet``).
+        partitions_def: e.g. ``DailyPartitionsDefinition(...)`` or ``StaticPartitionsDefinition``;
+            each key is the value of ``partition_column``. None scores the whole dataset.
+        chunk_rows / passthrough / nulls / version_column: see ``score_partition``.
+        checks: asset checks (signature, blocking; prediction health; score drift; and with a
+            challenger, champion/challenger agreement) with their thresholds; None for none.
+        challenger: a second ref (``models:/fraud@challenger``) scored in the same pass over the
+            input into ``challenger_output``, as a second asset (``challenger_name``, default
+            ``<name>_challenger``).
+        registry_key / runtime_key: resource keys of a ``ModelRegistryResource`` and a
+            ``ModelRuntimeResource``.
+    """
+    source = _as_dataset(input_dataset, partition_column)
+    dest = _as_dataset(output_dataset, partition_column)
+    prefix = [key_prefix] if isinstance(key_prefix, str) else list(key_prefix or [])
+    main_key = dg.AssetKey([*prefix, name])
+    specs = [_spec(main_key, model, source, dest, description, tags, group_name, deps)]
+    challenger_key = None
+    challenger_dest = None
+    if challenger is not None:
+        if challenger_output is None:
+            msg = f"asset {name!r}: a challenger ({challenger}) needs challenger_output, where its scores go"
+            raise ValueError(msg)
+        challenger_dest = _as_dataset(challenger_output, partition_column)
+        challenger_key = dg.AssetKey([*prefix, challenger_name or f"{name}_challenger"])
+        specs.append(_spec(challenger_key, challenger, source, challenger_dest, None, tags, group_name, deps))
+    check_specs = []
+    if checks is not None:
+        check_specs = [
+            dg.AssetCheckSpec("signature", asset=main_key, blocking=True, description="Input fits the model's inputs."),
+            dg.AssetCheckSpec("prediction_health", asset=main_key, description="No null/NaN or out-of-range scores."),
+            dg.AssetCheckSpec("score_drift", asset=main_key, description="PSI/KS vs previous partition and version."),
+        ]
+        if challenger_key is not None:
+            check_specs.append(
+                dg.AssetCheckSpec("champion_challenger", asset=challenger_key, description="Agreement with champion.")
+            )
+
+    @dg.multi_asset(
+        name=name,
+        specs=specs,
+        check_specs=check_specs,
+        partitions_def=partitions_def,
+        backfill_policy=backfill_policy,
+        required_resource_keys={registry_key, runtime_key},
+    )
+    def _score(context: AssetExecutionContext) -> Iterator[Any]:
+        registry: ModelRegistryResource = getattr(context.resources, registry_key)
+        runtime: ModelRuntimeResource = getattr(context.resources, runtime_key)
+        if partitions_def is None:
+            partitions: list[str | None] = [None]
+        elif context.has_partition_key_range:
+            partitions = list(context.partition_keys)
+        else:
+            partitions = [context.partition_key]
+        try:
+            version = registry.resolve(model)
+            context.log.info(f"{model} resolves to {version.describe()} ({version.format})")
+            scorer = runtime.load(version, registry.fetch(version))
+            contenders = []
+            if challenger is not None and challenger_dest is not None:
+                challenger_version = registry.resolve(challenger)
+                context.log.info(f"challenger {challenger} resolves to {challenger_version.describe()}")
+                challenger_scorer = runtime.load(challenger_version, registry.fetch(challenger_version))
+                contenders.append(Challenger(challenger_scorer, challenger_version, challenger_dest))
+            if checks is not None:
+                # Blocking: every partition's input is checked before any output is written.
+                for partition in partitions:
+                    outcome = check_signature(PartitionReader(source, partition), scorer.input_schema, nulls=nulls)
+                    if not outcome.passed:
+                        yield _check_result(main_key, outcome, {"partition": partition})
+                        where = source.describe(partition)
+                        msg = f"{where}: the input does not fit {version.describe()}: {outcome.description}"
+                        raise dg.Failure(description=msg, allow_retries=False)
+            references = _reference_histograms(context, main_key, partitions_def, partitions, version.version)
+            results = [
+                score_partition(
+                    scorer,
+                    version,
+                    source,
+                    dest,
+                    partition=partition,
+                    chunk_rows=chunk_rows,
+                    passthrough=passthrough,
+                    nulls=nulls,
+                    version_column=version_column,
+                    challengers=contenders,
+                    on_progress=_progress_logger(context, partition),
+                    extra_metadata={"dagster_run_id": context.run_id, "asset": main_key.to_user_string()},
+                )
+                for partition in partitions
+            ]
+        except MlAssetsError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        yield _materialization(main_key, results)
+        if challenger_key is not None:
+            yield _materialization(challenger_key, [r.challengers[0] for r in results], champion=results)
+        if checks is not None:
+            yield _check_result(main_key, _signature_passed(results))
+            health = [
+                check_prediction_health(
+                    r.summary,
+                    rows_in=r.rows_in,
+                    rows_out=r.rows_out,
+                    classes=getattr(scorer, "classes", None),
+                    max_null_rate=checks.max_null_rate,
+                )
+                for r in results
+            ]
+            yield _check_result(main_key, _worst(health))
+            yield _check_result(main_key, _worst_drift(results, references, checks))
+            if challenger_key is not None:
+                yield _check_result(challenger_key, _agreement(results, checks))
+
+    return _score
+
+
+def _spec(
+    key: dg.AssetKey,
+    model: str,
+    source: ParquetDataset,
+    dest: ParquetDataset,
+    description: str | None,
+    tags: Mapping[str, str] | None,
+    group_name: str | None,
+    deps: Sequence[Any] | None,
+) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key=key,
+        description=description or f"Scores {source.uri} with {model} into {dest.uri}.",
+        metadata={"model_ref": model, "input_dataset": source.uri, "output_dataset": dest.uri},
+        tags=dict(tags or {}),
+        kinds={"parquet", "python"},
+        group_name=group_name,
+        deps=deps,
+    )
+
+
+def _progress_logger(context: AssetExecutionContext, partition: str | None) -> Any:
+    """Logs at every tenth of the partition, not every chunk."""
+    state = {"next": 0.1}
+
+    def log(progress: Progress) -> None:
+        done = progress.rows_done / max(progress.rows_total, 1)
+        if done >= state["next"]:
+            state["next"] = (int(done * 10) + 1) / 10
+            context.log.info(f"partition {partition}: {progress.rows_done:,}/{progress.rows_total:,} rows scored")
+
+    return log
+
+
+def _materialization(
+    key: dg.AssetKey, results: list[ScoringResult], champion: list[ScoringResult] | None = None
+) -> dg.MaterializeResult:
+    first = results[0]
+    version = first.version
+    rows_out = sum(r.rows_out for r in results)
+    seconds = sum(r.seconds for r in results)
+    metadata: dict[str, Any] = {
+        **{k: dg.MetadataValue.text(v) for k, v in version.lineage().items()},
+        "rows_in": dg.MetadataValue.int(sum(r.rows_in for r in results)),
+        "rows_out": dg.MetadataValue.int(rows_out),
+        "dagster/row_count": dg.MetadataValue.int(rows_out),
+        "seconds": dg.MetadataValue.float(round(seconds, 3)),
+        "rows_per_second": dg.MetadataValue.float(round(rows_out / seconds if seconds else 0.0, 1)),
+        "chunks": dg.MetadataValue.int(sum(r.chunks for r in results)),
+        # Per partition, so drift checks of later runs find this partition's histogram.
+        "score_stats": dg.MetadataValue.json({r.partition or _NO_PARTITION: r.summary.as_dict() for r in results}),
+    }
+    if len(results) == 1:
+        metadata["output"] = dg.MetadataValue.path(first.output_uri)
+        metadata["score_summary"] = dg.MetadataValue.md(first.summary.as_markdown())
+    else:
+        metadata["outputs"] = dg.MetadataValue.json({r.partition: r.output_uri for r in results})
+        metadata["score_summary"] = dg.MetadataValue.md(
+            "\n\n".join(f"**{r.partition}**\n\n{r.summary.as_markdown()}" for r in results)
+        )
+    if champion is not None:
+        comparisons = [r.comparisons[0] for r in champion]
+        metadata["champion_version"] = dg.MetadataValue.text(champion[0].version.version)
+        agreement = [c.agreement for c in comparisons if c.agreement is not None]
+        diffs = [c.mean_abs_diff for c in comparisons if c.mean_abs_diff is not None]
+        if agreement:
+            metadata["agreement_with_champion"] = dg.MetadataValue.float(min(agreement))
+        if diffs:
+            metadata["mean_abs_diff_from_champion"] = dg.MetadataValue.float(max(diffs))
+    return dg.MaterializeResult(
+        asset_key=key,
+        metadata=metadata,
+        data_version=dg.DataVersion(f"{version.name}/{version.version}"),
+        tags={MODEL_NAME_TAG: version.name, MODEL_VERSION_TAG: version.version},
+    )
+
+
+def _check_result(
+    key: dg.AssetKey, outcome: CheckOutcome, extra: Mapping[str, Any] | None = None
+) -> dg.AssetCheckResult:
+    metadata: dict[str, Any] = {"description": outcome.description}
+    for name, value in {**outcome.metrics, **(extra or {})}.items():
+        if value is not None:
+            metadata[name] = value if isinstance(value, (int, float, str)) else str(value)
+    return dg.AssetCheckResult(
+        asset_key=key,
+        check_name=outcome.name,
+        passed=outcome.passed,
+        severity=dg.AssetCheckSeverity.ERROR if outcome.severity == "error" else dg.AssetCheckSeverity.WARN,
+        metadata=metadata,
+        description=outcome.description,
+    )
+
+
+def _signature_passed(results: list[ScoringResult]) -> CheckOutcome:
+    rows = sum(r.rows_in for r in results)
+    description = f"every model input present, castable and free of unexpected nulls ({rows:,} rows)"
+    return CheckOutcome("signature", True, description, metrics={"rows": rows})
+
+
+def _histogram(stats: Any, partition: str | None, column: str) -> list[int] | None:
+    by_partition = stats if isinstance(stats, dict) else {}
+    column_stats = (by_partition.get(partition or _NO_PARTITION) or {}).get(column) or {}
+    return column_stats.get("histogram")
+
+
+def _reference_histograms(
+    context: AssetExecutionContext,
+    key: dg.AssetKey,
+    partitions_def: dg.PartitionsDefinition | None,
+    partitions: list[str | None],
+    version: str,
+) -> dict[str | None, dict[str, tuple[str, Any]]]:
+    """Per partition: the stored score stats of the previous partition and of the previous model version.
+
+    Read before this run writes anything, from the materializations the asset already recorded.
+    """
+    instance = context.instance
+    keys = partitions_def.get_partition_keys(dynamic_partitions_store=instance) if partitions_def else []
+    references: dict[str | None, dict[str, tuple[str, Any]]] = {}
+    for partition in partitions:
+        found: dict[str, tuple[str, Any]] = {}
+        if partition is not None and partition in keys and keys.index(partition) > 0:
+            previous = keys[keys.index(partition) - 1]
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, asset_partitions=[previous]), limit=1
+            ).records
+            if records:
+                stats = records[0].asset_materialization.metadata.get("score_stats")
+                found["previous partition"] = (previous, stats.value if stats else None)
+        filter_ = dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]) if partition else key
+        for record in instance.fetch_materializations(filter_, limit=20).records:
+            materialization = record.asset_materialization
+            other = (materialization.tags or {}).get(MODEL_VERSION_TAG)
+            if other and other != version:
+                stats = materialization.metadata.get("score_stats")
+                found["previous version"] = (other, stats.value if stats else None)
+                break
+        references[partition] = found
+    return references
+
+
+def _worst_drift(
+    results: list[ScoringResult],
+    references: dict[str | None, dict[str, tuple[str, Any]]],
+    checks: CheckSettings,
+) -> CheckOutcome:
+    outcomes = []
+    for result in results:
+        column = score_column(result.prediction_schema) if result.prediction_schema is not None else None
+        current = result.summary.columns.get(column) if column else None
+        compared = {
+            f"{label} {which}": _histogram(stats, which if label == "previous partition" else result.partition, column)
+            for label, (which, stats) in references.get(result.partition, {}).items()
+            if column
+        }
+        outcomes.append(
+            check_drift(
+                column,
+                None if current is None or current.histogram is None else [int(c) for c in current.histogram],
+                compared,
+                psi_threshold=checks.psi_threshold,
+                ks_threshold=checks.ks_threshold,
+                severity=checks.drift_severity,
+            )
+        )
+    return _worst(outcomes)
+
+
+def _agreement(results: list[ScoringResult], checks: CheckSettings) -> CheckOutcome:
+    outcomes = []
+    for result in results:
+        contender = result.challengers[0]
+        column = score_column(result.prediction_schema) if result.prediction_schema is not None else None
+        other = score_column(contender.prediction_schema) if contender.prediction_schema is not None else None
+        champion_hist = result.summary.columns[column].histogram if column in result.summary.columns else None
+        challenger_hist = contender.summary.columns[other].histogram if other in contender.summary.columns else None
+        outcomes.append(
+            check_agreement(
+                result.comparisons[0],
+                champion_histogram=None if champion_hist is None else champion_hist.tolist(),
+                challenger_histogram=None if challenger_hist is None else challenger_hist.tolist(),
+                min_agreement=checks.min_agreement,
+                max_mean_abs_diff=checks.max_mean_abs_diff,
+            )
+        )
+    return _worst(outcomes)
+
+
+def _worst(outcomes: list[CheckOutcome]) -> CheckOutcome:
+    """One result per check and run: the first partition that failed, else the last one."""
+    return next((o for o in outcomes if not o.passed), outcomes[-1])

@@ -1,0 +1,245 @@
+"""A scoring pipeline declared in YAML: the scoring asset, its checks, a challenger, a schedule and a
+promotion sensor. The typed fields below ARE the YAML schema; ``build_scoring_asset`` and the sensor
+factories do the work, so Python and YAML users get the same thing.
+
+```yaml
+type: ml_assets.dagster.components.ScoringPipelineComponent
+attributes:
+  name: fraud_scores
+  model: models:/fraud@champion
+  registry: {kind: mlflow, uri: "{{ env.MLFLOW_TRACKING_URI }}"}
+  input: {uri: s3://lake/transactions, partition_column: date}
+  output: {uri: s3://lake/scores/fraud}
+  partitions: {daily: {start_date: "2026-01-01"}}
+  passthrough: [transaction_id]
+  promotion_sensor: {rescore: stale}
+```
+"""
+
+from __future__ import annotations
+
+import textwrap
+import warnings
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import Field
+
+from ml_assets.dagster.assets import CheckSettings, build_scoring_asset
+from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
+from ml_assets.datasets import ParquetDataset
+from ml_assets.resources.core.models import ModelRef
+from ml_assets.scoring import DEFAULT_CHUNK_ROWS
+from ml_assets.sensors import build_model_promotion_sensor, build_partition_schedule
+
+
+class DatasetConfig(dg.Resolvable, dg.Model):
+    uri: str = Field(description="Local path or fsspec URL; a hive root or a template with one {placeholder}.")
+    partition_column: str | None = Field(default="date", description="The hive key / template placeholder.")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (e.g. s3fs).")
+
+    def dataset(self) -> ParquetDataset:
+        return ParquetDataset(self.uri, partition_column=self.partition_column, storage_options=self.storage_options)
+
+
+class RegistryConfig(dg.Resolvable, dg.Model):
+    kind: str = Field(default="mlflow", description="ml_assets.registries entry point: mlflow, file, http, ...")
+    uri: str | None = Field(default=None, description="Tracking URI, folder or URL of the registry.")
+    registry_uri: str | None = None
+    cache_dir: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RuntimeConfig(dg.Resolvable, dg.Model):
+    runtime: str | None = Field(default=None, description="Force a runtime; default: the model's format.")
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Options per runtime name.")
+
+
+class DailyPartitionsConfig(dg.Resolvable, dg.Model):
+    start_date: str
+    end_date: str | None = None
+    timezone: str | None = None
+
+
+class PartitionsConfig(dg.Resolvable, dg.Model):
+    daily: DailyPartitionsConfig | None = None
+    static: list[str] | None = None
+
+    def definition(self) -> dg.PartitionsDefinition:
+        if (self.daily is None) == (self.static is None):
+            msg = "partitions: give exactly one of 'daily' or 'static'"
+            raise ValueError(msg)
+        if self.daily is not None:
+            d = self.daily
+            return dg.DailyPartitionsDefinition(start_date=d.start_date, end_date=d.end_date, timezone=d.timezone)
+        return dg.StaticPartitionsDefinition(list(self.static or []))
+
+
+class ChecksConfig(dg.Resolvable, dg.Model):
+    max_null_rate: float = 0.0
+    psi_threshold: float = 0.2
+    ks_threshold: float = 0.1
+    drift_severity: Literal["warn", "error"] = "warn"
+    min_agreement: float = 0.0
+    max_mean_abs_diff: float = 1.0
+
+
+class ChallengerConfig(dg.Resolvable, dg.Model):
+    model: str = Field(description="e.g. models:/fraud@challenger; scored in the same pass as the champion.")
+    output: DatasetConfig
+    name: str | None = Field(default=None, description="Asset name (default: <name>_challenger).")
+
+
+class ScheduleConfig(dg.Resolvable, dg.Model):
+    cron: str | None = Field(default=None, description="Default: the partitions' cadence (daily: midnight).")
+    running: bool = False
+
+
+class PromotionSensorConfig(dg.Resolvable, dg.Model):
+    watch: list[str] | None = Field(default=None, description="Refs to watch; default: the model ref itself.")
+    rescore: Literal["stale", "materialized", "latest", "window"] = "stale"
+    latest_n: int = 7
+    window: list[str] | None = Field(default=None, description="[first, last] partition keys for 'window'.")
+    interval_seconds: int = 60
+    webhook_inbox: str | None = None
+    running: bool = False
+
+
+class ScoringPipelineScaffolder(dg.Scaffolder):
+    def scaffold(self, request: dg.ScaffoldRequest) -> None:
+        request.target_path.mkdir(parents=True, exist_ok=True)
+        (request.target_path / "defs.yaml").write_text(
+            textwrap.dedent(f"""\
+                type: {request.type_name}
+                attributes:
+                  name: scores
+                  model: models:/my_model@champion
+                  registry:
+                    kind: mlflow
+                    uri: "{{{{ env.MLFLOW_TRACKING_URI }}}}"
+                  input:
+                    uri: data/input
+                    partition_column: date
+                  output:
+                    uri: data/scores
+                  partitions:
+                    daily:
+                      start_date: "2026-01-01"
+                  passthrough: [id]
+                  checks:
+                    drift_severity: warn
+                  promotion_sensor:
+                    rescore: stale
+                """)
+        )
+
+
+# The YAML key is `model`. Pydantic warns that the field shadows Resolvable.model(), a classmethod;
+# fields without defaults are not class attributes, so both keep working (the schema test covers it).
+warnings.filterwarnings("ignore", message='Field name "model" in "ScoringPipelineComponent"', category=UserWarning)
+
+
+@dg.scaffold_with(ScoringPipelineScaffolder)
+class ScoringPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
+    """Scores partitioned Parquet with a registered model: checks, a challenger, schedule, re-scoring on promotion."""
+
+    name: str = Field(description="Asset name.")
+    model: str = Field(description="Model ref, e.g. models:/fraud@champion.")
+    input: DatasetConfig
+    output: DatasetConfig
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    partitions: PartitionsConfig | None = None
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    passthrough: list[str] = Field(default_factory=list)
+    nulls: Literal["error", "pass"] = "error"
+    version_column: str | None = None
+    checks: ChecksConfig | None = Field(default_factory=ChecksConfig, description="null: no asset checks.")
+    challenger: ChallengerConfig | None = None
+    schedule: ScheduleConfig | None = None
+    promotion_sensor: PromotionSensorConfig | None = None
+    group_name: str | None = None
+    key_prefix: list[str] | None = None
+    single_run_backfills: bool = Field(default=True, description="A backfill loads the model once for its range.")
+
+    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
+        registry_key, runtime_key = f"{self.name}_model_registry", f"{self.name}_model_runtime"
+        partitions_def = self.partitions.definition() if self.partitions else None
+        checks = None if self.checks is None else CheckSettings(**self.checks.model_dump())
+        asset = build_scoring_asset(
+            name=self.name,
+            model=self.model,
+            input_dataset=self.input.dataset(),
+            output_dataset=self.output.dataset(),
+            partitions_def=partitions_def,
+            partition_column=self.input.partition_column,
+            chunk_rows=self.chunk_rows,
+            passthrough=self.passthrough,
+            nulls=self.nulls,
+            version_column=self.version_column,
+            checks=checks,
+            challenger=self.challenger.model if self.challenger else None,
+            challenger_output=self.challenger.output.dataset() if self.challenger else None,
+            challenger_name=self.challenger.name if self.challenger else None,
+            key_prefix=self.key_prefix,
+            group_name=self.group_name,
+            backfill_policy=dg.BackfillPolicy.single_run() if self.single_run_backfills and partitions_def else None,
+            registry_key=registry_key,
+            runtime_key=runtime_key,
+        )
+        main_key = next(iter(asset.keys_by_output_name.values())) if asset.keys else None
+        sensors, schedules = [], []
+        if self.promotion_sensor is not None:
+            config = self.promotion_sensor
+            ref = ModelRef.parse(self.model)
+            watch = config.watch or ([self.model] if ref.alias or ref.stage else [])
+            if not watch:
+                msg = f"{self.name}: promotion_sensor needs 'watch' refs: {self.model} names no alias or stage"
+                raise ValueError(msg)
+            sensors.append(
+                build_model_promotion_sensor(
+                    name=f"{self.name}_promotion",
+                    watch=watch,
+                    target=[main_key],
+                    rescore=config.rescore,
+                    latest_n=config.latest_n,
+                    window=(config.window[0], config.window[1]) if config.window else None,
+                    registry_key=registry_key,
+                    minimum_interval_seconds=config.interval_seconds,
+                    webhook_inbox=config.webhook_inbox,
+                    default_status=dg.DefaultSensorStatus.RUNNING if config.running else dg.DefaultSensorStatus.STOPPED,
+                )
+            )
+        if self.schedule is not None:
+            if not isinstance(partitions_def, dg.TimeWindowPartitionsDefinition):
+                msg = f"{self.name}: a schedule needs time partitions (partitions.daily)"
+                raise ValueError(msg)
+            schedules.append(
+                build_partition_schedule(
+                    name=f"{self.name}_schedule",
+                    target=main_key,
+                    partitions_def=partitions_def,
+                    input_partition_uri=self.input.dataset().partition_uri,
+                    storage_options=self.input.storage_options,
+                    cron_schedule=self.schedule.cron,
+                    default_status=dg.DefaultScheduleStatus.RUNNING
+                    if self.schedule.running
+                    else dg.DefaultScheduleStatus.STOPPED,
+                )
+            )
+        registry = self.registry
+        return dg.Definitions(
+            assets=[asset],
+            sensors=sensors,
+            schedules=schedules,
+            resources={
+                registry_key: ModelRegistryResource(
+                    kind=registry.kind,
+                    uri=registry.uri,
+                    registry_uri=registry.registry_uri,
+                    cache_dir=registry.cache_dir,
+                    options=registry.options,
+                ),
+                runtime_key: ModelRuntimeResource(runtime=self.runtime.runtime, options=self.runtime.options),
+            },
+        )

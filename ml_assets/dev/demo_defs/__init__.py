@@ -1,0 +1,1 @@
+"""YAML-declared demo pipelines, loaded by ml_assets.dev.definitions through dg.load_defs."""
