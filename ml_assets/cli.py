@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-import inspect
+import json
+import os
 import sys
 from typing import Any
 
 import click
 
-from ml_assets.resources.core.errors import MlAssetsError
+from ml_assets.resources.core.errors import MlAssetsError, PluginNotFoundError
+from ml_assets.service import SECRET_OPTIONS
+
+
+def _key_values(items: tuple[str, ...], param_hint: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values that parse as JSON are decoded (numbers, lists, objects)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=param_hint)
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
 
 
 def _split(value: str | None) -> list[str]:
@@ -30,6 +46,16 @@ def main() -> None:
 @click.option("--registry", "registry_kind", default="mlflow", show_default=True, help="Registry name.")
 @click.option("--registry-uri", help="Registry location, e.g. sqlite:///mlflow.db (default: MLFLOW_TRACKING_URI).")
 @click.option("--runtime", help="Force a runtime (default: from the model's format).")
+@click.option(
+    "--option",
+    "runtime_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Runtime option (repeatable); JSON values are decoded, e.g. url=http://127.0.0.1:5001 or max_in_flight=4.",
+)
+@click.option(
+    "--registry-option", "registry_options", multiple=True, metavar="KEY=VALUE", help="Registry option (repeatable)."
+)
 @click.option("--threads", type=click.IntRange(min=1), help="Runtime threads per model instance.")
 @click.option("--features", metavar="COL,...", help="Feature columns when the registry records no signature.")
 @click.option("--outputs", metavar="COL,...", help="Prediction columns to keep (default: all).")
@@ -46,6 +72,8 @@ def score(
     registry_kind: str,
     registry_uri: str | None,
     runtime: str | None,
+    runtime_options: tuple[str, ...],
+    registry_options: tuple[str, ...],
     threads: int | None,
     features: str | None,
     outputs: str | None,
@@ -57,16 +85,15 @@ def score(
     from tqdm import tqdm
 
     from ml_assets.datasets import ParquetDataset
-    from ml_assets.resources.core.plugins import RUNTIME_GROUP, create_registry, create_runtime, load_plugin
-    from ml_assets.resources.registries.direct import DirectFiles, fetch_version, resolve_ref
     from ml_assets.scoring import score_partition
+    from ml_assets.service import ModelService
 
     column, value = None, None
     if partition:
         column, sep, value = partition.partition("=")
         if not sep or not column or not value:
             raise click.BadParameter(f"expected KEY=VALUE, got {partition!r}", param_hint="--partition")
-    options: dict[str, Any] = {}
+    options = _key_values(runtime_options, "--option")
     if threads:
         options["threads"] = threads
     if features:
@@ -74,37 +101,39 @@ def score(
     if outputs:
         options["outputs"] = _split(outputs)
     try:
-        registry = create_registry(registry_kind, registry_uri)
-        direct = DirectFiles()
-        version = resolve_ref(registry, direct, model_ref)
+        service = ModelService.from_uri(
+            registry_kind,
+            registry_uri,
+            registry_options=_key_values(registry_options, "--registry-option"),
+            runtime=runtime,
+            secrets={k: os.environ.get(f"ML_ASSETS_{k.upper()}") for k in SECRET_OPTIONS},
+        )
+        version = service.resolve(model_ref)
         click.echo(f"{model_ref} -> {version.describe()} ({version.format}, {version.uri})", err=True)
-        path = fetch_version(registry, direct, version)
-        runtime_name = runtime or version.format
-        takes = inspect.signature(load_plugin(RUNTIME_GROUP, runtime_name)).parameters
-        refused = [f"--{k.replace('_', '-')}" for k in options if k not in takes]
-        if refused:
-            raise click.UsageError(f"the {runtime_name} runtime takes no {', '.join(refused)}")
-        scorer = create_runtime(runtime_name, **options).load(version, path)
-        # delay: no empty bar before the first chunk tells the total
-        with tqdm(total=0, unit="row", unit_scale=True, disable=quiet, file=sys.stderr, delay=0.3) as bar:
+        service.runtime_options[service.runtime_for(version)] = options
+        with service:
+            scorer = service.load(version)
+            # delay: no empty bar before the first chunk tells the total
+            with tqdm(total=0, unit="row", unit_scale=True, disable=quiet, file=sys.stderr, delay=0.3) as bar:
 
-            def show(progress: Any) -> None:
-                bar.total = progress.rows_total
-                bar.update(progress.rows_done - bar.n)
+                def show(progress: Any) -> None:
+                    bar.total = progress.rows_total
+                    bar.update(progress.rows_done - bar.n)
 
-            result = score_partition(
-                scorer,
-                version,
-                ParquetDataset(input_uri, partition_column=column),
-                ParquetDataset(output_uri, partition_column=column),
-                partition=value,
-                chunk_rows=chunk_rows,
-                passthrough=_split(passthrough),
-                nulls=nulls,  # type: ignore[arg-type]
-                version_column=version_column,
-                on_progress=show,
-            )
-        scorer.close()
+                result = score_partition(
+                    scorer,
+                    version,
+                    ParquetDataset(input_uri, partition_column=column),
+                    ParquetDataset(output_uri, partition_column=column),
+                    partition=value,
+                    chunk_rows=chunk_rows,
+                    passthrough=_split(passthrough),
+                    nulls=nulls,  # type: ignore[arg-type]
+                    version_column=version_column,
+                    on_progress=show,
+                )
+    except PluginNotFoundError as exc:
+        raise click.UsageError(str(exc)) from exc
     except MlAssetsError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
@@ -154,20 +183,9 @@ def _registry_options(fn: Any) -> Any:
 
 
 def _open_registry(kind: str, uri: str | None, raw_options: tuple[str, ...]) -> Any:
-    import json
-
     from ml_assets.resources.core.plugins import create_registry
 
-    options: dict[str, Any] = {}
-    for item in raw_options:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
-    return create_registry(kind, uri, **options)
+    return create_registry(kind, uri, **_key_values(raw_options, "--option"))
 
 
 def _version_line(v: Any) -> str:

@@ -136,15 +136,16 @@ def build_scoring_asset(
             partitions = list(context.partition_keys)
         else:
             partitions = [context.partition_key]
+        service = runtime.service(registry)
         try:
-            version = registry.resolve(model)
+            version = service.resolve(model)
             context.log.info(f"{model} resolves to {version.describe()} ({version.format})")
-            scorer = runtime.load(version, registry.fetch(version))
+            scorer = service.load(version)
             contenders = []
             if challenger is not None and challenger_dest is not None:
-                challenger_version = registry.resolve(challenger)
+                challenger_version = service.resolve(challenger)
                 context.log.info(f"challenger {challenger} resolves to {challenger_version.describe()}")
-                challenger_scorer = runtime.load(challenger_version, registry.fetch(challenger_version))
+                challenger_scorer = service.load(challenger_version)
                 contenders.append(Challenger(challenger_scorer, challenger_version, challenger_dest))
             if checks is not None:
                 # Blocking: every partition's input is checked before any output is written.

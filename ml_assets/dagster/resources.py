@@ -6,7 +6,6 @@ every partition a run scores (see ``BackfillPolicy.single_run()``).
 
 from __future__ import annotations
 
-import inspect
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,10 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from ml_assets.resources.core.models import ModelVersion, Registry, Scorer
-from ml_assets.resources.core.plugins import RUNTIME_GROUP, create_registry, load_plugin
-from ml_assets.resources.registries.direct import DirectFiles, fetch_version, resolve_ref
+from ml_assets.resources.core.models import ModelVersion, Registry
+from ml_assets.resources.core.plugins import create_registry
+from ml_assets.resources.registries.direct import DirectFiles
+from ml_assets.service import ModelService
 
 
 class ModelRegistryResource(dg.ConfigurableResource):
@@ -63,16 +63,17 @@ class ModelRegistryResource(dg.ConfigurableResource):
         return self._direct
 
     def resolve(self, ref: str) -> ModelVersion:
-        return resolve_ref(self.registry, self.direct, ref)
+        return ModelService(self.registry, direct=self.direct).resolve(ref)
 
     def fetch(self, version: ModelVersion) -> Path:
-        return fetch_version(self.registry, self.direct, version)
+        return ModelService(self.registry, direct=self.direct).fetch(version)
 
 
 class ModelRuntimeResource(dg.ConfigurableResource):
     """How models run: the runtime is picked by the model's format unless ``runtime`` is set.
 
-    Loaded models are kept per (registry, name, version) for the life of the process.
+    Each run gets one ``ModelService``: a model version is loaded once per run, however many
+    partitions the run scores, and closed when the run ends.
     """
 
     runtime: str | None = Field(
@@ -87,27 +88,24 @@ class ModelRuntimeResource(dg.ConfigurableResource):
     username: str | None = Field(default=None, description="Basic-auth user for remote runtimes.")
     password: str | None = Field(default=None, description="Basic-auth password for remote runtimes (use dg.EnvVar).")
 
-    _scorers: dict[tuple[str, str, str], Scorer] = PrivateAttr(default_factory=dict)
+    _services: list[ModelService] = PrivateAttr(default_factory=list)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
-    def load(self, version: ModelVersion, path: Path) -> Scorer:
-        key = (version.registry, version.name, version.version)
+    def service(self, registry: ModelRegistryResource) -> ModelService:
+        """A ``ModelService`` over ``registry`` with this runtime configuration; closed at teardown."""
+        service = ModelService(
+            registry.registry,
+            direct=registry.direct,
+            runtime=self.runtime,
+            runtime_options=self.options,
+            secrets={"token": self.token, "username": self.username, "password": self.password},
+        )
         with self._lock:
-            scorer = self._scorers.get(key)
-            if scorer is None:
-                name = self.runtime or version.format
-                scorer = load_plugin(RUNTIME_GROUP, name)(**self.runtime_options(name)).load(version, path)
-                self._scorers[key] = scorer
-            return scorer
-
-    def runtime_options(self, name: str) -> dict[str, Any]:
-        """The options for runtime ``name``: its ``options`` entry plus the secrets it accepts."""
-        accepted = inspect.signature(load_plugin(RUNTIME_GROUP, name)).parameters
-        secrets = {"token": self.token, "username": self.username, "password": self.password}
-        return {**self.options.get(name, {}), **{k: v for k, v in secrets.items() if v and k in accepted}}
+            self._services.append(service)
+        return service
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         with self._lock:
-            for scorer in self._scorers.values():
-                scorer.close()
-            self._scorers.clear()
+            services, self._services = self._services, []
+        for service in services:
+            service.close()

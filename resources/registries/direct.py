@@ -17,7 +17,7 @@ from typing import Any
 from ml_assets.resources.core.cache import ArtifactCache, file_sha256
 from ml_assets.resources.core.errors import ArtifactError, ModelNotFoundError
 from ml_assets.resources.core.formats import detect_format
-from ml_assets.resources.core.models import ModelRef, ModelVersion, Registry
+from ml_assets.resources.core.models import ModelRef, ModelVersion
 
 REGISTRY_ID = "direct"
 
@@ -73,13 +73,3 @@ class DirectFiles:
             fs.get(path, str(dest / version.extra["model_file"]))
 
         return self.cache.get_or_fetch(version, download) / version.extra["model_file"]
-
-
-def resolve_ref(registry: Registry, direct: DirectFiles, ref: ModelRef | str) -> ModelVersion:
-    """A direct ref goes to ``direct``, any other to ``registry``: the one dispatch everyone uses."""
-    parsed = ModelRef.parse(ref) if isinstance(ref, str) else ref
-    return direct.resolve(parsed) if parsed.direct_uri is not None else registry.resolve(parsed)
-
-
-def fetch_version(registry: Registry, direct: DirectFiles, version: ModelVersion) -> Path:
-    return direct.fetch(version) if version.registry == REGISTRY_ID else registry.fetch(version)

@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ml_assets.resources.runtimes import _jvm
 from ml_assets.resources.core.errors import ModelLoadError, SchemaMismatchError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
+from ml_assets.resources.runtimes import _jvm
 from ml_assets.resources.runtimes._common import empty_batch, find_model_file, resolve_parallelism
 
 logger = logging.getLogger(__name__)

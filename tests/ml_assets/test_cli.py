@@ -118,5 +118,5 @@ def test_an_option_the_runtime_does_not_take_is_a_usage_error(models, transactio
         "--registry-uri", models.tracking_uri, "--runtime", "http", "--threads", "2",
     )  # fmt: skip
     assert done.returncode == 2
-    assert "the http runtime takes no --threads" in done.stderr
+    assert "the http runtime takes no option threads; it takes:" in done.stderr
     assert not (tmp_path / "o").exists()

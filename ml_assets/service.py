@@ -1,0 +1,151 @@
+"""The one path from a model ref to a loaded scorer: ref -> registry -> version -> files -> runtime -> scorer.
+
+The CLI, the Dagster asset and Component, and any other integration (Airflow, Ray actors) all go
+through ``ModelService``, so a ref resolves, caches and loads the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ml_assets.resources.core.errors import PluginNotFoundError
+from ml_assets.resources.core.models import ModelRef, ModelVersion, Registry, Scorer
+from ml_assets.resources.core.plugins import RUNTIME_GROUP, create_registry, load_plugin
+from ml_assets.resources.registries.direct import REGISTRY_ID, DirectFiles
+
+#: Keyword arguments a runtime may take that hold credentials: passed only to runtimes that accept them.
+SECRET_OPTIONS = ("token", "username", "password")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A resolved version and its scorer, ready for ``score_partition``."""
+
+    version: ModelVersion
+    scorer: Scorer
+
+
+def runtime_options(
+    runtime: str, options: Mapping[str, Any] | None = None, *, secrets: Mapping[str, str | None] | None = None
+) -> dict[str, Any]:
+    """The keyword arguments for runtime ``runtime``: ``options`` checked against what it takes, plus the
+    secrets it accepts. An option the runtime does not take is an error that lists the ones it does."""
+    factory = load_plugin(RUNTIME_GROUP, runtime)
+    parameters = inspect.signature(factory).parameters
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    given = dict(options or {})
+    refused = sorted(k for k in given if k not in parameters and not open_ended)
+    if refused:
+        accepted = sorted(k for k in parameters if k not in SECRET_OPTIONS and k != "self")
+        msg = f"the {runtime} runtime takes no option {', '.join(refused)}; it takes: {', '.join(accepted) or 'none'}"
+        raise PluginNotFoundError(msg)
+    accepted_secrets = {k: v for k, v in (secrets or {}).items() if v and (k in parameters or open_ended)}
+    return {**given, **accepted_secrets}
+
+
+class ModelService:
+    """Resolves refs, fetches files and loads scorers, each version loaded once per service.
+
+    Args:
+        registry: where registry refs (``models:/fraud@champion``) resolve; direct refs
+            (``file:///m.onnx``, ``s3://b/m.pmml``) never need one.
+        runtime: force a runtime by name; default: the version's format picks it.
+        runtime_options: options per runtime name, e.g. ``{"onnx": {"threads": 2}}``.
+        secrets: ``token``/``username``/``password`` for remote runtimes; given only to runtimes
+            that take them, never logged.
+
+    Example:
+        ```python
+        with ModelService.from_uri("mlflow", "sqlite:///mlflow.db") as models:
+            model = models.open("models:/fraud@champion")
+            score_partition(model.scorer, model.version, source, dest, partition="2026-11-01")
+        ```
+    """
+
+    def __init__(
+        self,
+        registry: Registry | None = None,
+        *,
+        runtime: str | None = None,
+        runtime_options: Mapping[str, Mapping[str, Any]] | None = None,
+        secrets: Mapping[str, str | None] | None = None,
+        direct: DirectFiles | None = None,
+    ) -> None:
+        self.registry = registry
+        self.runtime = runtime
+        self.runtime_options = {name: dict(opts) for name, opts in (runtime_options or {}).items()}
+        self._secrets = dict(secrets or {})
+        self.direct = direct or DirectFiles()
+        self._scorers: dict[tuple[str, str, str], Scorer] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_uri(
+        cls,
+        kind: str = "mlflow",
+        uri: str | None = None,
+        *,
+        cache_dir: str | Path | None = None,
+        registry_options: Mapping[str, Any] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> ModelService:
+        """A service over the registry named ``kind`` (an ``ml_assets.registries`` entry point) at ``uri``."""
+        registry = create_registry(kind, uri, cache_dir=cache_dir, **dict(registry_options or {}))
+        direct = DirectFiles(cache_dir=cache_dir, storage_options=storage_options)
+        return cls(registry, direct=direct, **kwargs)
+
+    def resolve(self, ref: ModelRef | str) -> ModelVersion:
+        parsed = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        if parsed.direct_uri is not None:
+            return self.direct.resolve(parsed)
+        if self.registry is None:
+            msg = f"{parsed.raw!r} needs a model registry, and none is configured"
+            raise PluginNotFoundError(msg)
+        return self.registry.resolve(parsed)
+
+    def fetch(self, version: ModelVersion) -> Path:
+        if version.registry == REGISTRY_ID:
+            return self.direct.fetch(version)
+        if self.registry is None:
+            msg = f"{version.describe()} needs a model registry, and none is configured"
+            raise PluginNotFoundError(msg)
+        return self.registry.fetch(version)
+
+    def runtime_for(self, version: ModelVersion) -> str:
+        return self.runtime or version.format
+
+    def load(self, version: ModelVersion) -> Scorer:
+        """The scorer of ``version``: fetched and loaded at the first call, the same object after."""
+        key = (version.registry, version.name, version.version)
+        with self._lock:
+            scorer = self._scorers.get(key)
+            if scorer is None:
+                name = self.runtime_for(version)
+                options = runtime_options(name, self.runtime_options.get(name), secrets=self._secrets)
+                scorer = load_plugin(RUNTIME_GROUP, name)(**options).load(version, self.fetch(version))
+                self._scorers[key] = scorer
+            return scorer
+
+    def open(self, ref: ModelRef | str) -> LoadedModel:
+        """Resolve ``ref`` now and load its version."""
+        version = self.resolve(ref)
+        return LoadedModel(version, self.load(version))
+
+    def close(self) -> None:
+        """Close every loaded scorer (worker processes, JVM buffers, HTTP sessions)."""
+        with self._lock:
+            scorers, self._scorers = list(self._scorers.values()), {}
+        for scorer in scorers:
+            scorer.close()
+
+    def __enter__(self) -> ModelService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
