@@ -1,1 +1,98 @@
-"""dagster-ml-assets: score registered models over partitioned Parquet in Dagster."""
+"""dagster-ml-assets: score registered models over partitioned Parquet, from Dagster, Airflow or the shell.
+
+Everything a user needs is importable from here::
+
+    from ml_assets import ModelService, ParquetDataset, score_partition             # the core, no Dagster
+    from ml_assets import build_scoring_asset, ModelRegistryResource, ModelRuntimeResource  # Dagster
+
+Names load on first use (PEP 562), so ``import ml_assets`` imports neither Dagster nor any
+registry or runtime library; the Dagster names need the ``[dagster]`` extra.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> module that defines it
+_EXPORTS = {
+    # the scoring core
+    "score_partition": "ml_assets.scoring",
+    "ScoringResult": "ml_assets.scoring",
+    "Challenger": "ml_assets.scoring",
+    "Progress": "ml_assets.scoring",
+    "DEFAULT_CHUNK_ROWS": "ml_assets.scoring",
+    "ParquetDataset": "ml_assets.datasets",
+    "read_lineage": "ml_assets.datasets",
+    "ModelService": "ml_assets.service",
+    "LoadedModel": "ml_assets.service",
+    "ScoreSummary": "ml_assets.summary",
+    # nouns and protocols
+    "ModelRef": "ml_assets.resources.core.models",
+    "ModelVersion": "ml_assets.resources.core.models",
+    "Signature": "ml_assets.resources.core.models",
+    "ColumnSpec": "ml_assets.resources.core.models",
+    "Registry": "ml_assets.resources.core.models",
+    "Runtime": "ml_assets.resources.core.models",
+    "Scorer": "ml_assets.resources.core.models",
+    # errors
+    "MlAssetsError": "ml_assets.resources.core.errors",
+    "ModelRefError": "ml_assets.resources.core.errors",
+    "ModelNotFoundError": "ml_assets.resources.core.errors",
+    "RegistryUnavailableError": "ml_assets.resources.core.errors",
+    "ArtifactError": "ml_assets.resources.core.errors",
+    "PluginNotFoundError": "ml_assets.resources.core.errors",
+    "ModelLoadError": "ml_assets.resources.core.errors",
+    "SchemaMismatchError": "ml_assets.resources.core.errors",
+    "ScoringError": "ml_assets.resources.core.errors",
+    "DatasetError": "ml_assets.resources.core.errors",
+    # the Dagster layer (extra: dagster)
+    "build_scoring_asset": "ml_assets.dagster.assets",
+    "CheckSettings": "ml_assets.dagster.assets",
+    "ModelRegistryResource": "ml_assets.dagster.resources",
+    "ModelRuntimeResource": "ml_assets.dagster.resources",
+    "ScoringPipelineComponent": "ml_assets.dagster.components",
+    "build_model_promotion_sensor": "ml_assets.sensors.promotion",
+    "PromotionCursor": "ml_assets.sensors.promotion",
+    "build_partition_schedule": "ml_assets.sensors.schedules",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from ml_assets.dagster.assets import CheckSettings, build_scoring_asset
+    from ml_assets.dagster.components import ScoringPipelineComponent
+    from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
+    from ml_assets.datasets import ParquetDataset, read_lineage
+    from ml_assets.resources.core.errors import (
+        ArtifactError,
+        DatasetError,
+        MlAssetsError,
+        ModelLoadError,
+        ModelNotFoundError,
+        ModelRefError,
+        PluginNotFoundError,
+        RegistryUnavailableError,
+        SchemaMismatchError,
+        ScoringError,
+    )
+    from ml_assets.resources.core.models import ColumnSpec, ModelRef, ModelVersion, Registry, Runtime, Scorer, Signature
+    from ml_assets.scoring import DEFAULT_CHUNK_ROWS, Challenger, Progress, ScoringResult, score_partition
+    from ml_assets.sensors.promotion import PromotionCursor, build_model_promotion_sensor
+    from ml_assets.sensors.schedules import build_partition_schedule
+    from ml_assets.service import LoadedModel, ModelService
+    from ml_assets.summary import ScoreSummary
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        msg = f"module 'ml_assets' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
