@@ -57,7 +57,43 @@ _EXPORTS = {
     "build_partition_schedule": "ml_assets.sensors.schedules",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DEFAULT_CHUNK_ROWS",
+    "ArtifactError",
+    "Challenger",
+    "CheckSettings",
+    "ColumnSpec",
+    "DatasetError",
+    "LoadedModel",
+    "MlAssetsError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelRef",
+    "ModelRefError",
+    "ModelRegistryResource",
+    "ModelRuntimeResource",
+    "ModelService",
+    "ModelVersion",
+    "ParquetDataset",
+    "PluginNotFoundError",
+    "Progress",
+    "PromotionCursor",
+    "Registry",
+    "RegistryUnavailableError",
+    "Runtime",
+    "SchemaMismatchError",
+    "ScoreSummary",
+    "Scorer",
+    "ScoringError",
+    "ScoringPipelineComponent",
+    "ScoringResult",
+    "Signature",
+    "build_model_promotion_sensor",
+    "build_partition_schedule",
+    "build_scoring_asset",
+    "read_lineage",
+    "score_partition",
+]
 
 if TYPE_CHECKING:
     from ml_assets.dagster.assets import CheckSettings, build_scoring_asset
