@@ -27,6 +27,7 @@ _EXPORTS = {
     "ModelService": "ml_assets.service",
     "LoadedModel": "ml_assets.service",
     "ScoreSummary": "ml_assets.summary",
+    # checks (pure; the Dagster layer maps them to AssetCheckResults)
     # nouns and protocols
     "ModelRef": "ml_assets.resources.core.models",
     "ModelVersion": "ml_assets.resources.core.models",
@@ -48,7 +49,10 @@ _EXPORTS = {
     "DatasetError": "ml_assets.resources.core.errors",
     # the Dagster layer (extra: dagster)
     "build_scoring_asset": "ml_assets.dagster.assets",
-    "CheckSettings": "ml_assets.dagster.assets",
+    "CheckSettings": "ml_assets.checks",
+    "CheckOutcome": "ml_assets.checks",
+    "DriftReference": "ml_assets.checks",
+    "evaluate_checks": "ml_assets.checks",
     "ModelRegistryResource": "ml_assets.dagster.resources",
     "ModelRuntimeResource": "ml_assets.dagster.resources",
     "ScoringPipelineComponent": "ml_assets.dagster.components",
@@ -61,9 +65,11 @@ __all__ = [
     "DEFAULT_CHUNK_ROWS",
     "ArtifactError",
     "Challenger",
+    "CheckOutcome",
     "CheckSettings",
     "ColumnSpec",
     "DatasetError",
+    "DriftReference",
     "LoadedModel",
     "MlAssetsError",
     "ModelLoadError",
@@ -91,12 +97,14 @@ __all__ = [
     "build_model_promotion_sensor",
     "build_partition_schedule",
     "build_scoring_asset",
+    "evaluate_checks",
     "read_lineage",
     "score_partition",
 ]
 
 if TYPE_CHECKING:
-    from ml_assets.dagster.assets import CheckSettings, build_scoring_asset
+    from ml_assets.checks import CheckOutcome, CheckSettings, DriftReference, evaluate_checks
+    from ml_assets.dagster.assets import build_scoring_asset
     from ml_assets.dagster.components import ScoringPipelineComponent
     from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
     from ml_assets.datasets import ParquetDataset, read_lineage

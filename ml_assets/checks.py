@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 
 from ml_assets.datasets import PartitionReader
-from ml_assets.summary import Comparison, ScoreSummary
+from ml_assets.summary import Comparison, ScoreSummary, score_column
+
+if TYPE_CHECKING:
+    from ml_assets.scoring import ScoringResult
 
 Severity = Literal["warn", "error"]
 _EPSILON = 1e-4  # keeps PSI finite where a bin is empty on one side
@@ -27,6 +30,8 @@ _EPSILON = 1e-4  # keeps PSI finite where a bin is empty on one side
 
 @dataclass(frozen=True)
 class CheckOutcome:
+    """What one check decided: ``metrics`` holds the numbers it decided on."""
+
     name: str
     passed: bool
     description: str
@@ -189,3 +194,127 @@ def check_agreement(
         f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if v is not None
     )
     return CheckOutcome("champion_challenger", not problems, "; ".join(problems) or described, "warn", metrics)
+
+
+# -- one scoring pass, every check ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """Thresholds of the checks run after a scoring pass.
+
+    Args:
+        max_null_rate: share of null/NaN predictions allowed per prediction column.
+        psi_threshold / ks_threshold: drift limits of the score distribution against the previous
+            partition and against the previous model version on the same partition.
+        drift_severity: ``warn`` reports a drifting score; ``error`` makes it a failure.
+        min_agreement / max_mean_abs_diff: champion vs challenger limits (defaults never fail).
+    """
+
+    max_null_rate: float = 0.0
+    psi_threshold: float = 0.2
+    ks_threshold: float = 0.1
+    drift_severity: Severity = "warn"
+    min_agreement: float = 0.0
+    max_mean_abs_diff: float = 1.0
+
+
+DEFAULT_CHECKS = CheckSettings()
+
+
+@dataclass(frozen=True)
+class DriftReference:
+    """Score histograms of an earlier output to compare a new one with.
+
+    ``kind`` says what it is: the same model on the ``previous_partition`` (``label`` is that
+    partition's key), or a ``previous_version`` of the model on the same partition (``label`` is
+    that version). ``histograms`` maps prediction column -> counts over ``summary.HISTOGRAM_BINS``
+    bins of [0, 1], as ``ScoreSummary.as_dict()`` stores them.
+    """
+
+    kind: Literal["previous_partition", "previous_version"]
+    label: str
+    histograms: Mapping[str, Sequence[int]]
+
+    @property
+    def description(self) -> str:
+        return f"{self.kind.replace('_', ' ')} {self.label}"
+
+    @classmethod
+    def from_summary(
+        cls, kind: Literal["previous_partition", "previous_version"], label: str, summary: Mapping[str, Any] | None
+    ) -> DriftReference:
+        """From a stored ``ScoreSummary.as_dict()``; columns without a histogram are left out."""
+        histograms = {
+            column: list(stats["histogram"])
+            for column, stats in (summary or {}).items()
+            if isinstance(stats, Mapping) and isinstance(stats.get("histogram"), list)
+        }
+        return cls(kind, label, histograms)
+
+
+def evaluate_checks(
+    result: ScoringResult,
+    *,
+    settings: CheckSettings = DEFAULT_CHECKS,
+    references: Sequence[DriftReference] = (),
+    classes: Sequence[Any] | None = None,
+) -> list[CheckOutcome]:
+    """The checks of one scored partition, decided from what the pass collected (nothing is re-read).
+
+    Returns, in order: ``signature`` (passed: the pass validated every chunk), ``prediction_health``,
+    ``score_drift`` (against ``references``) and, when ``result`` has a challenger,
+    ``champion_challenger``. Drift and comparisons look at ``summary.score_column`` of the
+    predictions: ``probability_1``, else the last ``probability_*`` column, else the first float.
+    """
+    rows = result.rows_in
+    outcomes = [
+        CheckOutcome(
+            "signature",
+            True,
+            f"every model input present, castable and free of unexpected nulls ({rows:,} rows)",
+            metrics={"rows": rows},
+        ),
+        check_prediction_health(
+            result.summary,
+            rows_in=result.rows_in,
+            rows_out=result.rows_out,
+            classes=classes,
+            max_null_rate=settings.max_null_rate,
+        ),
+    ]
+    column = score_column(result.prediction_schema) if result.prediction_schema is not None else None
+    current = _histogram_of(result.summary, column)
+    outcomes.append(
+        check_drift(
+            column,
+            current,
+            {ref.description: ref.histograms.get(column) if column else None for ref in references},
+            psi_threshold=settings.psi_threshold,
+            ks_threshold=settings.ks_threshold,
+            severity=settings.drift_severity,
+        )
+    )
+    if result.challengers:
+        contender = result.challengers[0]
+        other = score_column(contender.prediction_schema) if contender.prediction_schema is not None else None
+        outcomes.append(
+            check_agreement(
+                result.comparisons[0],
+                champion_histogram=current,
+                challenger_histogram=_histogram_of(contender.summary, other),
+                min_agreement=settings.min_agreement,
+                max_mean_abs_diff=settings.max_mean_abs_diff,
+            )
+        )
+    return outcomes
+
+
+def worst(outcomes: Sequence[CheckOutcome]) -> CheckOutcome:
+    """One outcome for several partitions of one check: the first that failed, else the last."""
+    return next((o for o in outcomes if not o.passed), outcomes[-1])
+
+
+def _histogram_of(summary: ScoreSummary, column: str | None) -> list[int] | None:
+    stats = summary.columns.get(column) if column else None
+    return None if stats is None or stats.histogram is None else [int(c) for c in stats.histogram]

@@ -2,47 +2,27 @@
 with model-aware asset checks and, optionally, a challenger model scored in the same pass."""
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import dagster as dg
 from dagster import AssetExecutionContext
 
 from ml_assets.checks import (
+    DEFAULT_CHECKS,
     CheckOutcome,
-    check_agreement,
-    check_drift,
-    check_prediction_health,
+    CheckSettings,
+    DriftReference,
     check_signature,
+    evaluate_checks,
+    worst,
 )
 from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
 from ml_assets.datasets import ParquetDataset, PartitionReader
 from ml_assets.resources.core.errors import MlAssetsError
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS, Challenger, NullPolicy, Progress, ScoringResult, score_partition
 from ml_assets.sensors.promotion import MODEL_NAME_TAG, MODEL_VERSION_TAG
-from ml_assets.summary import score_column
 
 _NO_PARTITION = "_"
-
-
-@dataclass(frozen=True)
-class CheckSettings:
-    """Thresholds of the scoring asset's checks.
-
-    Args:
-        max_null_rate: share of null/NaN predictions allowed per prediction column.
-        psi_threshold / ks_threshold: drift limits of the score distribution against the previous
-            partition and against the previous model version on the same partition.
-        drift_severity: ``warn`` shows a failed drift check in the UI; ``error`` also fails it hard.
-        min_agreement / max_mean_abs_diff: champion vs challenger limits (defaults never fail).
-    """
-
-    max_null_rate: float = 0.0
-    psi_threshold: float = 0.2
-    ks_threshold: float = 0.1
-    drift_severity: Literal["warn", "error"] = "warn"
-    min_agreement: float = 0.0
-    max_mean_abs_diff: float = 1.0
 
 
 def _as_dataset(value: ParquetDataset | str, partition_column: str | None) -> ParquetDataset:
@@ -61,7 +41,7 @@ def build_scoring_asset(
     passthrough: Sequence[str] = (),
     nulls: NullPolicy = "error",
     version_column: str | None = None,
-    checks: CheckSettings | None = CheckSettings(),
+    checks: CheckSettings | None = DEFAULT_CHECKS,
     challenger: str | None = None,
     challenger_output: ParquetDataset | str | None = None,
     challenger_name: str | None = None,
@@ -180,21 +160,14 @@ def build_scoring_asset(
         if challenger_key is not None:
             yield _materialization(challenger_key, [r.challengers[0] for r in results], champion=results)
         if checks is not None:
-            yield _check_result(main_key, _signature_passed(results))
-            health = [
-                check_prediction_health(
-                    r.summary,
-                    rows_in=r.rows_in,
-                    rows_out=r.rows_out,
-                    classes=getattr(scorer, "classes", None),
-                    max_null_rate=checks.max_null_rate,
-                )
+            classes = getattr(scorer, "classes", None)
+            per_partition = [
+                evaluate_checks(r, settings=checks, references=references.get(r.partition, ()), classes=classes)
                 for r in results
             ]
-            yield _check_result(main_key, _worst(health))
-            yield _check_result(main_key, _worst_drift(results, references, checks))
-            if challenger_key is not None:
-                yield _check_result(challenger_key, _agreement(results, checks))
+            for outcomes in zip(*per_partition, strict=True):
+                key = challenger_key if outcomes[0].name == "champion_challenger" else main_key
+                yield _check_result(key, worst(outcomes))
 
     return _score
 
@@ -293,101 +266,44 @@ def _check_result(
     )
 
 
-def _signature_passed(results: list[ScoringResult]) -> CheckOutcome:
-    rows = sum(r.rows_in for r in results)
-    description = f"every model input present, castable and free of unexpected nulls ({rows:,} rows)"
-    return CheckOutcome("signature", True, description, metrics={"rows": rows})
-
-
-def _histogram(stats: Any, partition: str | None, column: str) -> list[int] | None:
-    by_partition = stats if isinstance(stats, dict) else {}
-    column_stats = (by_partition.get(partition or _NO_PARTITION) or {}).get(column) or {}
-    return column_stats.get("histogram")
-
-
 def _reference_histograms(
     context: AssetExecutionContext,
     key: dg.AssetKey,
     partitions_def: dg.PartitionsDefinition | None,
     partitions: list[str | None],
     version: str,
-) -> dict[str | None, dict[str, tuple[str, Any]]]:
-    """Per partition: the stored score stats of the previous partition and of the previous model version.
+) -> dict[str | None, list[DriftReference]]:
+    """Per partition: the stored score summary of the previous partition and of the previous model version.
 
     Read before this run writes anything, from the materializations the asset already recorded.
     """
     instance = context.instance
     keys = partitions_def.get_partition_keys(dynamic_partitions_store=instance) if partitions_def else []
-    references: dict[str | None, dict[str, tuple[str, Any]]] = {}
+    references: dict[str | None, list[DriftReference]] = {}
     for partition in partitions:
-        found: dict[str, tuple[str, Any]] = {}
+        found: list[DriftReference] = []
         if partition is not None and partition in keys and keys.index(partition) > 0:
             previous = keys[keys.index(partition) - 1]
             records = instance.fetch_materializations(
                 dg.AssetRecordsFilter(asset_key=key, asset_partitions=[previous]), limit=1
             ).records
             if records:
-                stats = records[0].asset_materialization.metadata.get("score_stats")
-                found["previous partition"] = (previous, stats.value if stats else None)
+                stats = _stored_summary(records[0].asset_materialization, previous)
+                found.append(DriftReference.from_summary("previous_partition", previous, stats))
         filter_ = dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]) if partition else key
         for record in instance.fetch_materializations(filter_, limit=20).records:
             materialization = record.asset_materialization
             other = (materialization.tags or {}).get(MODEL_VERSION_TAG)
             if other and other != version:
-                stats = materialization.metadata.get("score_stats")
-                found["previous version"] = (other, stats.value if stats else None)
+                stats = _stored_summary(materialization, partition)
+                found.append(DriftReference.from_summary("previous_version", other, stats))
                 break
         references[partition] = found
     return references
 
 
-def _worst_drift(
-    results: list[ScoringResult],
-    references: dict[str | None, dict[str, tuple[str, Any]]],
-    checks: CheckSettings,
-) -> CheckOutcome:
-    outcomes = []
-    for result in results:
-        column = score_column(result.prediction_schema) if result.prediction_schema is not None else None
-        current = result.summary.columns.get(column) if column else None
-        compared = {
-            f"{label} {which}": _histogram(stats, which if label == "previous partition" else result.partition, column)
-            for label, (which, stats) in references.get(result.partition, {}).items()
-            if column
-        }
-        outcomes.append(
-            check_drift(
-                column,
-                None if current is None or current.histogram is None else [int(c) for c in current.histogram],
-                compared,
-                psi_threshold=checks.psi_threshold,
-                ks_threshold=checks.ks_threshold,
-                severity=checks.drift_severity,
-            )
-        )
-    return _worst(outcomes)
-
-
-def _agreement(results: list[ScoringResult], checks: CheckSettings) -> CheckOutcome:
-    outcomes = []
-    for result in results:
-        contender = result.challengers[0]
-        column = score_column(result.prediction_schema) if result.prediction_schema is not None else None
-        other = score_column(contender.prediction_schema) if contender.prediction_schema is not None else None
-        champion_hist = result.summary.columns[column].histogram if column in result.summary.columns else None
-        challenger_hist = contender.summary.columns[other].histogram if other in contender.summary.columns else None
-        outcomes.append(
-            check_agreement(
-                result.comparisons[0],
-                champion_histogram=None if champion_hist is None else champion_hist.tolist(),
-                challenger_histogram=None if challenger_hist is None else challenger_hist.tolist(),
-                min_agreement=checks.min_agreement,
-                max_mean_abs_diff=checks.max_mean_abs_diff,
-            )
-        )
-    return _worst(outcomes)
-
-
-def _worst(outcomes: list[CheckOutcome]) -> CheckOutcome:
-    """One result per check and run: the first partition that failed, else the last one."""
-    return next((o for o in outcomes if not o.passed), outcomes[-1])
+def _stored_summary(materialization: dg.AssetMaterialization, partition: str | None) -> Any:
+    """The partition's ``ScoreSummary.as_dict()`` from ``score_stats`` (kept per partition, for ranged runs)."""
+    stats = materialization.metadata.get("score_stats")
+    by_partition = stats.value if stats is not None and isinstance(stats.value, dict) else {}
+    return by_partition.get(partition or _NO_PARTITION)

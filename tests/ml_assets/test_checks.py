@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ml_assets import CheckSettings, build_scoring_asset
 from ml_assets.checks import ks, psi
-from ml_assets.dagster.assets import CheckSettings, build_scoring_asset
 from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
 from ml_assets.datasets import ParquetDataset, read_lineage
 from ml_assets.dev.demo import FEATURES, make_transactions, register_onnx_model, to_onnx_classifier, write_partitioned

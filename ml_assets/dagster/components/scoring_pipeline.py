@@ -25,7 +25,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from ml_assets.dagster.assets import CheckSettings, build_scoring_asset
+from ml_assets import CheckSettings, build_scoring_asset
 from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
 from ml_assets.datasets import ParquetDataset
 from ml_assets.resources.core.models import ModelRef
