@@ -133,7 +133,13 @@ def __getattr__(name: str) -> Any:
     if module is None:
         msg = f"module 'ml_assets' has no attribute {name!r}"
         raise AttributeError(msg)
-    value = getattr(importlib.import_module(module), name)
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] != "dagster":
+            raise
+        msg = f"ml_assets.{name} is part of the Dagster layer: pip install 'dagster-ml-assets[dagster]'"
+        raise ImportError(msg) from exc
     globals()[name] = value  # later lookups skip this function
     return value
 

@@ -6,7 +6,6 @@ registry that ``ml-assets demo`` (``make demo``) seeds under ``$ML_ASSETS_DEMO_R
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,8 +19,6 @@ from ml_assets.dev.demo import DEMO_DAYS, DEMO_START, DemoPaths, demo_root
 from ml_assets.sensors import build_model_promotion_sensor, build_partition_schedule
 
 paths = DemoPaths(demo_root())
-# The YAML pipelines in ml_assets/demo_defs/ find the demo through this variable.
-os.environ.setdefault("ML_ASSETS_DEMO_ROOT", str(paths.root))
 daily = dg.DailyPartitionsDefinition(
     start_date=DEMO_START.isoformat(), end_date=(DEMO_START + timedelta(days=DEMO_DAYS)).isoformat()
 )

@@ -6,14 +6,18 @@ Works with any tracking/registry URI MLflow accepts: a SQLite file, a database U
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tempfile
+import threading
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ml_assets.resources.core.cache import ArtifactCache
 from ml_assets.resources.core.errors import ArtifactError, ModelNotFoundError, RegistryUnavailableError
@@ -22,6 +26,7 @@ from ml_assets.resources.core.models import ColumnSpec, ModelRef, ModelVersion, 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+T = TypeVar("T")
 FORMAT_TAG = "ml_assets.format"
 # MLflow flavors whose files one of our runtimes reads directly; anything else is scored as pyfunc.
 _FLAVOR_FORMATS = {"onnx": "onnx", "h2o_mojo": "h2o_mojo", "pmml": "pmml"}
@@ -42,6 +47,41 @@ _MLFLOW_TYPES = {
 def _redact(uri: str) -> str:
     """A URI fit for messages and metadata: credentials and query strings removed."""
     return _CREDENTIALS.sub("//***@", uri).split("?", 1)[0]
+
+
+# MLflow reads its HTTP timeout, retries and progress bar from the process environment at every
+# call, and takes them from nowhere else. They are set only while one of our calls runs, and put
+# back after, so the user's environment is never left changed; the lock keeps two of our calls
+# from restoring each other's values.
+_SETTINGS_LOCK = threading.RLock()
+
+
+@contextmanager
+def _mlflow_settings(settings: dict[str, tuple[Any, Any]]) -> Iterator[None]:
+    with _SETTINGS_LOCK:
+        saved = {var: os.environ.get(var) for var in settings}
+        try:
+            for var, (given, default) in settings.items():
+                if given is not None:
+                    os.environ[var] = str(given)
+                elif saved[var] is None:
+                    os.environ[var] = str(default)
+            yield
+        finally:
+            for var, value in saved.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
+
+
+def _with_mlflow_settings(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def wrapper(self: MlflowRegistry, *args: Any, **kwargs: Any) -> T:
+        with _mlflow_settings(self._settings):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class MlflowRegistry:
@@ -70,10 +110,18 @@ class MlflowRegistry:
         request_timeout_s: int | None = None,
         max_retries: int | None = None,
     ) -> None:
-        # MLflow draws a progress bar per download, even for one small file; ours is enough.
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        self._settings = {
+            # MLflow draws a progress bar per download, even for one small file; ours is enough.
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": (None, "false"),
+        }
         if any(u and u.startswith(("http://", "https://")) for u in (tracking_uri, registry_uri)):
-            _bound_http_requests(request_timeout_s, max_retries)
+            self._settings.update(
+                {
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT": (request_timeout_s, 30),
+                    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": (max_retries, 2),
+                    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": (None, 1),
+                }
+            )
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
         self.cache = ArtifactCache(cache_dir)
@@ -100,6 +148,7 @@ class MlflowRegistry:
 
     # -- discovery -------------------------------------------------------------------------
 
+    @_with_mlflow_settings
     def resolve(self, ref: ModelRef | str) -> ModelVersion:
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         if ref.direct_uri is not None:
@@ -116,10 +165,12 @@ class MlflowRegistry:
             mv = self._by_stage(ref)
         return self._describe(mv, ref)
 
+    @_with_mlflow_settings
     def list_models(self) -> list[str]:
         models = self._call(lambda c: c.search_registered_models(max_results=1000), None)
         return sorted(m.name for m in models)
 
+    @_with_mlflow_settings
     def list_versions(self, name: str) -> list[ModelVersion]:
         ref = ModelRef(raw=f"models:/{name}/latest", name=name, latest=True)
         found = sorted(self._search_versions(ref), key=lambda v: int(v.version))
@@ -132,6 +183,7 @@ class MlflowRegistry:
             for mv in found
         ]
 
+    @_with_mlflow_settings
     def promote(self, name: str, version: str, *, alias: str | None = None, stage: str | None = None) -> ModelVersion:
         """Points ``alias`` at ``version`` and/or moves it into ``stage`` (archiving the version
         that held Production/Staging before, as the file registry does)."""
@@ -156,6 +208,7 @@ class MlflowRegistry:
 
     # -- files -----------------------------------------------------------------------------
 
+    @_with_mlflow_settings
     def fetch(self, version: ModelVersion) -> Path:
         def download(dest: Path) -> None:
             import mlflow
@@ -299,19 +352,6 @@ class MlflowRegistry:
                     f"{_redact(artifact_uri)}: {_shorten(str(exc))}"
                 )
                 raise ArtifactError(msg) from exc
-
-
-def _bound_http_requests(timeout_s: int | None, max_retries: int | None) -> None:
-    """MLflow's REST client reads its timeout and retries from the environment at every call."""
-    for var, given, default in (
-        ("MLFLOW_HTTP_REQUEST_TIMEOUT", timeout_s, 30),
-        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", max_retries, 2),
-        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", None, 1),
-    ):
-        if given is not None:
-            os.environ[var] = str(int(given))
-        else:
-            os.environ.setdefault(var, str(default))
 
 
 def _stage(mv: Any) -> str | None:

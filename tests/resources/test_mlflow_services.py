@@ -138,14 +138,30 @@ def test_a_down_tracking_server_fails_within_bounded_time(monkeypatch):
     for var in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
         monkeypatch.delenv(var, raising=False)
     registry = MlflowRegistry(f"http://127.0.0.1:{free_port()}")
-    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
     started = time.monotonic()
     with pytest.raises(RegistryUnavailableError, match=r"MLflow registry http://127\.0\.0\.1:\d+"):
         registry.resolve("models:/fraud@champion")
     assert time.monotonic() - started < 20
+    # The bounds applied only while our call ran: the process environment is as it was.
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
 
 
-def test_explicit_request_bounds_override_the_environment(monkeypatch):
+def test_explicit_request_bounds_override_the_environment_only_during_calls(monkeypatch):
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
-    MlflowRegistry(f"http://127.0.0.1:{free_port()}", max_retries=0, request_timeout_s=5)
-    assert (os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"], os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]) == ("0", "5")
+    registry = MlflowRegistry(f"http://127.0.0.1:{free_port()}", max_retries=0, request_timeout_s=5)
+    seen = []
+    registry.client = type(
+        "Client",
+        (),
+        {  # records what MLflow's REST client would read
+            "search_registered_models": lambda self, **kw: (
+                seen.append((MLFLOW_HTTP_REQUEST_MAX_RETRIES.get(), MLFLOW_HTTP_REQUEST_TIMEOUT.get())) or []
+            ),
+        },
+    )()
+    assert registry.list_models() == []
+    assert seen == [(0, 5)]
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ or os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] != "5"

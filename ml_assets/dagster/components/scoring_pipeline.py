@@ -84,10 +84,16 @@ class ChecksConfig(dg.Resolvable, dg.Model):
     max_mean_abs_diff: float = 1.0
 
 
-class ChallengerConfig(dg.Resolvable, dg.Model):
-    model: str = Field(description="e.g. models:/fraud@challenger; scored in the same pass as the champion.")
-    output: DatasetConfig
-    name: str | None = Field(default=None, description="Asset name (default: <name>_challenger).")
+# The YAML key is `model`. Pydantic warns that the field shadows Resolvable.model(), a classmethod;
+# fields without defaults are not class attributes, so both keep working (the schema test covers it).
+# The warning is silenced while these classes are created only, not for the user's process.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "model"', category=UserWarning)
+
+    class ChallengerConfig(dg.Resolvable, dg.Model):
+        model: str = Field(description="e.g. models:/fraud@challenger; scored in the same pass as the champion.")
+        output: DatasetConfig
+        name: str | None = Field(default=None, description="Asset name (default: <name>_challenger).")
 
 
 class ScheduleConfig(dg.Resolvable, dg.Model):
@@ -134,112 +140,115 @@ class ScoringPipelineScaffolder(dg.Scaffolder):
         )
 
 
-# The YAML key is `model`. Pydantic warns that the field shadows Resolvable.model(), a classmethod;
-# fields without defaults are not class attributes, so both keep working (the schema test covers it).
-warnings.filterwarnings("ignore", message='Field name "model" in "ScoringPipelineComponent"', category=UserWarning)
+# See ChallengerConfig for why.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "model"', category=UserWarning)
 
+    @dg.scaffold_with(ScoringPipelineScaffolder)
+    class ScoringPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
+        """Scores partitioned Parquet with a registered model: checks, challenger, schedule, re-scoring on promotion."""
 
-@dg.scaffold_with(ScoringPipelineScaffolder)
-class ScoringPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
-    """Scores partitioned Parquet with a registered model: checks, a challenger, schedule, re-scoring on promotion."""
+        name: str = Field(description="Asset name.")
+        model: str = Field(description="Model ref, e.g. models:/fraud@champion.")
+        input: DatasetConfig
+        output: DatasetConfig
+        registry: RegistryConfig = Field(default_factory=RegistryConfig)
+        runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+        partitions: PartitionsConfig | None = None
+        chunk_rows: int = DEFAULT_CHUNK_ROWS
+        passthrough: list[str] = Field(default_factory=list)
+        nulls: Literal["error", "pass"] = "error"
+        version_column: str | None = None
+        checks: ChecksConfig | None = Field(default_factory=ChecksConfig, description="null: no asset checks.")
+        challenger: ChallengerConfig | None = None
+        schedule: ScheduleConfig | None = None
+        promotion_sensor: PromotionSensorConfig | None = None
+        group_name: str | None = None
+        key_prefix: list[str] | None = None
+        single_run_backfills: bool = Field(default=True, description="A backfill loads the model once for its range.")
 
-    name: str = Field(description="Asset name.")
-    model: str = Field(description="Model ref, e.g. models:/fraud@champion.")
-    input: DatasetConfig
-    output: DatasetConfig
-    registry: RegistryConfig = Field(default_factory=RegistryConfig)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    partitions: PartitionsConfig | None = None
-    chunk_rows: int = DEFAULT_CHUNK_ROWS
-    passthrough: list[str] = Field(default_factory=list)
-    nulls: Literal["error", "pass"] = "error"
-    version_column: str | None = None
-    checks: ChecksConfig | None = Field(default_factory=ChecksConfig, description="null: no asset checks.")
-    challenger: ChallengerConfig | None = None
-    schedule: ScheduleConfig | None = None
-    promotion_sensor: PromotionSensorConfig | None = None
-    group_name: str | None = None
-    key_prefix: list[str] | None = None
-    single_run_backfills: bool = Field(default=True, description="A backfill loads the model once for its range.")
-
-    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        registry_key, runtime_key = f"{self.name}_model_registry", f"{self.name}_model_runtime"
-        partitions_def = self.partitions.definition() if self.partitions else None
-        checks = None if self.checks is None else CheckSettings(**self.checks.model_dump())
-        asset = build_scoring_asset(
-            name=self.name,
-            model=self.model,
-            input_dataset=self.input.dataset(),
-            output_dataset=self.output.dataset(),
-            partitions_def=partitions_def,
-            partition_column=self.input.partition_column,
-            chunk_rows=self.chunk_rows,
-            passthrough=self.passthrough,
-            nulls=self.nulls,
-            version_column=self.version_column,
-            checks=checks,
-            challenger=self.challenger.model if self.challenger else None,
-            challenger_output=self.challenger.output.dataset() if self.challenger else None,
-            challenger_name=self.challenger.name if self.challenger else None,
-            key_prefix=self.key_prefix,
-            group_name=self.group_name,
-            backfill_policy=dg.BackfillPolicy.single_run() if self.single_run_backfills and partitions_def else None,
-            registry_key=registry_key,
-            runtime_key=runtime_key,
-        )
-        main_key = next(iter(asset.keys_by_output_name.values())) if asset.keys else None
-        sensors, schedules = [], []
-        if self.promotion_sensor is not None:
-            config = self.promotion_sensor
-            ref = ModelRef.parse(self.model)
-            watch = config.watch or ([self.model] if ref.alias or ref.stage else [])
-            if not watch:
-                msg = f"{self.name}: promotion_sensor needs 'watch' refs: {self.model} names no alias or stage"
-                raise ValueError(msg)
-            sensors.append(
-                build_model_promotion_sensor(
-                    name=f"{self.name}_promotion",
-                    watch=watch,
-                    target=[main_key],
-                    rescore=config.rescore,
-                    latest_n=config.latest_n,
-                    window=(config.window[0], config.window[1]) if config.window else None,
-                    registry_key=registry_key,
-                    minimum_interval_seconds=config.interval_seconds,
-                    webhook_inbox=config.webhook_inbox,
-                    default_status=dg.DefaultSensorStatus.RUNNING if config.running else dg.DefaultSensorStatus.STOPPED,
-                )
+        def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
+            registry_key, runtime_key = f"{self.name}_model_registry", f"{self.name}_model_runtime"
+            partitions_def = self.partitions.definition() if self.partitions else None
+            checks = None if self.checks is None else CheckSettings(**self.checks.model_dump())
+            asset = build_scoring_asset(
+                name=self.name,
+                model=self.model,
+                input_dataset=self.input.dataset(),
+                output_dataset=self.output.dataset(),
+                partitions_def=partitions_def,
+                partition_column=self.input.partition_column,
+                chunk_rows=self.chunk_rows,
+                passthrough=self.passthrough,
+                nulls=self.nulls,
+                version_column=self.version_column,
+                checks=checks,
+                challenger=self.challenger.model if self.challenger else None,
+                challenger_output=self.challenger.output.dataset() if self.challenger else None,
+                challenger_name=self.challenger.name if self.challenger else None,
+                key_prefix=self.key_prefix,
+                group_name=self.group_name,
+                backfill_policy=dg.BackfillPolicy.single_run()
+                if self.single_run_backfills and partitions_def
+                else None,
+                registry_key=registry_key,
+                runtime_key=runtime_key,
             )
-        if self.schedule is not None:
-            if not isinstance(partitions_def, dg.TimeWindowPartitionsDefinition):
-                msg = f"{self.name}: a schedule needs time partitions (partitions.daily)"
-                raise ValueError(msg)
-            schedules.append(
-                build_partition_schedule(
-                    name=f"{self.name}_schedule",
-                    target=main_key,
-                    partitions_def=partitions_def,
-                    input_partition_uri=self.input.dataset().partition_uri,
-                    storage_options=self.input.storage_options,
-                    cron_schedule=self.schedule.cron,
-                    default_status=dg.DefaultScheduleStatus.RUNNING
-                    if self.schedule.running
-                    else dg.DefaultScheduleStatus.STOPPED,
+            main_key = next(iter(asset.keys_by_output_name.values())) if asset.keys else None
+            sensors, schedules = [], []
+            if self.promotion_sensor is not None:
+                config = self.promotion_sensor
+                ref = ModelRef.parse(self.model)
+                watch = config.watch or ([self.model] if ref.alias or ref.stage else [])
+                if not watch:
+                    msg = f"{self.name}: promotion_sensor needs 'watch' refs: {self.model} names no alias or stage"
+                    raise ValueError(msg)
+                sensors.append(
+                    build_model_promotion_sensor(
+                        name=f"{self.name}_promotion",
+                        watch=watch,
+                        target=[main_key],
+                        rescore=config.rescore,
+                        latest_n=config.latest_n,
+                        window=(config.window[0], config.window[1]) if config.window else None,
+                        registry_key=registry_key,
+                        minimum_interval_seconds=config.interval_seconds,
+                        webhook_inbox=config.webhook_inbox,
+                        default_status=dg.DefaultSensorStatus.RUNNING
+                        if config.running
+                        else dg.DefaultSensorStatus.STOPPED,
+                    )
                 )
+            if self.schedule is not None:
+                if not isinstance(partitions_def, dg.TimeWindowPartitionsDefinition):
+                    msg = f"{self.name}: a schedule needs time partitions (partitions.daily)"
+                    raise ValueError(msg)
+                schedules.append(
+                    build_partition_schedule(
+                        name=f"{self.name}_schedule",
+                        target=main_key,
+                        partitions_def=partitions_def,
+                        input_partition_uri=self.input.dataset().partition_uri,
+                        storage_options=self.input.storage_options,
+                        cron_schedule=self.schedule.cron,
+                        default_status=dg.DefaultScheduleStatus.RUNNING
+                        if self.schedule.running
+                        else dg.DefaultScheduleStatus.STOPPED,
+                    )
+                )
+            registry = self.registry
+            return dg.Definitions(
+                assets=[asset],
+                sensors=sensors,
+                schedules=schedules,
+                resources={
+                    registry_key: ModelRegistryResource(
+                        kind=registry.kind,
+                        uri=registry.uri,
+                        registry_uri=registry.registry_uri,
+                        cache_dir=registry.cache_dir,
+                        options=registry.options,
+                    ),
+                    runtime_key: ModelRuntimeResource(runtime=self.runtime.runtime, options=self.runtime.options),
+                },
             )
-        registry = self.registry
-        return dg.Definitions(
-            assets=[asset],
-            sensors=sensors,
-            schedules=schedules,
-            resources={
-                registry_key: ModelRegistryResource(
-                    kind=registry.kind,
-                    uri=registry.uri,
-                    registry_uri=registry.registry_uri,
-                    cache_dir=registry.cache_dir,
-                    options=registry.options,
-                ),
-                runtime_key: ModelRuntimeResource(runtime=self.runtime.runtime, options=self.runtime.options),
-            },
-        )
