@@ -38,6 +38,7 @@ _EXPORTS = {
     "Scorer": "ml_assets.resources.core.models",
     # errors
     "MlAssetsError": "ml_assets.resources.core.errors",
+    "MissingDependencyError": "ml_assets.resources.core.errors",
     "ModelRefError": "ml_assets.resources.core.errors",
     "ModelNotFoundError": "ml_assets.resources.core.errors",
     "RegistryUnavailableError": "ml_assets.resources.core.errors",
@@ -71,6 +72,7 @@ __all__ = [
     "DatasetError",
     "DriftReference",
     "LoadedModel",
+    "MissingDependencyError",
     "MlAssetsError",
     "ModelLoadError",
     "ModelNotFoundError",
@@ -111,6 +113,7 @@ if TYPE_CHECKING:
     from ml_assets.resources.core.errors import (
         ArtifactError,
         DatasetError,
+        MissingDependencyError,
         MlAssetsError,
         ModelLoadError,
         ModelNotFoundError,

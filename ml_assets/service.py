@@ -8,18 +8,44 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ml_assets.resources.core.errors import PluginNotFoundError
+from ml_assets.resources.core.errors import MissingDependencyError, PluginNotFoundError
 from ml_assets.resources.core.models import ModelRef, ModelVersion, Registry, Scorer
 from ml_assets.resources.core.plugins import RUNTIME_GROUP, create_registry, load_plugin
 from ml_assets.resources.registries.direct import REGISTRY_ID, DirectFiles
 
 #: Keyword arguments a runtime may take that hold credentials: passed only to runtimes that accept them.
 SECRET_OPTIONS = ("token", "username", "password")
+# Optional packages (imported lazily by registries and runtimes) -> the extra that installs them.
+_EXTRAS = {
+    "onnxruntime": "onnx",
+    "onnx": "onnx",
+    "mlflow": "mlflow",
+    "jpype": "jvm",
+    "pypmml": "pmml",
+    "h2o": "h2o",
+    "s3fs": "s3",
+    "requests": "http",
+    "yaml": "http",
+}
+
+
+@contextmanager
+def _install_hint(what: str) -> Iterator[None]:
+    """A missing optional package becomes an error that says which extra installs it."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        package = (exc.name or "").split(".")[0]
+        if package not in _EXTRAS:
+            raise
+        msg = f"{what} needs the package {package!r}: pip install 'dagster-ml-assets[{_EXTRAS[package]}]'"
+        raise MissingDependencyError(msg) from exc
 
 
 @dataclass(frozen=True)
@@ -96,26 +122,30 @@ class ModelService:
         **kwargs: Any,
     ) -> ModelService:
         """A service over the registry named ``kind`` (an ``ml_assets.registries`` entry point) at ``uri``."""
-        registry = create_registry(kind, uri, cache_dir=cache_dir, **dict(registry_options or {}))
+        with _install_hint(f"the {kind} registry"):
+            registry = create_registry(kind, uri, cache_dir=cache_dir, **dict(registry_options or {}))
         direct = DirectFiles(cache_dir=cache_dir, storage_options=storage_options)
         return cls(registry, direct=direct, **kwargs)
 
     def resolve(self, ref: ModelRef | str) -> ModelVersion:
         parsed = ModelRef.parse(ref) if isinstance(ref, str) else ref
         if parsed.direct_uri is not None:
-            return self.direct.resolve(parsed)
+            with _install_hint(f"reading {parsed.direct_uri}"):
+                return self.direct.resolve(parsed)
         if self.registry is None:
             msg = f"{parsed.raw!r} needs a model registry, and none is configured"
             raise PluginNotFoundError(msg)
-        return self.registry.resolve(parsed)
+        with _install_hint(f"resolving {parsed.raw!r}"):
+            return self.registry.resolve(parsed)
 
     def fetch(self, version: ModelVersion) -> Path:
-        if version.registry == REGISTRY_ID:
-            return self.direct.fetch(version)
-        if self.registry is None:
-            msg = f"{version.describe()} needs a model registry, and none is configured"
-            raise PluginNotFoundError(msg)
-        return self.registry.fetch(version)
+        with _install_hint(f"fetching {version.describe()}"):
+            if version.registry == REGISTRY_ID:
+                return self.direct.fetch(version)
+            if self.registry is None:
+                msg = f"{version.describe()} needs a model registry, and none is configured"
+                raise PluginNotFoundError(msg)
+            return self.registry.fetch(version)
 
     def runtime_for(self, version: ModelVersion) -> str:
         return self.runtime or version.format
@@ -128,7 +158,9 @@ class ModelService:
             if scorer is None:
                 name = self.runtime_for(version)
                 options = runtime_options(name, self.runtime_options.get(name), secrets=self._secrets)
-                scorer = load_plugin(RUNTIME_GROUP, name)(**options).load(version, self.fetch(version))
+                path = self.fetch(version)
+                with _install_hint(f"the {name} runtime ({version.describe()})"):
+                    scorer = load_plugin(RUNTIME_GROUP, name)(**options).load(version, path)
                 self._scorers[key] = scorer
             return scorer
 

@@ -197,3 +197,23 @@ def test_no_top_level_resources_or_sensors_package_is_installed(name):
     for taken in ("resources", "sensors"):
         found = _run(f"import importlib.util; print(importlib.util.find_spec({taken!r}))", cwd=Path("/"))
         assert found.stdout.strip() == "None", f"a top-level {taken!r} package is installed: {found.stdout}"
+
+
+def test_a_missing_optional_package_names_the_extra_that_installs_it(models):
+    done = _run(
+        """
+import sys
+sys.modules["onnxruntime"] = None
+from ml_assets import MissingDependencyError, ModelService
+try:
+    ModelService.from_uri("mlflow", sys.argv[1]).open("models:/fraud@champion")
+except MissingDependencyError as exc:
+    print(exc)
+""",
+        models.tracking_uri,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "the onnx runtime (model 'fraud' version 1) needs the package 'onnxruntime': "
+        "pip install 'dagster-ml-assets[onnx]'"
+    )

@@ -45,3 +45,7 @@ class ScoringError(MlAssetsError):
 
 class DatasetError(MlAssetsError):
     """The input dataset or partition is missing, empty or unreadable."""
+
+
+class MissingDependencyError(MlAssetsError, ImportError):
+    """An optional package is not installed; the message names the extra that installs it."""
