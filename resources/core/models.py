@@ -152,17 +152,29 @@ class ModelVersion:
 
 @runtime_checkable
 class Registry(Protocol):
-    """Finds model versions and their files."""
+    """Finds model versions and their files. Registered under the ``ml_assets.registries`` entry
+    point group and built as ``Registry(uri, *, cache_dir=None, **options)``.
 
-    def resolve(self, ref: ModelRef | str) -> ModelVersion: ...
+    A registry must be safe to call from several threads, raise ``ModelNotFoundError`` (naming the
+    models, aliases, stages and versions that do exist) for an unknown ref, and
+    ``RegistryUnavailableError`` when it cannot be reached, within a bounded time.
+    """
+
+    def resolve(self, ref: ModelRef | str) -> ModelVersion:
+        """The version ``ref`` names right now (an alias or stage may move between two calls)."""
+        ...
 
     def fetch(self, version: ModelVersion) -> Path:
         """Local path of the version's files: cached, verified, safe under concurrent runs."""
         ...
 
-    def list_models(self) -> list[str]: ...
+    def list_models(self) -> list[str]:
+        """Every model name, sorted."""
+        ...
 
-    def list_versions(self, name: str) -> list[ModelVersion]: ...
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        """``name``'s versions, oldest first, each with its aliases and stage."""
+        ...
 
 
 @runtime_checkable
@@ -174,6 +186,15 @@ class Scorer(Protocol):
     with the same number of rows. ``concurrency`` is how many ``score`` calls the core may
     run at once from different threads (more than 1 only where the runtime releases the
     GIL or keeps its own worker pool).
+
+    Output column names carry meaning for the checks and comparisons:
+    ``probability_<class>`` (floats in [0, 1]; ``probability_1`` is the positive class of a
+    binary classifier) get a histogram and drive drift and champion/challenger checks;
+    ``label``/``prediction``/``predict``/``class`` or ``*_label`` (integers or strings) are the
+    predicted class, counted and compared for agreement; any other float column (a regressor's
+    ``prediction``, ``variable``) gets moments (count, mean, std, min, max).
+    An optional ``classes`` attribute (the model's class labels) lets the health check flag
+    labels the model does not have.
     """
 
     concurrency: int
@@ -188,13 +209,22 @@ class Scorer(Protocol):
         """The prediction columns ``score`` returns, in order."""
         ...
 
-    def score(self, batch: pa.RecordBatch) -> pa.RecordBatch: ...
+    def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Predictions for ``batch``'s rows, in the same order; raise on failure, never return fewer rows."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release what ``load`` acquired (sessions, worker processes, HTTP pools); idempotent."""
+        ...
 
 
 @runtime_checkable
 class Runtime(Protocol):
-    """Turns a model version's files into a Scorer. Found by name through entry points."""
+    """Turns a model version's files into a Scorer. Registered under the ``ml_assets.runtimes``
+    entry point group and built as ``Runtime(**options)``; the keyword arguments it takes are
+    the options users can pass (``--option KEY=VALUE``, ``ModelRuntimeResource(options=...)``).
+    A runtime that takes ``token``/``username``/``password`` receives the configured secrets."""
 
-    def load(self, version: ModelVersion, path: Path) -> Scorer: ...
+    def load(self, version: ModelVersion, path: Path) -> Scorer:
+        """Load once; the scorer is reused across chunks and partitions. Errors: ``ModelLoadError``."""
+        ...
