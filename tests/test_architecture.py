@@ -51,6 +51,25 @@ def test_the_core_and_the_runtimes_import_no_orchestrator():
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
+def test_the_library_never_imports_the_demo_or_dev_services():
+    """``ml_assets.dev`` (demo seeding, demo location, dev services) is reached only by the CLI's
+    ``demo``/``services`` commands and by workspace.yaml, never by the library itself."""
+    library = [
+        p
+        for p in [*ROOT.joinpath("ml_assets").rglob("*.py"), *ROOT.joinpath("resources").rglob("*.py"),
+                  *ROOT.joinpath("sensors").rglob("*.py")]
+        if "dev" not in p.relative_to(ROOT).parts and p.name != "cli.py"
+    ]  # fmt: skip
+    offenders = []
+    for path in library:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        modules = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        offenders += [f"{path.relative_to(ROOT)}: {m}" for m in modules if m.startswith("ml_assets.dev")]
+    assert len(library) > 30
+    assert offenders == []
+
+
 def _run(code: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],
