@@ -7,7 +7,6 @@ Works with any tracking/registry URI MLflow accepts: a SQLite file, a database U
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 import warnings
 from datetime import datetime, timezone
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ml_assets.resources.core.cache import ArtifactCache
 from ml_assets.resources.core.errors import ArtifactError, ModelNotFoundError, RegistryUnavailableError
+from ml_assets.resources.core.http import RetryPolicy, redact
 from ml_assets.resources.core.models import ColumnSpec, ModelRef, ModelVersion, Signature
 
 if TYPE_CHECKING:
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 FORMAT_TAG = "ml_assets.format"
 # MLflow flavors whose files one of our runtimes reads directly; anything else is scored as pyfunc.
 _FLAVOR_FORMATS = {"onnx": "onnx", "h2o_mojo": "h2o_mojo", "pmml": "pmml"}
-_CREDENTIALS = re.compile(r"//[^/@]+@")
 # MLflow signature types -> Arrow type names
 _MLFLOW_TYPES = {
     "double": "double",
@@ -37,11 +36,6 @@ _MLFLOW_TYPES = {
     "binary": "binary",
     "datetime": "timestamp[ns]",
 }
-
-
-def _redact(uri: str) -> str:
-    """A URI fit for messages and metadata: credentials and query strings removed."""
-    return _CREDENTIALS.sub("//***@", uri).split("?", 1)[0]
 
 
 class MlflowRegistry:
@@ -89,7 +83,7 @@ class MlflowRegistry:
     def location(self) -> str:
         import mlflow
 
-        return _redact(self.registry_uri or mlflow.get_registry_uri())
+        return redact(self.registry_uri or mlflow.get_registry_uri())
 
     @property
     def registry_id(self) -> str:
@@ -168,7 +162,7 @@ class MlflowRegistry:
                     registry_uri=self.registry_uri,
                 )
             except Exception as exc:  # MLflow raises many kinds; all mean the same here
-                msg = f"{version.describe()}: cannot download {_redact(version.artifact_uri)}: {_shorten(str(exc))}"
+                msg = f"{version.describe()}: cannot download {redact(version.artifact_uri)}: {_shorten(str(exc))}"
                 raise ArtifactError(msg) from exc
             _flatten_single_folder(dest)
 
@@ -296,22 +290,24 @@ class MlflowRegistry:
             except Exception as exc:  # a version without an MLmodel file is not an MLflow model
                 msg = (
                     f"model {mv.name!r} version {mv.version}: cannot read its MLmodel at "
-                    f"{_redact(artifact_uri)}: {_shorten(str(exc))}"
+                    f"{redact(artifact_uri)}: {_shorten(str(exc))}"
                 )
                 raise ArtifactError(msg) from exc
 
 
 def _bound_http_requests(timeout_s: int | None, max_retries: int | None) -> None:
-    """MLflow's REST client reads its timeout and retries from the environment at every call."""
-    for var, given, default in (
-        ("MLFLOW_HTTP_REQUEST_TIMEOUT", timeout_s, 30),
-        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", max_retries, 2),
-        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", None, 1),
-    ):
-        if given is not None:
-            os.environ[var] = str(int(given))
+    """MLflow's REST client retries inside urllib3 and reads its timeout and retries from the
+    environment at every call: they come from the shared retry policy, bounded like ours."""
+    given = {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": timeout_s,
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": max_retries,
+    }
+    policy = RetryPolicy(max_attempts=(max_retries if max_retries is not None else 2) + 1, backoff_base=1.0)
+    for var, default in policy.mlflow_environment(timeout_s or 30).items():
+        if given.get(var) is not None:
+            os.environ[var] = str(int(given[var]))
         else:
-            os.environ.setdefault(var, str(default))
+            os.environ.setdefault(var, default)
 
 
 def _stage(mv: Any) -> str | None:
@@ -358,5 +354,5 @@ def _flatten_single_folder(dest: Path) -> None:
 
 def _shorten(text: str, limit: int = 300) -> str:
     """One line, credentials removed: library errors quote the URLs they failed on."""
-    text = _CREDENTIALS.sub("//***@", " ".join(text.split()))
+    text = redact(" ".join(text.split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."
