@@ -29,8 +29,21 @@ STAGED_SUFFIX = ".inprogress"
 LOCK_SUFFIX = ".lock"
 # What versions before the staging folder left inside the output folder; swept by the next run.
 LEGACY_TEMP_PREFIX = "_inprogress-"
+# fsspec backends raise their own errors (not OSError) when the network fails mid-read or mid-write.
+_STORAGE_ERROR_MODULES = frozenset({"aiohttp", "aiobotocore", "botocore", "s3fs", "gcsfs", "adlfs", "fsspec"})
 # Schemes whose objects appear whole when an upload completes, and never before.
 OBJECT_STORE_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """An error of the storage layer (disk, object store, network), as opposed to a bug or an interrupt."""
+    return isinstance(exc, (OSError, pa.ArrowException)) or type(exc).__module__.split(".")[0] in _STORAGE_ERROR_MODULES
+
+
+def _storage_message(exc: BaseException) -> str:
+    from ml_assets.resources.core.http import redact
+
+    return f"{type(exc).__name__}: {redact(' '.join(str(exc).split()))[:300]}"
 
 
 def _filesystem(uri: str, storage_options: Mapping[str, Any]) -> tuple[pafs.FileSystem, str]:
@@ -173,9 +186,17 @@ class PartitionReader:
             # grow with the file. Without it, Arrow reads row group by row group.
             fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False),
         )
-        for batch in scanner.to_batches():
-            if batch.num_rows:
-                yield batch
+        rows = 0
+        try:
+            for batch in scanner.to_batches():
+                if batch.num_rows:
+                    rows += batch.num_rows
+                    yield batch
+        except Exception as exc:
+            if not is_storage_error(exc):
+                raise
+            msg = f"{self.where}: reading failed after {rows} rows: {_storage_message(exc)}"
+            raise DatasetError(msg) from exc
 
 
 class AtomicPartitionWriter:
@@ -245,7 +266,8 @@ class AtomicPartitionWriter:
         self._pending_rows += batch.num_rows
         self.rows += batch.num_rows
         if self._pending_rows >= self.ROW_GROUP_ROWS:
-            self._flush()
+            with self._storage("writing"):
+                self._flush()
 
     def _flush(self) -> None:
         if self._pending:
@@ -254,10 +276,22 @@ class AtomicPartitionWriter:
             self._pending, self._pending_rows = [], 0
 
     def commit(self) -> str:
-        self._flush()
-        self._writer.close()
-        self._sink.commit()
+        with self._storage("committing"):
+            self._flush()
+            self._writer.close()
+            self._sink.commit()
         return self.uri
+
+    @contextlib.contextmanager
+    def _storage(self, doing: str) -> Iterator[None]:
+        """Errors of the storage layer named for the output they hit; nothing was committed."""
+        try:
+            yield
+        except Exception as exc:
+            if not is_storage_error(exc):
+                raise
+            msg = f"{self.where}: {doing} the output {self.uri} failed after {self.rows} rows: {_storage_message(exc)}"
+            raise DatasetError(msg) from exc
 
     def abort(self) -> None:
         # Closing may fail again after a failed write; the sink removes its traces either way.
