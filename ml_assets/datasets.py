@@ -254,6 +254,7 @@ class AtomicPartitionWriter:
             raise
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
+        self._committed = False
         self.rows = 0
 
     @property
@@ -280,6 +281,7 @@ class AtomicPartitionWriter:
             self._flush()
             self._writer.close()
             self._sink.commit()
+        self._committed = True
         return self.uri
 
     @contextlib.contextmanager
@@ -294,6 +296,10 @@ class AtomicPartitionWriter:
             raise DatasetError(msg) from exc
 
     def abort(self) -> None:
+        """Removes every trace of an uncommitted output; after ``commit`` there is none left, and the
+        committed output stays (a run that fails after committing one of several outputs keeps it)."""
+        if self._committed:
+            return
         # Closing may fail again after a failed write; the sink removes its traces either way.
         with contextlib.suppress(OSError, pa.ArrowException):
             self._writer.close()
