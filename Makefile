@@ -35,6 +35,7 @@ bench: $(BIN)/python
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_onnx.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_inprocess.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_remote.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_s3_commit.py
 
 lint: $(BIN)/python
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ml_assets.resources.core.errors import MlAssetsError, PluginNotFoundError
+from ml_assets.resources.core.signals import Interrupted, interrupt_on_signals
 from ml_assets.service import SECRET_OPTIONS
 
 
@@ -31,7 +32,20 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
 
-@click.group()
+class _Commands(click.Group):
+    """Every command runs with SIGTERM handled like Ctrl-C: children stopped, temporary files removed,
+    exit code 128 + the signal's number."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with interrupt_on_signals():
+            try:
+                return super().invoke(ctx)
+            except Interrupted as exc:
+                click.echo(f"{exc}; stopped cleanly", err=True)
+                ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """Score registered ML models over partitioned Parquet datasets."""
 
@@ -317,8 +331,6 @@ def registry_serve(root: str, host: str, port: int, token_env: str | None) -> No
     click.echo(f"serving {server.registry.location} at {server.url}index.json", err=True)
     try:
         server.serve_forever(poll_interval=0.5)
-    except KeyboardInterrupt:
-        pass
     finally:
         server.server_close()
 
@@ -335,8 +347,7 @@ def services() -> None:
 @click.option("--bucket", default="mlflow", show_default=True)
 @click.option("--database", help="Database name (default: a fresh ml_assets_<random>); recreated empty, kept after.")
 def services_up(workdir: str, mlflow_port: int, s3_port: int, bucket: str, database: str | None) -> None:
-    """mlflow server (PostgreSQL backend, s3:// artifacts) and an S3 server (moto), until Ctrl-C."""
-    import contextlib
+    """mlflow server (PostgreSQL backend, s3:// artifacts) and an S3 server (moto), until Ctrl-C or SIGTERM."""
     import time
     from pathlib import Path
 
@@ -353,11 +364,10 @@ def services_up(workdir: str, mlflow_port: int, s3_port: int, bucket: str, datab
                 f"export MLFLOW_TRACKING_URI={env.tracking_uri}\n"
                 f"export MLFLOW_S3_ENDPOINT_URL={env.s3_endpoint_url}\n"
                 "# and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY as in this shell (moto accepts any)\n"
-                "Ctrl-C stops everything."
+                "Ctrl-C (or SIGTERM) stops everything."
             )
-            with contextlib.suppress(KeyboardInterrupt):
-                while True:
-                    time.sleep(1)
+            while True:
+                time.sleep(1)
     except MlAssetsError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -386,11 +396,9 @@ def webhook_serve(inbox: str, host: str, port: int, secret_env: str) -> None:
         raise click.ClickException(f"set {secret_env} to the secret the MLflow webhook was created with")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     server = serve(inbox, secret, host=host, port=port)
-    click.echo(f"receiving MLflow webhooks on http://{host}:{port}/ into {inbox}; Ctrl-C stops")
+    click.echo(f"receiving MLflow webhooks on http://{host}:{port}/ into {inbox}; Ctrl-C (or SIGTERM) stops")
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     finally:
         server.server_close()
 

@@ -11,7 +11,8 @@ import string
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -22,8 +23,27 @@ from ml_assets.resources.core.errors import DatasetError
 
 METADATA_KEY = b"ml_assets"
 OUTPUT_FILE = "part-0.parquet"
-# Readers (pyarrow datasets, Spark, polars) skip names starting with "_" or ".".
-TEMP_PREFIX = "_inprogress-"
+# Unfinished output lives outside the dataset root, in a folder named after it with this suffix.
+STAGING_SUFFIX = ".ml-assets-staging"
+STAGED_SUFFIX = ".inprogress"
+LOCK_SUFFIX = ".lock"
+# What versions before the staging folder left inside the output folder; swept by the next run.
+LEGACY_TEMP_PREFIX = "_inprogress-"
+# fsspec backends raise their own errors (not OSError) when the network fails mid-read or mid-write.
+_STORAGE_ERROR_MODULES = frozenset({"aiohttp", "aiobotocore", "botocore", "s3fs", "gcsfs", "adlfs", "fsspec"})
+# Schemes whose objects appear whole when an upload completes, and never before.
+OBJECT_STORE_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """An error of the storage layer (disk, object store, network), as opposed to a bug or an interrupt."""
+    return isinstance(exc, (OSError, pa.ArrowException)) or type(exc).__module__.split(".")[0] in _STORAGE_ERROR_MODULES
+
+
+def _storage_message(exc: BaseException) -> str:
+    from ml_assets.resources.core.http import redact
+
+    return f"{type(exc).__name__}: {redact(' '.join(str(exc).split()))[:300]}"
 
 
 def _filesystem(uri: str, storage_options: Mapping[str, Any]) -> tuple[pafs.FileSystem, str]:
@@ -47,11 +67,34 @@ class ParquetDataset:
             placeholder (``/data/events/{date}/`` or ``.../{date}.parquet``).
         partition_column: the hive key (``date``); for templates, the placeholder's name.
         storage_options: passed to fsspec (e.g. ``{"endpoint_url": ..., "key": ...}`` for s3fs).
+        staging_uri: where unfinished output is staged on filesystems with a rename (default: the
+            hidden sibling ``.{root}.ml-assets-staging`` of the dataset root, on the same filesystem).
+            Object stores need none: they upload the final key directly.
     """
 
     uri: str
     partition_column: str | None = None
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    staging_uri: str | None = None
+
+    @property
+    def root(self) -> str:
+        """The folder readers are pointed at: the URI, or the part of a template above its first placeholder."""
+        if self.is_template:
+            return self.uri[: self.uri.index("{")].rsplit("/", 1)[0]
+        uri = self.uri.rstrip("/")
+        return uri.rsplit("/", 1)[0] if uri.endswith(".parquet") else uri
+
+    def default_staging_uri(self) -> str:
+        """The hidden sibling of the root: outside what any reader scans, on the same filesystem."""
+        root = self.root
+        if "://" not in root or root.startswith("file://"):
+            root = os.path.abspath(os.path.expanduser(root.removeprefix("file://")))
+        parent, _, name = root.rstrip("/").rpartition("/")
+        if not name or parent.endswith(":/") or (not parent and "://" in root):
+            msg = f"dataset {self.uri}: its root {self.root!r} has no parent folder to stage output in; set staging_uri"
+            raise DatasetError(msg)
+        return f"{parent}/.{name}{STAGING_SUFFIX}"
 
     @property
     def is_template(self) -> bool:
@@ -143,48 +186,89 @@ class PartitionReader:
             # grow with the file. Without it, Arrow reads row group by row group.
             fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False),
         )
-        for batch in scanner.to_batches():
-            if batch.num_rows:
-                yield batch
+        rows = 0
+        try:
+            for batch in scanner.to_batches():
+                if batch.num_rows:
+                    rows += batch.num_rows
+                    yield batch
+        except Exception as exc:
+            if not is_storage_error(exc):
+                raise
+            msg = f"{self.where}: reading failed after {rows} rows: {_storage_message(exc)}"
+            raise DatasetError(msg) from exc
 
 
 class AtomicPartitionWriter:
-    """Writes one partition's output under a temporary name and commits it with one rename.
+    """Writes one partition's output so that no reader ever sees it half written.
 
-    Local files are renamed (atomic on POSIX); object stores get a server-side copy of the
-    finished object (readers see the whole object or none). Until ``commit``, the final path
-    keeps whatever it held before; ``abort`` removes the temporary file.
+    Readers differ: pyarrow datasets skip ``_``/``.`` names, but Polars and DuckDB read every
+    file under the folder they are pointed at, hidden ones included. So nothing unfinished is
+    ever written inside the dataset root:
+
+    - local disk (and other filesystems with a rename): the file is written in a staging folder
+      beside the root (``.{root}.ml-assets-staging``, same filesystem, so the commit is one atomic
+      rename over the final path). A killed run leaves its staging file behind; the next run of the
+      same partition removes it (a lock held while writing tells a live writer from a dead one).
+    - object stores (s3, gcs, azure): the final key is written directly as a multipart upload that
+      is completed only in ``commit`` and aborted on failure: one step, the data written once. An
+      upload left by a killed run is invisible and is aborted by the next commit of the same key.
+
+    Until ``commit``, the final path keeps whatever it held before; ``abort`` removes every trace.
+
+    Args:
+        staging_uri: where to stage on filesystems with a rename (default: the dataset's own
+            ``staging_uri``, else the hidden sibling of its root). Must be on the same filesystem.
     """
 
     # Small chunks make small row groups; buffering to this many rows keeps reads of the output fast.
     ROW_GROUP_ROWS = 262_144
 
     def __init__(
-        self, dataset: ParquetDataset, partition: str | None, schema: pa.Schema, metadata: Mapping[str, Any]
+        self,
+        dataset: ParquetDataset,
+        partition: str | None,
+        schema: pa.Schema,
+        metadata: Mapping[str, Any],
+        *,
+        staging_uri: str | None = None,
     ) -> None:
         uri = dataset.partition_uri(partition)
-        self.filesystem, base = _filesystem(uri, dataset.storage_options)
-        self.final_path = base if base.endswith(".parquet") else f"{base.rstrip('/')}/{OUTPUT_FILE}"
-        folder, name = self.final_path.rsplit("/", 1)
-        self.temp_path = f"{folder}/{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}"
         self.uri = uri if uri.endswith(".parquet") else f"{uri.rstrip('/')}/{OUTPUT_FILE}"
-        self.filesystem.create_dir(folder, recursive=True)
+        self.where = dataset.describe(partition)
         self.schema = schema.with_metadata({METADATA_KEY: json.dumps(dict(metadata), default=str).encode()})
+        if _is_object_store(self.uri):
+            self._sink: _Sink = _MultipartUpload(self.uri, dataset.storage_options, where=self.where)
+        else:
+            self._sink = _StagedFile(
+                dataset, self.uri, staging_uri or dataset.staging_uri or dataset.default_staging_uri(), self.where
+            )
+        self.filesystem, self.final_path = self._sink.filesystem, self._sink.final_path
         dictionary_columns = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type)]
-        self._stream = self.filesystem.open_output_stream(self.temp_path)
-        self._writer = pq.ParquetWriter(
-            self._stream, self.schema, use_dictionary=dictionary_columns or False, compression="snappy"
-        )
+        try:
+            self._writer = pq.ParquetWriter(
+                self._sink.stream, self.schema, use_dictionary=dictionary_columns or False, compression="snappy"
+            )
+        except BaseException:
+            self._sink.abort()
+            raise
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
+        self._committed = False
         self.rows = 0
+
+    @property
+    def temp_path(self) -> str | None:
+        """The staging file (None on object stores, which write the final key directly)."""
+        return getattr(self._sink, "temp_path", None)
 
     def write(self, batch: pa.RecordBatch) -> None:
         self._pending.append(batch)
         self._pending_rows += batch.num_rows
         self.rows += batch.num_rows
         if self._pending_rows >= self.ROW_GROUP_ROWS:
-            self._flush()
+            with self._storage("writing"):
+                self._flush()
 
     def _flush(self) -> None:
         if self._pending:
@@ -193,25 +277,199 @@ class AtomicPartitionWriter:
             self._pending, self._pending_rows = [], 0
 
     def commit(self) -> str:
-        self._flush()
-        self._writer.close()
-        self._stream.close()
-        if isinstance(self.filesystem, pafs.LocalFileSystem):
+        with self._storage("committing"):
+            self._flush()
+            self._writer.close()
+            self._sink.commit()
+        self._committed = True
+        return self.uri
+
+    @contextlib.contextmanager
+    def _storage(self, doing: str) -> Iterator[None]:
+        """Errors of the storage layer named for the output they hit; nothing was committed."""
+        try:
+            yield
+        except Exception as exc:
+            if not is_storage_error(exc):
+                raise
+            msg = f"{self.where}: {doing} the output {self.uri} failed after {self.rows} rows: {_storage_message(exc)}"
+            raise DatasetError(msg) from exc
+
+    def abort(self) -> None:
+        """Removes every trace of an uncommitted output; after ``commit`` there is none left, and the
+        committed output stays (a run that fails after committing one of several outputs keeps it)."""
+        if self._committed:
+            return
+        # Closing may fail again after a failed write; the sink removes its traces either way.
+        with contextlib.suppress(OSError, pa.ArrowException):
+            self._writer.close()
+        self._sink.abort()
+
+
+class _Sink(Protocol):
+    filesystem: pafs.FileSystem
+    final_path: str
+    stream: Any
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def _is_object_store(uri: str) -> bool:
+    return uri.split("://", 1)[0].lower() in OBJECT_STORE_SCHEMES if "://" in uri else False
+
+
+class _StagedFile:
+    """A staging file beside the dataset root, renamed over the final path on commit."""
+
+    def __init__(self, dataset: ParquetDataset, final_uri: str, staging_uri: str, where: str) -> None:
+        self.filesystem, self.final_path = _filesystem(final_uri, dataset.storage_options)
+        _, root = _filesystem(dataset.root, dataset.storage_options)
+        _, staging = _filesystem(staging_uri, dataset.storage_options)
+        staging, root = staging.rstrip("/"), root.rstrip("/")
+        if staging == root or staging.startswith(f"{root}/"):
+            msg = f"{where}: staging folder {staging_uri} is inside the dataset root {dataset.root}; readers see it"
+            raise DatasetError(msg)
+        relative = self.final_path[len(root) + 1 :] if self.final_path.startswith(f"{root}/") else self.final_path
+        self.stem = f"{staging}/{relative.lstrip('/')}"
+        folder = self.stem.rsplit("/", 1)[0]
+        final_folder = self.final_path.rsplit("/", 1)[0]
+        self.local = isinstance(self.filesystem, pafs.LocalFileSystem)
+        try:
+            self.filesystem.create_dir(folder, recursive=True)
+            self.filesystem.create_dir(final_folder, recursive=True)
+        except OSError as exc:
+            msg = f"{where}: cannot create the staging folder {folder} or the output folder {final_folder}: {exc}"
+            raise DatasetError(msg) from exc
+        if self.local and os.stat(folder).st_dev != os.stat(final_folder).st_dev:
+            msg = (
+                f"{where}: staging folder {folder} is on another filesystem than {final_folder}; "
+                "the commit must be one rename. Set the dataset's staging_uri to a folder on the same filesystem"
+            )
+            raise DatasetError(msg)
+        self._sweep(final_folder)
+        token = uuid.uuid4().hex[:12]
+        self.temp_path = f"{self.stem}.{token}{STAGED_SUFFIX}"
+        self._lock = _lock(f"{self.stem}.{token}{LOCK_SUFFIX}") if self.local else None
+        try:
+            self.stream = self.filesystem.open_output_stream(self.temp_path)
+        except BaseException:
+            self._release()
+            raise
+
+    def _sweep(self, final_folder: str) -> None:
+        """Staging files of runs of this partition that died (their lock is free), and the
+        ``_inprogress-`` files older versions left inside the output folder."""
+        final_name = self.final_path.rsplit("/", 1)[1]
+        for info in self.filesystem.get_file_info(pafs.FileSelector(final_folder, allow_not_found=True)):
+            if info.base_name.startswith(LEGACY_TEMP_PREFIX) and info.base_name.endswith(f"-{final_name}"):
+                with contextlib.suppress(OSError):
+                    self.filesystem.delete_file(info.path)
+        if not self.local:
+            return  # no lock tells a dead writer from a live one there
+        folder, name = self.stem.rsplit("/", 1)
+        for entry in os.scandir(folder):
+            if not entry.name.startswith(f"{name}.") or not entry.name.endswith(LOCK_SUFFIX):
+                continue
+            fd = _lock(entry.path)
+            if fd is None:
+                continue  # a live writer of the same partition
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(entry.path.removesuffix(LOCK_SUFFIX) + STAGED_SUFFIX)
+            os.remove(entry.path)
+            os.close(fd)
+        for entry in os.scandir(folder):  # killed between creating its lock and its file, or vice versa
+            orphan = not os.path.exists(entry.path.removesuffix(STAGED_SUFFIX) + LOCK_SUFFIX)
+            if entry.name.startswith(f"{name}.") and entry.name.endswith(STAGED_SUFFIX) and orphan:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(entry.path)
+
+    def commit(self) -> None:
+        self.stream.close()
+        if self.local:
             fd = os.open(self.temp_path, os.O_RDONLY)
             try:
                 os.fsync(fd)  # the rename must not outrun the data on a crash
             finally:
                 os.close(fd)
         self.filesystem.move(self.temp_path, self.final_path)
-        return self.uri
+        self._release()
 
     def abort(self) -> None:
-        # Closing may fail again after a failed write; the temporary file goes either way.
-        for close in (self._writer.close, self._stream.close):
-            with contextlib.suppress(OSError, pa.ArrowException):
-                close()
+        with contextlib.suppress(OSError, pa.ArrowException):
+            self.stream.close()
         with contextlib.suppress(OSError):
             self.filesystem.delete_file(self.temp_path)
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.temp_path.removesuffix(STAGED_SUFFIX) + LOCK_SUFFIX)
+            os.close(self._lock)
+            self._lock = None
+
+
+def _lock(path: str) -> int | None:
+    """An exclusive lock on ``path`` (created if missing), held until its descriptor is closed or the
+    process dies, even by SIGKILL; None when another writer holds it."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+class _MultipartUpload:
+    """The final key itself, written as a multipart upload completed only in ``commit``."""
+
+    def __init__(self, final_uri: str, storage_options: Mapping[str, Any], *, where: str) -> None:
+        import fsspec
+
+        self.fs, self.key_path = fsspec.core.url_to_fs(final_uri, **dict(storage_options))
+        self.filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
+        self.final_path = self.key_path
+        self.where = where
+        self.started = datetime.now(timezone.utc)
+        self._sweep_legacy()
+        try:
+            self._file = self.fs.open(self.key_path, "wb", autocommit=False)
+        except (OSError, ValueError) as exc:
+            msg = f"{where}: cannot start the upload of {final_uri}: {exc}"
+            raise DatasetError(msg) from exc
+        self.stream = pa.PythonFile(self._file, mode="w")
+
+    def _sweep_legacy(self) -> None:
+        folder, name = self.key_path.rsplit("/", 1)
+        with contextlib.suppress(OSError):
+            for path in self.fs.glob(f"{folder}/{LEGACY_TEMP_PREFIX}*-{name}"):
+                self.fs.rm_file(path)
+
+    def commit(self) -> None:
+        self.stream.close()  # uploads the last part; the upload stays open (autocommit=False)
+        self._file.commit()  # completes it: the new object replaces the old in one step
+        self._abort_stale_uploads()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):  # the object store may be what failed
+            self._file.discard()
+        self._file.closed = True  # discarded: closing it later (even when collected) must upload nothing
+
+    def _abort_stale_uploads(self) -> None:
+        """Uploads of the same key that runs killed before this one started left open (invisible, but billed)."""
+        call = getattr(self.fs, "call_s3", None)
+        if call is None:
+            return
+        bucket, key = self.key_path.split("/", 1)
+        with contextlib.suppress(Exception):  # best effort; a lifecycle rule is the backstop
+            for upload in call("list_multipart_uploads", Bucket=bucket, Prefix=key).get("Uploads", []):
+                if upload["Key"] == key and upload["Initiated"] < self.started:
+                    call("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"])
 
 
 def read_lineage(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:

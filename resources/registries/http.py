@@ -13,22 +13,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from ml_assets.resources.core.cache import ArtifactCache
 from ml_assets.resources.core.errors import ArtifactError, ModelNotFoundError, RegistryUnavailableError
+from ml_assets.resources.core.http import RetryPolicy, new_session, redact, retry_after
 from ml_assets.resources.core.models import ModelRef, ModelVersion
-from ml_assets.resources.registries.file import (
+from ml_assets.resources.registries.manifests import (
     not_found_message,
     pick_version,
-    redact,
     safe_relative_path,
     validate_name,
     version_from_manifest,
@@ -40,8 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT_VERSION = 1
-_RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-_MAX_BACKOFF_S = 10.0
 
 
 class HttpRegistry:
@@ -55,9 +51,11 @@ class HttpRegistry:
         username, password / password_env: HTTP basic auth.
         headers: extra request headers (their values are treated as secrets).
         timeout_s: read timeout of every request; ``connect_timeout_s`` for connecting.
-        retries: extra attempts after a network error, a timeout, 408/429/5xx, or a file whose
-            size or SHA-256 does not match the index; waits grow exponentially (capped at 10 s,
-            ``Retry-After`` honoured within the cap).
+        retries: extra attempts after a network error, a timeout, a retryable status
+            (``ml_assets.resources.core.http.RETRY_STATUS``: 408/425/429/500/502/503/504), or a file
+            whose size or SHA-256 does not match the index. Waits grow exponentially from
+            ``backoff_s`` with full jitter, capped at 10 s, at least what ``Retry-After`` asks; no
+            retry starts past ``retry_deadline_s``.
         verify: TLS verification: True, False or the path of a CA bundle.
     """
 
@@ -76,6 +74,7 @@ class HttpRegistry:
         connect_timeout_s: float = 5.0,
         retries: int = 3,
         backoff_s: float = 0.5,
+        retry_deadline_s: float = 120.0,
         verify: bool | str = True,
     ) -> None:
         if not url or urlsplit(url).scheme not in ("http", "https"):
@@ -99,7 +98,9 @@ class HttpRegistry:
         self._headers = dict(headers or {})
         self.timeout = (connect_timeout_s, timeout_s)
         self.retries = retries
-        self.backoff_s = backoff_s
+        self.retry_policy = RetryPolicy(
+            max_attempts=retries + 1, backoff_base=backoff_s, backoff_max=10.0, deadline_s=retry_deadline_s
+        )
         self.verify = verify
         self.cache = ArtifactCache(cache_dir)
         self._lock = threading.Lock()
@@ -234,15 +235,8 @@ class HttpRegistry:
     @property
     def session(self) -> requests.Session:
         if self._session is None:
-            import requests
-            from requests.adapters import HTTPAdapter
-
-            session = requests.Session()
-            session.mount("http://", HTTPAdapter(max_retries=0))  # our loop retries, bounded and logged
-            session.mount("https://", HTTPAdapter(max_retries=0))
-            session.trust_env = False  # proxies from the environment would see the credentials
-            session.verify = self.verify
-            self._session = session
+            # No credentials on the session: they go only to the index's own origin (_auth_headers).
+            self._session = new_session(verify=self.verify)
         return self._session
 
     def _auth_headers(self, url: str) -> dict[str, str]:
@@ -264,16 +258,19 @@ class HttpRegistry:
         import requests
 
         shown = redact(url)
-        last_problem = ""
-        for attempt in range(self.retries + 1):
-            retry_after: float | None = None
+        policy = self.retry_policy
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            wait_at_least: float | None = None
             try:
                 self.requests_made += 1
                 response = self.session.get(
                     url, headers={**self._auth_headers(url), **headers}, timeout=self.timeout, stream=stream
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
-                last_problem = f"{type(exc).__name__}"
+                problem = f"{type(exc).__name__}"
             except requests.RequestException as exc:
                 msg = f"{self.where}: cannot GET {what} at {shown}: {type(exc).__name__}"
                 raise RegistryUnavailableError(msg) from exc
@@ -281,7 +278,7 @@ class HttpRegistry:
                 if response.status_code < 300 or response.status_code == 304:
                     return response
                 status = response.status_code
-                retry_after = _retry_after(response.headers.get("Retry-After"))
+                wait_at_least = retry_after(response.headers.get("Retry-After"))
                 response.close()
                 if status in (401, 403):
                     msg = f"{self.where}: GET {what} at {shown} was refused with HTTP {status}; check the credentials"
@@ -289,21 +286,19 @@ class HttpRegistry:
                 if status == 404:
                     error = ArtifactError if stream else RegistryUnavailableError
                     raise error(f"{self.where}: {what} not found at {shown} (HTTP 404)")
-                if status not in _RETRY_STATUS:
+                if not policy.retryable(status):
                     msg = f"{self.where}: GET {what} at {shown} answered HTTP {status}"
                     raise RegistryUnavailableError(msg)
-                last_problem = f"HTTP {status}"
-            if attempt < self.retries:
-                wait = min(self.backoff_s * 2**attempt, _MAX_BACKOFF_S) * (0.5 + random.random() / 2)
-                if retry_after is not None:
-                    wait = min(max(wait, retry_after), _MAX_BACKOFF_S)
-                log.warning(
-                    "%s: GET %s at %s failed (%s); retry %d of %d in %.1fs",
-                    self.where, what, shown, last_problem, attempt + 1, self.retries, wait,
-                )  # fmt: skip
-                time.sleep(wait)
-        msg = f"{self.where}: GET {what} at {shown} failed {self.retries + 1} times; last: {last_problem}"
-        raise RegistryUnavailableError(msg)
+                problem = f"HTTP {status}"
+            wait = policy.delay(attempt, started=started, retry_after=wait_at_least)
+            if wait is None:
+                msg = f"{self.where}: GET {what} at {shown} failed {attempt} times; last: {problem}"
+                raise RegistryUnavailableError(msg)
+            log.warning(
+                "%s: GET %s at %s failed (%s); retry %d of %d in %.1fs",
+                self.where, what, shown, problem, attempt, policy.max_attempts - 1, wait,
+            )  # fmt: skip
+            time.sleep(wait)
 
     def _download(self, version: ModelVersion, url: str, target: Path, rel: str, file: Mapping[str, Any]) -> None:
         """One file, streamed to disk and checked against the index; a bad copy is fetched again."""
@@ -377,19 +372,6 @@ def _stages(model: Mapping[str, Any]) -> dict[str, str]:
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme, parts.netloc.rsplit("@", 1)[-1]
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 __all__ = ["HttpRegistry"]

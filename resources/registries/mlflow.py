@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import tempfile
 import threading
 import warnings
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ml_assets.resources.core.cache import ArtifactCache
 from ml_assets.resources.core.errors import ArtifactError, ModelNotFoundError, RegistryUnavailableError
+from ml_assets.resources.core.http import RetryPolicy, redact
 from ml_assets.resources.core.models import ColumnSpec, ModelRef, ModelVersion, Signature
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ T = TypeVar("T")
 FORMAT_TAG = "ml_assets.format"
 # MLflow flavors whose files one of our runtimes reads directly; anything else is scored as pyfunc.
 _FLAVOR_FORMATS = {"onnx": "onnx", "h2o_mojo": "h2o_mojo", "pmml": "pmml"}
-_CREDENTIALS = re.compile(r"//[^/@]+@")
 # MLflow signature types -> Arrow type names
 _MLFLOW_TYPES = {
     "double": "double",
@@ -42,11 +41,6 @@ _MLFLOW_TYPES = {
     "binary": "binary",
     "datetime": "timestamp[ns]",
 }
-
-
-def _redact(uri: str) -> str:
-    """A URI fit for messages and metadata: credentials and query strings removed."""
-    return _CREDENTIALS.sub("//***@", uri).split("?", 1)[0]
 
 
 # MLflow reads its HTTP timeout, retries and progress bar from the process environment at every
@@ -115,12 +109,11 @@ class MlflowRegistry:
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": (None, "false"),
         }
         if any(u and u.startswith(("http://", "https://")) for u in (tracking_uri, registry_uri)):
+            # The shared retry policy's bounds, in the form MLflow's REST client reads them.
+            policy = RetryPolicy(max_attempts=(2 if max_retries is None else max_retries) + 1, backoff_base=1.0)
+            given = {"MLFLOW_HTTP_REQUEST_TIMEOUT": request_timeout_s, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": max_retries}
             self._settings.update(
-                {
-                    "MLFLOW_HTTP_REQUEST_TIMEOUT": (request_timeout_s, 30),
-                    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": (max_retries, 2),
-                    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": (None, 1),
-                }
+                {var: (given.get(var), default) for var, default in policy.mlflow_environment(30).items()}
             )
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
@@ -137,7 +130,7 @@ class MlflowRegistry:
     def location(self) -> str:
         import mlflow
 
-        return _redact(self.registry_uri or mlflow.get_registry_uri())
+        return redact(self.registry_uri or mlflow.get_registry_uri())
 
     @property
     def registry_id(self) -> str:
@@ -221,7 +214,7 @@ class MlflowRegistry:
                     registry_uri=self.registry_uri,
                 )
             except Exception as exc:  # MLflow raises many kinds; all mean the same here
-                msg = f"{version.describe()}: cannot download {_redact(version.artifact_uri)}: {_shorten(str(exc))}"
+                msg = f"{version.describe()}: cannot download {redact(version.artifact_uri)}: {_shorten(str(exc))}"
                 raise ArtifactError(msg) from exc
             _flatten_single_folder(dest)
 
@@ -349,7 +342,7 @@ class MlflowRegistry:
             except Exception as exc:  # a version without an MLmodel file is not an MLflow model
                 msg = (
                     f"model {mv.name!r} version {mv.version}: cannot read its MLmodel at "
-                    f"{_redact(artifact_uri)}: {_shorten(str(exc))}"
+                    f"{redact(artifact_uri)}: {_shorten(str(exc))}"
                 )
                 raise ArtifactError(msg) from exc
 
@@ -398,5 +391,5 @@ def _flatten_single_folder(dest: Path) -> None:
 
 def _shorten(text: str, limit: int = 300) -> str:
     """One line, credentials removed: library errors quote the URLs they failed on."""
-    text = _CREDENTIALS.sub("//***@", " ".join(text.split()))
+    text = redact(" ".join(text.split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from ml_assets.resources.core.errors import ModelLoadError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
+from ml_assets.resources.core.signals import ignore_stop_signals
 from ml_assets.resources.runtimes._common import available_cores, empty_batch
 
 logger = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ class _LoadedModel:
 
 def _worker_main(model_dir: str, conn: Any) -> None:
     """Worker process: load once, then answer (batch -> predictions) requests until told to stop."""
+    ignore_stop_signals()  # the parent stops it, or it sees the pipe close when the parent dies
     try:
         loaded = _LoadedModel(model_dir)
     except Exception as exc:  # noqa: BLE001 - any load failure is reported to the parent, which raises

@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from ml_assets.datasets import TEMP_PREFIX, read_lineage
+from ml_assets.datasets import STAGED_SUFFIX, read_lineage
 from ml_assets.dev.demo import make_transactions, write_partitioned
 from tests.conftest import DATES, ROWS_PER_DAY, VENV_BIN, features_of
 
@@ -67,6 +68,7 @@ def test_killed_mid_write_leaves_nothing_at_the_final_path(models, tmp_path):
     write_partitioned(lambda day: make_transactions(1_500_000, seed=5), data, ["2026-11-05"])
     out = tmp_path / "scores"
     folder = out / "date=2026-11-05"
+    staging = tmp_path / ".scores.ml-assets-staging" / "date=2026-11-05"
     args = [
         "score", "models:/fraud@challenger", str(data), str(out), "--partition", "date=2026-11-05",
         "--chunk-rows", "2000", "--registry-uri", models.tracking_uri, "--quiet",
@@ -77,7 +79,7 @@ def test_killed_mid_write_leaves_nothing_at_the_final_path(models, tmp_path):
         deadline = time.monotonic() + 120
         try:
             while time.monotonic() < deadline:
-                temps = list(folder.glob(f"{TEMP_PREFIX}*")) if folder.exists() else []
+                temps = list(staging.glob(f"*{STAGED_SUFFIX}")) if staging.exists() else []
                 if temps and temps[0].stat().st_size > 1_000_000:  # at least one row group written
                     break
                 assert process.poll() is None, "the scoring finished before it could be killed; make the data larger"
@@ -98,8 +100,10 @@ def test_killed_mid_write_leaves_nothing_at_the_final_path(models, tmp_path):
     kill_when_half_written()
     assert (folder / "part-0.parquet").read_bytes() == before
     assert read_lineage(str(folder / "part-0.parquet"))["model_version"] == "2"
-    # Readers skip the leftover temporary file: the dataset is still exactly the committed output.
+    # The killed run's file is outside the dataset: every reader sees exactly the committed output.
+    assert sorted(p.name for p in folder.iterdir()) == ["part-0.parquet"]
     assert pq.read_table(folder).num_rows == 1_500_000
+    assert pl.scan_parquet(f"{out}/**/*.parquet").select(pl.len()).collect().item() == 1_500_000
 
 
 def test_importing_the_package_loads_no_heavy_dependency():

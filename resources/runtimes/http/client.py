@@ -1,4 +1,4 @@
-"""Scoring through HTTP model servers: MLflow ``/invocations`` and the Open Inference Protocol v2.
+"""The HTTP runtime and its scorer: MLflow ``/invocations`` and the Open Inference Protocol v2.
 
 Endpoints (the name and version come from the registry's answer, so a promotion moves scoring
 to the new path):
@@ -22,40 +22,47 @@ password, extra header values, URL credentials and query) never reach logs or er
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import logging
 import math
 import os
-import random
 import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 import pyarrow as pa
 
 from ml_assets.resources.core.errors import ModelLoadError, ModelRefError, SchemaMismatchError, ScoringError
+from ml_assets.resources.core.http import RetryPolicy, new_session, redact, retry_after
 from ml_assets.resources.core.models import ColumnSpec, ModelRef, ModelVersion
+from ml_assets.resources.runtimes.http.batching import BatchSizer, CircuitBreaker, split_in_two
+from ml_assets.resources.runtimes.http.codecs import (
+    PAYLOADS,
+    BadResponse,
+    Payload,
+    arrow_type,
+    decode,
+    encode,
+    infer_type,
+)
 
 if TYPE_CHECKING:
     import requests
 
-log = logging.getLogger(__name__)
+# One logger for the runtime, whichever of its modules logs.
+log = logging.getLogger("ml_assets.resources.runtimes.http")
 
 Endpoint = Literal["mlflow", "databricks", "prinz", "v2", "v2_versioned", "template"]
-Payload = Literal["csv", "parquet", "dataframe_split", "dataframe_records", "instances", "inputs", "v2"]
 V2Layout = Literal["columns", "tensor"]
 
 ENDPOINTS: tuple[str, ...] = ("mlflow", "databricks", "prinz", "v2", "v2_versioned", "template")
-PAYLOADS: tuple[str, ...] = ("csv", "parquet", "dataframe_split", "dataframe_records", "instances", "inputs", "v2")
 _PATHS = {
     "mlflow": "{base}/invocations",
     "databricks": "{base}/model/{name}/{version}/invocations",
@@ -74,154 +81,15 @@ _DEFAULT_PAYLOAD = {
     "v2": "v2",
     "v2_versioned": "v2",
 }
-_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-_MLFLOW_TYPES = {"long": "int64", "integer": "int32", "boolean": "bool", "datetime": "timestamp[ns]"}
-_V2_TYPES = {
-    pa.float32(): "FP32",
-    pa.float64(): "FP64",
-    pa.float16(): "FP16",
-    pa.int8(): "INT8",
-    pa.int16(): "INT16",
-    pa.int32(): "INT32",
-    pa.int64(): "INT64",
-    pa.uint8(): "UINT8",
-    pa.uint16(): "UINT16",
-    pa.uint32(): "UINT32",
-    pa.uint64(): "UINT64",
-    pa.bool_(): "BOOL",
-    pa.string(): "BYTES",
-    pa.large_string(): "BYTES",
-}
-_FROM_V2 = {
-    "FP32": pa.float32(),
-    "FP64": pa.float64(),
-    "FP16": pa.float16(),
-    "INT8": pa.int8(),
-    "INT16": pa.int16(),
-    "INT32": pa.int32(),
-    "INT64": pa.int64(),
-    "UINT8": pa.uint8(),
-    "UINT16": pa.uint16(),
-    "UINT32": pa.uint32(),
-    "UINT64": pa.uint64(),
-    "BOOL": pa.bool_(),
-    "BYTES": pa.string(),
-}
 # MLflow echoes the input frame in some error messages ("Failed to predict data '...'");
 # we keep the server's words but never the data.
 _ECHOED_DATA = re.compile(r"data\s+'.*?'(?=\s*(?:\.|with\b|$))", re.DOTALL)
-
-
-def _arrow_type(name: str) -> pa.DataType:
-    try:
-        return pa.type_for_alias(_MLFLOW_TYPES.get(name, name))
-    except ValueError:
-        msg = f"unknown column type {name!r}; expected an Arrow type name such as 'double', 'float', 'int64', 'string'"
-        raise SchemaMismatchError(msg) from None
-
-
-def _redact_url(url: str) -> str:
-    """The URL without credentials, query or fragment: what may appear in logs and errors."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _shorten(text: str, limit: int = 300) -> str:
     text = _ECHOED_DATA.sub("data <omitted>", text)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-class _BatchSizer:
-    """Rows per request: grows while answers come back under the latency target, halves on slow
-    answers, timeouts and 413s. Shared by every thread of one scorer."""
-
-    def __init__(self, start: int, low: int, high: int, target_seconds: float) -> None:
-        self.low, self.high, self.target = low, high, target_seconds
-        self._rows = min(max(start, low), high)
-        self._ceiling = high  # lowered by 413s: never grow back to a size the server refused
-        self._lock = threading.Lock()
-
-    @property
-    def rows(self) -> int:
-        return self._rows
-
-    def observe(self, rows: int, seconds: float) -> None:
-        with self._lock:
-            # A short tail request says little about what a full one would cost.
-            if rows < self._rows // 2:
-                return
-            if seconds < self.target:
-                self._rows = min(self._ceiling, max(self._rows + 1, int(self._rows * 1.5)))
-            elif seconds > 2 * self.target:
-                self._rows = max(self.low, self._rows // 2)
-
-    def shrink(self, rows: int, *, too_large: bool = False) -> None:
-        with self._lock:
-            if too_large:
-                # Half the refused size: the halves are what gets retried, and growing back
-                # towards the refused size one 413 at a time would cost a request per step.
-                self._ceiling = max(self.low, min(self._ceiling, rows // 2))
-            self._rows = max(self.low, min(self._rows, rows) // 2)
-
-
-class _CircuitBreaker:
-    """Opens after ``threshold`` failed attempts in a row; while open, requests fail at once.
-    After ``cooldown`` seconds one trial request may pass (half-open); its success closes it."""
-
-    def __init__(self, threshold: int, cooldown: float) -> None:
-        self.threshold, self.cooldown = threshold, cooldown
-        self._failures = 0
-        self._opened_at: float | None = None
-        self._trial_running = False
-        self.last_failure = ""
-        self._lock = threading.Lock()
-
-    def allow(self) -> bool:
-        with self._lock:
-            if self._opened_at is None:
-                return True
-            if time.monotonic() - self._opened_at >= self.cooldown and not self._trial_running:
-                self._trial_running = True
-                return True
-            return False
-
-    def success(self) -> None:
-        with self._lock:
-            self._failures = 0
-            self._opened_at = None
-            self._trial_running = False
-
-    def failure(self, what: str) -> None:
-        with self._lock:
-            self._failures += 1
-            self.last_failure = what
-            self._trial_running = False
-            if self._failures >= self.threshold:
-                self._opened_at = time.monotonic()
-
-    @property
-    def failures(self) -> int:
-        return self._failures
 
 
 @dataclass
@@ -397,266 +265,11 @@ def _input_columns(
             "so give the runtime option features=[...]"
         )
         raise ModelLoadError(msg)
-    return [(name, _arrow_type(type_name)) for name, type_name in pairs]
-
-
-# --------------------------------------------------------------------------------------------
-# Request bodies
-
-
-def _json_value_columns(batch: pa.RecordBatch) -> list[list[Any]]:
-    return [col.to_pylist() for col in batch.columns]
-
-
-def _numeric_matrix_rows(batch: pa.RecordBatch) -> list[list[Any]] | None:
-    """Row lists through numpy when every column is a null-free number column (10x faster)."""
-    import numpy as np
-
-    if not all(
-        (pa.types.is_floating(c.type) or pa.types.is_integer(c.type)) and c.null_count == 0 for c in batch.columns
-    ):
-        return None
-    if batch.num_columns == 0:
-        return [[] for _ in range(batch.num_rows)]
-    return np.column_stack([c.to_numpy() for c in batch.columns]).tolist()
-
-
-def encode(
-    batch: pa.RecordBatch, payload: str, *, v2_layout: str = "columns", v2_input_name: str = "input-0"
-) -> tuple[bytes, str]:
-    """The request body for ``batch`` and its content type."""
-    names = batch.schema.names
-    if payload == "csv":
-        import pyarrow.csv as pacsv
-
-        sink = io.BytesIO()
-        pacsv.write_csv(batch, sink, pacsv.WriteOptions(include_header=True))
-        return sink.getvalue(), "text/csv"
-    if payload == "parquet":
-        import pyarrow.parquet as pq
-
-        sink = io.BytesIO()
-        # Dictionary encoding and statistics cost 10x the encoding time of float columns and
-        # buy nothing for a body read once.
-        pq.write_table(
-            pa.Table.from_batches([batch]), sink, compression="none", use_dictionary=False, write_statistics=False
-        )
-        return sink.getvalue(), "application/vnd.apache.parquet"
-    if payload == "v2":
-        return json.dumps(_v2_request(batch, v2_layout, v2_input_name)).encode(), "application/json"
-    if payload in ("dataframe_split",):
-        rows = _numeric_matrix_rows(batch)
-        if rows is None:
-            rows = [list(r) for r in zip(*_json_value_columns(batch), strict=True)]
-        body: dict[str, Any] = {"dataframe_split": {"columns": names, "data": rows}}
-    elif payload in ("dataframe_records", "instances"):
-        rows = _numeric_matrix_rows(batch) or [list(r) for r in zip(*_json_value_columns(batch), strict=True)]
-        body = {payload: [dict(zip(names, r, strict=True)) for r in rows]}
-    elif payload == "inputs":
-        body = {"inputs": dict(zip(names, _json_value_columns(batch), strict=True))}
-    else:
-        msg = f"unknown payload {payload!r}; expected one of {', '.join(PAYLOADS)}"
-        raise ScoringError(msg)
-    return json.dumps(body).encode(), "application/json"
-
-
-def _v2_request(batch: pa.RecordBatch, layout: str, input_name: str) -> dict[str, Any]:
-    n = batch.num_rows
-    if layout == "tensor":
-        types = {c.type for c in batch.columns}
-        arrow = types.pop() if len(types) == 1 else pa.float64()
-        datatype = _V2_TYPES.get(arrow, "FP64")
-        rows = _numeric_matrix_rows(batch)
-        if rows is None:
-            msg = "v2_layout='tensor' needs null-free numeric columns; use v2_layout='columns'"
-            raise SchemaMismatchError(msg)
-        flat = [v for row in rows for v in row]
-        tensor = {"name": input_name, "shape": [n, batch.num_columns], "datatype": datatype, "data": flat}
-        return {"inputs": [tensor]}
-    inputs = []
-    for name, col in zip(batch.schema.names, batch.columns, strict=True):
-        datatype = _V2_TYPES.get(col.type)
-        if datatype is None:
-            msg = f"column {name!r} of type {col.type} has no Open Inference Protocol datatype"
-            raise SchemaMismatchError(msg)
-        inputs.append({"name": name, "shape": [n], "datatype": datatype, "data": col.to_pylist()})
-    return {"parameters": {"content_type": "pd"}, "inputs": inputs}
-
-
-# --------------------------------------------------------------------------------------------
-# Responses
+    return [(name, arrow_type(type_name)) for name, type_name in pairs]
 
 
 class _UnsupportedMediaType(ScoringError):
     """The server does not take this body format (415)."""
-
-
-class _BadResponse(Exception):
-    """A 2xx answer we cannot use; becomes a ScoringError naming the rows."""
-
-
-def decode(body: bytes, payload: str, rows: int) -> dict[str, list[Any] | Any]:
-    """Named prediction columns (lists or numpy arrays), in the server's order.
-
-    Unnamed columns are named ``""`` (one column) or ``"#0".."#k"`` and renamed by the scorer.
-    """
-    if payload != "v2":
-        fast = _fast_numeric_predictions(body, rows)
-        if fast is not None:
-            return fast
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        msg = f"the answer is not JSON ({type(exc).__name__} at {getattr(exc, 'pos', '?')})"
-        raise _BadResponse(msg) from None
-    if payload == "v2":
-        return _decode_v2(doc, rows)
-    predictions = doc.get("predictions", doc.get("outputs")) if isinstance(doc, dict) else doc
-    if predictions is None:
-        keys = sorted(doc)[:8] if isinstance(doc, dict) else []
-        msg = f"the answer has no 'predictions' (keys: {keys})"
-        raise _BadResponse(msg)
-    if isinstance(predictions, dict):  # columnar: {"col": [...], ...}
-        columns = {str(k): v for k, v in predictions.items()}
-        for name, values in columns.items():
-            if not isinstance(values, list) or len(values) != rows:
-                got = len(values) if isinstance(values, list) else type(values).__name__
-                msg = f"column {name!r} has {got} values for {rows} rows"
-                raise _BadResponse(msg)
-        return columns
-    if not isinstance(predictions, list):
-        msg = f"'predictions' is a {type(predictions).__name__}, expected a list"
-        raise _BadResponse(msg)
-    if len(predictions) != rows:
-        msg = f"the server returned {len(predictions)} predictions for {rows} rows"
-        raise _BadResponse(msg)
-    if rows == 0:
-        return {}
-    first = predictions[0]
-    if isinstance(first, dict):
-        keys = list(first)
-        try:
-            return {str(k): [r[k] for r in predictions] for k in keys}
-        except (KeyError, TypeError):
-            msg = f"records do not all have the keys {keys[:8]}"
-            raise _BadResponse(msg) from None
-    if isinstance(first, list):
-        width = len(first)
-        import numpy as np
-
-        try:
-            matrix = np.asarray(predictions, dtype=np.float64)
-        except (ValueError, TypeError):
-            if any(not isinstance(r, list) or len(r) != width for r in predictions):
-                msg = f"rows of predictions have different lengths (first has {width})"
-                raise _BadResponse(msg) from None
-            return {f"#{i}": [r[i] for r in predictions] for i in range(width)}
-        if matrix.ndim != 2:
-            msg = f"predictions have {matrix.ndim} dimensions, expected a list or a list of lists"
-            raise _BadResponse(msg)
-        return {f"#{i}": matrix[:, i] for i in range(width)}
-    return {"": predictions}
-
-
-_PREDICTIONS_HEAD = b'{"predictions": ['
-_NUMBER_BYTES = b"0123456789.eE+-, []"
-
-
-def _fast_numeric_predictions(body: bytes, rows: int) -> dict[str, Any] | None:
-    """MLflow's ``{"predictions": [[p, q], ...]}`` (or a flat list of floats) parsed by Arrow's CSV
-    reader: 5x less CPU than ``json.loads`` + numpy. None when the body is anything else (NaN,
-    nulls, records, strings, other keys, ints only); then the JSON path decides."""
-    if rows == 0 or not body.startswith(_PREDICTIONS_HEAD) or not body.endswith(b"]}"):
-        return None
-    inner = body[len(_PREDICTIONS_HEAD) : -2]
-    if inner.translate(None, _NUMBER_BYTES):
-        return None
-    if inner.startswith(b"["):
-        if not inner.endswith(b"]"):
-            return None
-        text = inner[1:-1].replace(b"], [", b"\n")
-        if b"[" in text or b"]" in text:
-            return None
-        first_line = text.split(b"\n", 1)[0]
-        width = first_line.count(b",") + 1 if first_line.strip() else 0
-        names = [f"#{i}" for i in range(width)]
-    else:
-        if b"." not in inner and b"e" not in inner:  # integers keep their own type via JSON
-            return None
-        text = inner.replace(b", ", b"\n")
-        if b"," in text:
-            return None
-        names = [""]
-    if not names:
-        return None
-    import pyarrow.csv as pacsv
-
-    try:
-        table = pacsv.read_csv(
-            io.BytesIO(text),
-            read_options=pacsv.ReadOptions(column_names=names, use_threads=False),
-            parse_options=pacsv.ParseOptions(newlines_in_values=False),
-            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.float64())),
-        )
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return None
-    if table.num_rows != rows or any(c.null_count for c in table.columns):
-        return None
-    return {name: table.column(name).to_numpy() for name in names}
-
-
-def _decode_v2(doc: Any, rows: int) -> dict[str, Any]:
-    import numpy as np
-
-    outputs = doc.get("outputs") if isinstance(doc, dict) else None
-    if not isinstance(outputs, list) or not outputs:
-        msg = "the answer has no 'outputs' list (Open Inference Protocol v2)"
-        raise _BadResponse(msg)
-    columns: dict[str, Any] = {}
-    for out in outputs:
-        name = str(out.get("name", f"output_{len(columns)}"))
-        shape = list(out.get("shape") or [])
-        data = out.get("data")
-        arrow = _FROM_V2.get(str(out.get("datatype", "FP64")).upper(), pa.float64())
-        if not shape or shape[0] != rows or not isinstance(data, list):
-            msg = f"output {name!r} has shape {shape} for {rows} rows"
-            raise _BadResponse(msg)
-        width = math.prod(shape[1:]) if len(shape) > 1 else 1
-        if arrow == pa.string() or arrow == pa.bool_():
-            flat = list(itertools.chain.from_iterable(data)) if data and isinstance(data[0], list) else data
-            if len(flat) != rows * width:
-                msg = f"output {name!r} has {len(flat)} values for shape {shape}"
-                raise _BadResponse(msg)
-            parts = [flat[i::width] for i in range(width)]
-        else:
-            try:
-                matrix = np.asarray(data, dtype=arrow.to_pandas_dtype()).reshape(rows, width)
-            except (ValueError, TypeError):
-                msg = f"output {name!r} data do not fit shape {shape}"
-                raise _BadResponse(msg) from None
-            parts = [matrix[:, i] for i in range(width)]
-        if width == 1:
-            columns[name] = parts[0]
-        else:
-            columns.update({f"{name}_{i}": part for i, part in enumerate(parts)})
-    return columns
-
-
-def _infer_type(values: Any) -> pa.DataType:
-    arr = pa.array(values)
-    if pa.types.is_null(arr.type):
-        return pa.float64()
-    if pa.types.is_integer(arr.type):
-        return pa.int64()
-    if pa.types.is_floating(arr.type):
-        return pa.float64()
-    if pa.types.is_large_string(arr.type):
-        return pa.string()
-    return arr.type
-
-
-# --------------------------------------------------------------------------------------------
-# The scorer
 
 
 class _Outcome:
@@ -681,7 +294,7 @@ class HttpScorer:
         self.version = version
         self.runtime = runtime
         self.url = runtime.endpoint_url(version)
-        self.safe_url = _redact_url(self.url)
+        self.safe_url = redact(self.url)
         self.payload = runtime.payload or _DEFAULT_PAYLOAD[runtime.endpoint]
         # Without an explicit choice, the plain MLflow endpoint tries Parquet and falls back to CSV.
         self._fallback_payload = "csv" if runtime.payload is None and self.payload == "parquet" else None
@@ -693,10 +306,16 @@ class HttpScorer:
             self._secrets.append(parts.password)
         if parts.query:
             self._secrets.append(parts.query)
-        self._sizer = _BatchSizer(
+        self.retry_policy = RetryPolicy(
+            max_attempts=runtime.max_attempts,
+            backoff_base=runtime.backoff_base,
+            backoff_max=runtime.backoff_max,
+            deadline_s=runtime.retry_deadline,
+        )
+        self._sizer = BatchSizer(
             runtime.batch_rows, runtime.min_batch_rows, runtime.max_batch_rows, runtime.target_latency
         )
-        self._breaker = _CircuitBreaker(runtime.breaker_threshold, runtime.breaker_cooldown)
+        self._breaker = CircuitBreaker(runtime.breaker_threshold, runtime.breaker_cooldown)
         self._pool = ThreadPoolExecutor(max_workers=runtime.max_in_flight, thread_name_prefix="ml-assets-http")
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
@@ -791,7 +410,7 @@ class HttpScorer:
             specs = (
                 [(n, pa.float64()) for n in rt.output_names]
                 if rt.output_names
-                else [(c.name, _arrow_type(c.type)) for c in signature_outputs]
+                else [(c.name, arrow_type(c.type)) for c in signature_outputs]
             )
             return self._select(specs), {}
         probe = pa.RecordBatch.from_pylist([self._probe_row()], schema=self._input_schema)
@@ -834,7 +453,7 @@ class HttpScorer:
         specs = []
         for name, server_name in zip(names, server_names, strict=True):
             values = columns[server_name]
-            arrow = _arrow_type(sig_types[name]) if name in sig_types else _infer_type(values)
+            arrow = arrow_type(sig_types[name]) if name in sig_types else infer_type(values)
             specs.append((name, arrow))
         renames = dict(zip(server_names, names, strict=True))
         return self._select(specs), renames
@@ -902,28 +521,22 @@ class HttpScorer:
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            import requests
-            from requests.adapters import HTTPAdapter
-
-            session = requests.Session()
-            session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0))
-            session.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0))
-            session.verify = self.runtime.verify
-            session.trust_env = False  # proxies from the environment would see the bearer token
-            session.headers.update(self.runtime.headers or {})
-            if self.runtime.token:
-                session.headers["Authorization"] = f"Bearer {self.runtime.token}"
-            if self.runtime.username is not None:
-                session.auth = (self.runtime.username, self.runtime.password or "")
+            rt = self.runtime
+            # One connection per thread: the pool's threads never wait on each other for a socket.
+            session = new_session(
+                verify=rt.verify,
+                headers=rt.headers,
+                token=rt.token,
+                basic_auth=(rt.username, rt.password or "") if rt.username is not None else None,
+                pool_size=1,
+            )
             self._local.session = session
             with self._sessions_lock:
                 self._sessions.append(session)
         return session
 
     def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return redact(text, self._secrets)
 
     def _post(self, body: bytes, content_type: str) -> _Outcome:
         import requests
@@ -953,7 +566,7 @@ class HttpScorer:
         return _Outcome(
             status=response.status_code,
             body=content,
-            retry_after=_retry_after(response.headers.get("Retry-After")),
+            retry_after=retry_after(response.headers.get("Retry-After")),
             seconds=time.perf_counter() - started,
         )
 
@@ -978,7 +591,9 @@ class HttpScorer:
         n = rows.num_rows
         where = self._where(chunk, start, n)
         body, content_type = encode(rows, self.payload, v2_layout=rt.v2_layout, v2_input_name=rt.v2_input_name)
-        deadline = time.monotonic() + rt.retry_deadline
+        policy = self.retry_policy
+        started = time.monotonic()
+        deadline = started + policy.deadline_s
         attempt = 0
         while True:
             attempt += 1
@@ -1001,7 +616,7 @@ class HttpScorer:
             if outcome.status == 200:
                 try:
                     columns = decode(outcome.body, self.payload, n)
-                except _BadResponse as exc:
+                except BadResponse as exc:
                     self._breaker.success()  # the server is up; the answer is unusable, no retry helps
                     msg = f"{self.version.describe()}: {where}: unusable answer from {self.safe_url}: {exc}"
                     raise ScoringError(msg) from None
@@ -1012,19 +627,14 @@ class HttpScorer:
             if outcome.status == 413 and n > 1:
                 self._breaker.success()
                 self._sizer.shrink(n, too_large=True)
-                half = n // 2
                 log.warning(
                     "%s: %s at %s: 413 request too large; splitting into %d + %d rows",
-                    self.version.describe(),
-                    where,
-                    self.safe_url,
-                    half,
-                    n - half,
+                    self.version.describe(), where, self.safe_url, n // 2, n - n // 2,
+                )  # fmt: skip
+                return split_in_two(
+                    rows, lambda half, offset: self._request(half, chunk=chunk, start=start + offset, abort=abort)
                 )
-                first = self._request(rows.slice(0, half), chunk=chunk, start=start, abort=abort)
-                second = self._request(rows.slice(half), chunk=chunk, start=start + half, abort=abort)
-                return _concat_columns(first, second)
-            if outcome.status and outcome.status not in _RETRY_STATUS and outcome.status > 0:
+            if outcome.status > 0 and not policy.retryable(outcome.status):
                 self._breaker.success()
                 msg = (
                     f"{self.version.describe()}: {where}: {self.safe_url} answered {outcome.status}: "
@@ -1036,20 +646,18 @@ class HttpScorer:
                 self._breaker.failure(what)
             if outcome.status == -1 or outcome.status in (408, 504):
                 self._sizer.shrink(n)
-            remaining = deadline - time.monotonic()
-            if attempt >= rt.max_attempts or remaining <= 0:
-                msg = (
-                    f"{self.version.describe()}: {where}: {self.safe_url} failed {attempt} time(s) within "
-                    f"{rt.retry_deadline:g}s; last: {what}"
-                )
-                raise ScoringError(msg)
-            backoff = random.uniform(0, min(rt.backoff_max, rt.backoff_base * 2 ** (attempt - 1)))
-            delay = max(backoff, outcome.retry_after or 0.0)
-            if delay > remaining:
-                msg = (
-                    f"{self.version.describe()}: {where}: {self.safe_url} failed ({what}) and asks to wait "
-                    f"{delay:.1f}s, beyond the retry deadline of {rt.retry_deadline:g}s"
-                )
+            delay = policy.delay(attempt, started=started, retry_after=outcome.retry_after)
+            if delay is None:
+                if outcome.retry_after and attempt < policy.max_attempts:
+                    msg = (
+                        f"{self.version.describe()}: {where}: {self.safe_url} failed ({what}) and asks to wait "
+                        f"{outcome.retry_after:.1f}s, beyond the retry deadline of {policy.deadline_s:g}s"
+                    )
+                else:
+                    msg = (
+                        f"{self.version.describe()}: {where}: {self.safe_url} failed {attempt} time(s) within "
+                        f"{policy.deadline_s:g}s; last: {what}"
+                    )
                 raise ScoringError(msg)
             if outcome.retry_after:
                 self._pause_until = max(self._pause_until, time.monotonic() + outcome.retry_after)
@@ -1062,28 +670,11 @@ class HttpScorer:
                 self.safe_url,
                 what,
                 attempt,
-                rt.max_attempts - 1,
+                policy.max_attempts - 1,
                 delay,
             )
             if abort.wait(delay):
                 continue  # loop top raises the abandonment error
 
 
-def _concat_columns(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
-
-    out: dict[str, Any] = {}
-    for key in first:
-        a, b = first[key], second.get(key)
-        if b is None:
-            out[key] = a
-        elif hasattr(a, "dtype") and hasattr(b, "dtype"):
-            out[key] = np.concatenate([a, b])
-        else:
-            out[key] = list(a) + list(b)
-    for key in second:
-        out.setdefault(key, second[key])
-    return out
-
-
-__all__ = ["ENDPOINTS", "PAYLOADS", "HttpRuntime", "HttpScorer", "decode", "encode"]
+__all__ = ["ENDPOINTS", "HttpRuntime", "HttpScorer"]
