@@ -651,6 +651,14 @@ def test_dagster_materialize_through_a_served_registry_model(
         _wait_http(f"http://127.0.0.1:{port}/ping", proc, 120)
         options = {"url": f"http://127.0.0.1:{port}", "output_names": ["p0", "p1"], "outputs": ["p1"]}
         result = _materialize_remote(tracking_uri, remote_data, tmp_path / "out", options)
+        # The same server from the shell: runtime options reach the runtime through --option.
+        cli = subprocess.run(
+            [str(VENV_BIN / "ml-assets"), "score", "models:/fraud_remote/1", str(remote_data), str(tmp_path / "cli"),
+             "--partition", "date=2026-11-02", "--passthrough", "row_id", "--registry-uri", tracking_uri, "--quiet",
+             "--runtime", "http", "--option", f"url=http://127.0.0.1:{port}", "--option", "max_in_flight=2",
+             "--option", 'output_names=["p0", "p1"]', "--option", 'outputs=["p1"]'],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -662,6 +670,10 @@ def test_dagster_materialize_through_a_served_registry_model(
     assert out["row_id"].to_pylist() == source["row_id"].tolist()
     expected = model.predict_proba(source[DEMO_FEATURES])[:, 1]
     np.testing.assert_allclose(out["p1"].to_numpy(), expected, rtol=1e-6, atol=1e-6)
+    assert cli.returncode == 0, cli.stderr
+    from_shell = pq.read_table(tmp_path / "cli" / "date=2026-11-02")
+    assert from_shell.column_names == ["row_id", "p1"]
+    np.testing.assert_allclose(from_shell["p1"].to_numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.slow
