@@ -20,12 +20,15 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ml_assets.resources.core.errors import MlAssetsError, ModelNotFoundError, ModelRefError
+from ml_assets.datasets import OUTPUT_FILE, TEMP_PREFIX, ParquetDataset, read_lineage
+from ml_assets.resources.core.errors import DatasetError, MlAssetsError, ModelNotFoundError, ModelRefError
 from ml_assets.resources.core.models import ModelRef, ModelVersion
 from ml_assets.webhooks import PromotionInbox
 
 # Registry calls run here so a hung call cannot hold a check past its budget.
 _resolver_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ml-assets-promotion")
+# Stands for the partition key while a dataset's path is turned into a glob.
+_KEY = "\x00partition\x00"
 
 
 @dataclass
@@ -181,3 +184,50 @@ def _resolve_within(resolve: Callable[[str], ModelVersion], ref: ModelRef, secon
     if seconds <= 0:
         raise FutureTimeout
     return _resolver_pool.submit(resolve, ref.raw).result(timeout=seconds)
+
+
+def output_file(output: ParquetDataset, partition: str) -> str:
+    """Where a scoring run commits the file of ``partition`` (see ``AtomicPartitionWriter``)."""
+    uri = output.partition_uri(partition)
+    return uri if uri.endswith(".parquet") else f"{uri.rstrip('/')}/{OUTPUT_FILE}"
+
+
+def scored_partitions(output: ParquetDataset) -> list[str]:
+    """The partitions of a scoring output that hold a committed file, sorted.
+
+    Hive layouts list ``<column>=<value>`` folders; path templates are globbed with the placeholder
+    as ``*``. Temporary files of runs in flight are not committed outputs and never match.
+    """
+    import fsspec
+
+    fs, pattern = fsspec.core.url_to_fs(output_file(output, _KEY), **dict(output.storage_options))
+    head, _, tail = pattern.partition(_KEY)
+    keys = []
+    for path in fs.glob(f"{head}*{tail}"):
+        key = path[len(head) : len(path) - len(tail)]
+        if path.startswith(head) and path.endswith(tail) and "/" not in key and not key.startswith(TEMP_PREFIX):
+            keys.append(key)
+    return sorted(keys)
+
+
+def stale_partitions(
+    output: ParquetDataset, version: ModelVersion, *, partitions: Sequence[str] | None = None
+) -> list[str]:
+    """The scored partitions of ``output`` whose file another model version wrote, from the files' lineage.
+
+    Needs no scheduler database: the model name and version are in each file's Parquet metadata.
+    ``partitions`` limits the answer to those keys (default: every scored partition). A file without
+    lineage was not written by this plugin and counts as stale: the current model has not scored it.
+    """
+    scored = scored_partitions(output)
+    candidates = scored if partitions is None else [p for p in partitions if p in set(scored)]
+    stale = []
+    for partition in candidates:
+        try:
+            lineage = read_lineage(output_file(output, partition), output.storage_options)
+        except DatasetError:
+            stale.append(partition)
+            continue
+        if (lineage.get("model_name"), lineage.get("model_version")) != (version.name, version.version):
+            stale.append(partition)
+    return stale

@@ -1,0 +1,48 @@
+"""A real Airflow 3 for the provider's tests: its home and SQLite database in this session's temp folder.
+
+Airflow reads its configuration when first imported, so the environment is set here, before any
+test module imports it; ``airflow db migrate`` builds the metadata database once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="ml-assets-airflow-"))
+DAGS_FOLDER = AIRFLOW_HOME / "dags"
+DAGS_FOLDER.mkdir()
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "http://127.0.0.1:8080/execution/",
+    }
+)
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Iterator[Path]:
+    """The migrated metadata database; the whole Airflow home is removed at the end of the session."""
+    done = subprocess.run([AIRFLOW, "db", "migrate"], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, f"airflow db migrate failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    yield AIRFLOW_HOME
+    shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
+
+
+def registry_connection(conn_id: str, host: str, **extra: object) -> dict[str, str]:
+    """An ``ml_assets_registry`` connection as Airflow reads it from the environment (JSON form)."""
+    import json
+
+    value = json.dumps({"conn_type": "ml_assets_registry", "host": host, "extra": extra})
+    return {f"AIRFLOW_CONN_{conn_id.upper()}": value}
