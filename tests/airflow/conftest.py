@@ -6,16 +6,20 @@ test module imports it; ``airflow db migrate`` builds the metadata database once
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+if "airflow" in sys.modules:
+    msg = "Airflow was imported before tests/airflow/conftest.py set AIRFLOW_HOME; it would use ~/airflow"
+    raise RuntimeError(msg)
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="ml-assets-airflow-"))
 DAGS_FOLDER = AIRFLOW_HOME / "dags"
 DAGS_FOLDER.mkdir()
@@ -40,9 +44,17 @@ def airflow_db() -> Iterator[Path]:
     shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
 
 
-def registry_connection(conn_id: str, host: str, **extra: object) -> dict[str, str]:
-    """An ``ml_assets_registry`` connection as Airflow reads it from the environment (JSON form)."""
-    import json
+@pytest.fixture(scope="session")
+def dags_folder(airflow_db) -> Path:
+    return DAGS_FOLDER
 
-    value = json.dumps({"conn_type": "ml_assets_registry", "host": host, "extra": extra})
-    return {f"AIRFLOW_CONN_{conn_id.upper()}": value}
+
+@pytest.fixture
+def connect(monkeypatch) -> Callable[..., None]:
+    """Defines an ``ml_assets_registry`` connection for this test, as Airflow reads it from the environment."""
+
+    def define(conn_id: str, host: str, *, login: str | None = None, password: str | None = None, **extra: object):
+        value = {"conn_type": "ml_assets_registry", "host": host, "login": login, "password": password, "extra": extra}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(value))
+
+    return define
