@@ -101,11 +101,17 @@ class ModelRegistryHook(BaseHook):
         self.registry_conn_id = registry_conn_id
 
     def get_conn(self) -> ModelService:
-        return service_for(self.get_connection(self.registry_conn_id))
+        return self._service(self.get_connection(self.registry_conn_id))
 
     async def aget_conn(self) -> ModelService:
         """For triggers: the connection is read without blocking the triggerer's event loop."""
-        return service_for(await self.aget_connection(self.registry_conn_id))
+        return self._service(await self.aget_connection(self.registry_conn_id))
+
+    def _service(self, conn: Connection) -> ModelService:
+        service = service_for(conn)  # registers the URI's password with the masker before it is logged
+        kind = conn.extra_dejson.get("kind") or "mlflow"
+        self.log.info("connection %s: %s registry at %s", conn.conn_id, kind, conn.host or "(default location)")
+        return service
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:

@@ -182,22 +182,36 @@ class ModelPromotionEventTrigger(_PromotionPolling, BaseEventTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        cursor = await self._load_cursor()
+        saved = await self._load_cursor()
+        # What was handed over so far: a baseline at once, a promotion with its event.
+        delivered = _copy(saved)
         try:
             while True:
-                check = await self._check(cursor)
+                check = await self._check(delivered)
+                for ref, version in check.cursor.versions.items():
+                    delivered.versions.setdefault(ref, version)
+                delivered.last_poll = check.cursor.last_poll
                 for promotion in check.promotions:
                     self.log.info(promotion.reason)
+                    # Recorded as the event is yielded: if the generator is closed at the yield, the
+                    # consumer already holds the event.
+                    delivered.versions[promotion.ref] = promotion.version.version
+                    delivered.promotions[promotion.ref] = promotion.sequence
                     yield TriggerEvent(promotion.to_dict())
-                seen = (check.cursor.versions, check.cursor.promotions) != (cursor.versions, cursor.promotions)
-                cursor = check.cursor
-                if seen:
-                    # Saved after the events are handed over: a crash in between fires a promotion
-                    # twice (one extra run), never loses one. Poll times are not worth a write.
-                    await self._save_cursor(cursor)
+                saved = await self._save_if_changed(delivered, saved)
                 await asyncio.sleep(self._sleep_s)
         finally:
+            # Closed (triggerer stopping, watcher removed) right after an event: that event was
+            # handed over, so it is recorded; a hard kill before this repeats it once, never loses it.
+            await self._save_if_changed(delivered, saved)
             self._close()
+
+    async def _save_if_changed(self, cursor: PromotionCursor, saved: PromotionCursor) -> PromotionCursor:
+        # Poll times are not worth a write; versions and promotion counts are.
+        if (cursor.versions, cursor.promotions) == (saved.versions, saved.promotions):
+            return saved
+        await self._save_cursor(cursor)
+        return _copy(cursor)
 
     async def _load_cursor(self) -> PromotionCursor:
         store = getattr(self, "asset_state_store", None)  # injected by the triggerer from Airflow 3.3 on
@@ -215,6 +229,10 @@ class ModelPromotionEventTrigger(_PromotionPolling, BaseEventTrigger):
             await store.aset(STATE_KEY, cursor.encode())
         if self.state_path:
             await asyncio.to_thread(_write_atomically, Path(self.state_path), cursor.encode())
+
+
+def _copy(cursor: PromotionCursor) -> PromotionCursor:
+    return PromotionCursor(dict(cursor.versions), dict(cursor.promotions), cursor.last_poll)
 
 
 def _write_atomically(path: Path, text: str) -> None:

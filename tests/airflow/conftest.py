@@ -58,3 +58,31 @@ def connect(monkeypatch) -> Callable[..., None]:
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(value))
 
     return define
+
+
+@pytest.fixture(scope="session")
+def registry_uri(models, tmp_path_factory) -> str:
+    """Its own MLflow registry: 'af' v1 = logistic regression, v2 = random forest."""
+    import onnx
+
+    from ml_assets.dev.demo import FEATURES, register_onnx_model
+
+    root = tmp_path_factory.mktemp("af-registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    for path in (models.lr_onnx, models.rf_onnx):
+        register_onnx_model(uri, "af", onnx.load(str(path)), FEATURES, artifact_location=(root / "a").as_uri())
+    return uri
+
+
+@pytest.fixture
+def champion(registry_uri) -> Callable[[str], None]:
+    """Moves ``models:/af@champion``; every test starts with it on version 1."""
+    import mlflow
+
+    client = mlflow.MlflowClient(registry_uri)
+
+    def move(version: str) -> None:
+        client.set_registered_model_alias("af", "champion", version)
+
+    move("1")
+    return move

@@ -6,40 +6,24 @@ import datetime as dt
 import shutil
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from ml_assets.datasets import read_lineage
-from ml_assets.dev.demo import FEATURES, register_onnx_model
 from tests.conftest import DATES, features_of
 
 EXAMPLES = Path(__file__).parents[2] / "ml_assets" / "airflow" / "example_dags"
 
 
-@pytest.fixture(scope="module")
-def registry_uri(models, tmp_path_factory) -> str:
-    """Its own registry ('af' v1 = lr, v2 = rf; @champion on v1), so moving the alias disturbs no other test."""
-    import onnx
-
-    root = tmp_path_factory.mktemp("af-registry")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    for path in (models.lr_onnx, models.rf_onnx):
-        register_onnx_model(uri, "af", onnx.load(str(path)), FEATURES, artifact_location=(root / "a").as_uri())
-    return uri
-
-
 @pytest.fixture
-def env(dags_folder, connect, registry_uri, transactions, tmp_path):
-    """The example DAGs in the DAGs folder, the default connection on the test registry, @champion on v1."""
+def env(dags_folder, connect, registry_uri, champion, transactions, tmp_path):
+    """The example DAGs in the DAGs folder, the default connection on the test registry (@champion on v1)."""
     for example in EXAMPLES.glob("example_*.py"):
         shutil.copy(example, dags_folder)
     connect("ml_assets_default", registry_uri)
-    client = mlflow.MlflowClient(registry_uri)
-    client.set_registered_model_alias("af", "champion", "1")
     conf = {"model": "models:/af@champion", "input_dataset": str(transactions), "output_dataset": str(tmp_path / "out")}
-    return {"client": client, "conf": conf, "out": tmp_path / "out", "transactions": transactions}
+    return {"champion": champion, "conf": conf, "out": tmp_path / "out", "transactions": transactions}
 
 
 def run_dag(dag, *, conf: dict, day: str | None = None):
@@ -99,7 +83,16 @@ def test_daily_dag_scores_the_day_with_the_champion(env, models):
     assert summary["output"] == str(output)
     assert summary["seconds"] > 0
     assert summary["rows_per_second"] > 0
-    assert set(summary) == {"model_name", "model_version", "model_uri", "partition", "rows", "seconds", "rows_per_second", "output"}
+    assert set(summary) == {
+        "model_name",
+        "model_version",
+        "model_uri",
+        "partition",
+        "rows",
+        "seconds",
+        "rows_per_second",
+        "output",
+    }
     ((partition_key, extra),) = asset_events(run)
     assert partition_key == DATES[1]
     assert extra["model_version"] == "1"
@@ -125,7 +118,7 @@ def test_promotion_dag_rescores_only_stale_partitions_in_a_mapped_task(env, mode
 
     for day in DATES:
         run_dag(ml_assets_score_daily(), conf=env["conf"], day=day)
-    env["client"].set_registered_model_alias("af", "champion", "2")
+    env["champion"]("2")
     # One day already scored by v2 (as if by today's daily run): not stale.
     run_dag(ml_assets_score_daily(), conf=env["conf"], day=DATES[2])
     assert scored_versions(env["out"]) == {DATES[0]: "1", DATES[1]: "1", DATES[2]: "2"}
