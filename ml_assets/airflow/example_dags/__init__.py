@@ -6,6 +6,7 @@ or your own data without edits:
 
 - ``ML_ASSETS_MODEL`` (default ``models:/fraud@champion``)
 - ``ML_ASSETS_INPUT`` (default ``.demo/data/transactions``), ``ML_ASSETS_OUTPUT`` (default ``.demo/scores/fraud``)
+- ``ML_ASSETS_POLL_INTERVAL_S`` (default 60): how often the promotion watcher polls the registry
 - the ``ml_assets_default`` connection, e.g.
   ``AIRFLOW_CONN_ML_ASSETS_DEFAULT='{"conn_type": "ml_assets_registry", "host": "sqlite:////abs/.demo/mlflow.db"}'``
 """
@@ -20,6 +21,7 @@ from airflow.sdk import Asset
 MODEL = os.environ.get("ML_ASSETS_MODEL", "models:/fraud@champion")
 INPUT = os.environ.get("ML_ASSETS_INPUT", str(Path(".demo/data/transactions").resolve()))
 OUTPUT = os.environ.get("ML_ASSETS_OUTPUT", str(Path(".demo/scores/fraud").resolve()))
+POLL_INTERVAL_S = float(os.environ.get("ML_ASSETS_POLL_INTERVAL_S", "60"))
 PASSTHROUGH = ["transaction_id", "customer_id"]
 PARAMS = {"model": MODEL, "input_dataset": INPUT, "output_dataset": OUTPUT}
 

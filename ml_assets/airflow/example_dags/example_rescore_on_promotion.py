@@ -12,14 +12,17 @@ from datetime import datetime
 
 from airflow.sdk import Asset, AssetWatcher, dag
 
-from ml_assets.airflow.example_dags import FRAUD_SCORES, MODEL, PARAMS, PASSTHROUGH
+from ml_assets.airflow.example_dags import FRAUD_SCORES, MODEL, PARAMS, PASSTHROUGH, POLL_INTERVAL_S
 from ml_assets.airflow.operators import ScorePartitionOperator, StalePartitionsOperator
 from ml_assets.airflow.triggers import ModelPromotionEventTrigger
 
 FRAUD_CHAMPION = Asset(
     name="fraud_champion",
     watchers=[
-        AssetWatcher(name="fraud_champion_promotions", trigger=ModelPromotionEventTrigger(watch=[MODEL])),
+        AssetWatcher(
+            name="fraud_champion_promotions",
+            trigger=ModelPromotionEventTrigger(watch=[MODEL], poll_interval_s=POLL_INTERVAL_S),
+        ),
     ],
 )
 
