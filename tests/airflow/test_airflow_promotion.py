@@ -190,3 +190,78 @@ def test_sensor_refuses_reschedule_mode_and_refs_without_alias():
     sensor = ModelPromotionSensor(task_id="w2", watch="models:/af/1")
     with pytest.raises(ModelRefError, match="names no alias or stage"):
         sensor.execute({})
+
+
+def test_webhook_inbox_makes_the_trigger_look_before_its_poll_is_due(
+    airflow_db, connect, registry_uri, champion, tmp_path
+):
+    from ml_assets.airflow.triggers import ModelPromotionTrigger
+    from ml_assets.webhooks import PromotionInbox
+
+    connect("ml_assets_default", registry_uri)
+    inbox = tmp_path / "inbox"
+    # Polled just now, next poll in an hour: only a webhook event can make the trigger look.
+    since = PromotionCursor(versions={WATCH[0]: "1"}, last_poll=time.time()).encode()
+    champion("2")
+
+    async def scenario() -> None:
+        events = ModelPromotionTrigger(watch=WATCH, cursor=since, poll_interval_s=3600, webhook_inbox=str(inbox)).run()
+        pending = asyncio.ensure_future(next_event(events, timeout_s=30))
+        await asyncio.sleep(QUIET_S)
+        assert not pending.done()
+        PromotionInbox(inbox).put("af", "champion", "2", delivery_id="d-1")
+        started = time.monotonic()
+        (promotion,) = (await pending).payload["promotions"]
+        assert promotion["model_version"] == "2"
+        assert time.monotonic() - started < 10
+        assert list(inbox.glob("*.json")) == []  # consumed
+
+    asyncio.run(scenario())
+
+
+POKING_DAG = textwrap.dedent(
+    """
+    from datetime import datetime
+
+    from airflow.sdk import dag
+
+    from ml_assets.airflow.sensors import ModelPromotionSensor
+
+
+    @dag(schedule=None, start_date=datetime(2026, 11, 1), params={"scored_with": "1"})
+    def poke_for_promotion():
+        ModelPromotionSensor(
+            task_id="wait",
+            watch="models:/af@champion",
+            since={"models:/af@champion": "{{ params.scored_with }}"},
+            deferrable=False,
+            poke_interval=0.5,
+            timeout=60,
+        )
+
+
+    poke_for_promotion()
+    """
+)
+
+
+def test_poking_sensor_compares_with_the_templated_since(dags_folder, connect, registry_uri, champion):
+    """The champion moved before the sensor started: ``since`` (e.g. the version that scored) still sees it."""
+    import importlib.util
+
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+
+    (dags_folder / "poke_for_promotion.py").write_text(POKING_DAG)
+    connect("ml_assets_default", registry_uri)
+    champion("2")
+    spec = importlib.util.spec_from_file_location("poke_for_promotion", dags_folder / "poke_for_promotion.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run = module.poke_for_promotion().test()
+    assert run.state == DagRunState.SUCCESS
+    with create_session() as session:
+        (row,) = session.scalars(XComModel.get_many(run_id=run.run_id, dag_ids=run.dag_id, task_ids="wait")).all()
+        (promotion,) = XComModel.deserialize_value(row)
+    assert (promotion["previous_version"], promotion["model_version"]) == ("1", "2")
