@@ -4,6 +4,7 @@ Everything a user needs is importable from here::
 
     from ml_assets import ModelService, ParquetDataset, score_partition             # the core, no Dagster
     from ml_assets import build_scoring_asset, ModelRegistryResource, ModelRuntimeResource  # Dagster
+    from ml_assets.airflow import ScorePartitionOperator, ModelPromotionEventTrigger  # Airflow provider
 
 Names load on first use (PEP 562), so ``import ml_assets`` imports neither Dagster nor any
 registry or runtime library; the Dagster names need the ``[dagster]`` extra.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -10,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from ml_assets.airflow.hooks import DEFAULT_CONN_ID, ModelRegistryHook
-from ml_assets.airflow.triggers import ModelPromotionTrigger
+from ml_assets.airflow.triggers import CHECK_BUDGET_S, ModelPromotionTrigger
 from ml_assets.promotion import PromotionCursor, PromotionWatch
 
 if TYPE_CHECKING:
@@ -92,7 +91,7 @@ class ModelPromotionSensor(BaseSensorOperator):
             self._cursor = self._start_cursor()
         watch = PromotionWatch(self.watch, poll_interval_s=0, webhook_inbox=self.webhook_inbox)
         with ModelRegistryHook(self.registry_conn_id).get_conn() as service:
-            check = watch.check(service.resolve, self._cursor, budget_s=max(self.poke_interval, 10.0), now=time.time())
+            check = watch.check(service.resolve, self._cursor, budget_s=CHECK_BUDGET_S)
         for note in check.notes:
             self.log.info(note)
         if check.unavailable:

@@ -30,6 +30,8 @@ from ml_assets.service import ModelService
 STATE_KEY = "ml_assets.promotion_cursor"
 # With a webhook inbox, how often the inbox is looked at; the registry keeps its own interval.
 INBOX_INTERVAL_S = 2.0
+# A hung registry call gives up after this long and counts as an outage: polled again next time.
+CHECK_BUDGET_S = 30.0
 
 
 class _PromotionPolling:
@@ -52,9 +54,8 @@ class _PromotionPolling:
     async def _check(self, cursor: PromotionCursor) -> PromotionCheck:
         if self._service is None:
             self._service = await ModelRegistryHook(self.registry_conn_id).aget_conn()
-        # A check may not outlast the interval it serves, nor hold the loop: it runs in a thread.
-        budget_s = max(self.poll_interval_s, 10.0)
-        check = await asyncio.to_thread(self._watch.check, self._service.resolve, cursor, budget_s=budget_s)
+        # Registry clients block: the check runs in a thread so the triggerer's loop never waits on it.
+        check = await asyncio.to_thread(self._watch.check, self._service.resolve, cursor, budget_s=CHECK_BUDGET_S)
         for note in check.notes:
             self.log.info(note)
         if check.unavailable:
