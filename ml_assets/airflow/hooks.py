@@ -80,7 +80,10 @@ def _mask_uri_password(uri: str | None) -> None:
     except ValueError:
         return
     if password:
-        from airflow.sdk.log import mask_secret
+        try:
+            from airflow.sdk.log import mask_secret
+        except ImportError:  # Airflow 3.0's task SDK kept it here
+            from airflow.sdk.execution_time.secrets_masker import mask_secret
 
         mask_secret(password)
 
@@ -105,7 +108,12 @@ class ModelRegistryHook(BaseHook):
 
     async def aget_conn(self) -> ModelService:
         """For triggers: the connection is read without blocking the triggerer's event loop."""
-        return self._service(await self.aget_connection(self.registry_conn_id))
+        if hasattr(self, "aget_connection"):
+            return self._service(await self.aget_connection(self.registry_conn_id))
+        # Task SDKs before aget_connection: the blocking lookup, off the loop.
+        import asyncio
+
+        return self._service(await asyncio.to_thread(self.get_connection, self.registry_conn_id))
 
     def _service(self, conn: Connection) -> ModelService:
         service = service_for(conn)  # registers the URI's password with the masker before it is logged
