@@ -4,6 +4,7 @@ Everything a user needs is importable from here::
 
     from ml_assets import ModelService, ParquetDataset, score_partition             # the core, no Dagster
     from ml_assets import build_scoring_asset, ModelRegistryResource, ModelRuntimeResource  # Dagster
+    from ml_assets.airflow import ScorePartitionOperator, ModelPromotionEventTrigger  # Airflow provider
 
 Names load on first use (PEP 562), so ``import ml_assets`` imports neither Dagster nor any
 registry or runtime library; the Dagster names need the ``[dagster]`` extra.
@@ -58,7 +59,9 @@ _EXPORTS = {
     "ModelRuntimeResource": "ml_assets.dagster.resources",
     "ScoringPipelineComponent": "ml_assets.dagster.components",
     "build_model_promotion_sensor": "ml_assets.sensors.promotion",
-    "PromotionCursor": "ml_assets.sensors.promotion",
+    "PromotionCursor": "ml_assets.promotion",
+    "PromotionWatch": "ml_assets.promotion",
+    "Promotion": "ml_assets.promotion",
     "build_partition_schedule": "ml_assets.sensors.schedules",
 }
 
@@ -85,7 +88,9 @@ __all__ = [
     "ParquetDataset",
     "PluginNotFoundError",
     "Progress",
+    "Promotion",
     "PromotionCursor",
+    "PromotionWatch",
     "Registry",
     "RegistryUnavailableError",
     "Runtime",
@@ -110,6 +115,7 @@ if TYPE_CHECKING:
     from ml_assets.dagster.components import ScoringPipelineComponent
     from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
     from ml_assets.datasets import ParquetDataset, read_lineage
+    from ml_assets.promotion import Promotion, PromotionCursor, PromotionWatch
     from ml_assets.resources.core.errors import (
         ArtifactError,
         DatasetError,
@@ -125,7 +131,7 @@ if TYPE_CHECKING:
     )
     from ml_assets.resources.core.models import ColumnSpec, ModelRef, ModelVersion, Registry, Runtime, Scorer, Signature
     from ml_assets.scoring import DEFAULT_CHUNK_ROWS, Challenger, Progress, ScoringResult, score_partition
-    from ml_assets.sensors.promotion import PromotionCursor, build_model_promotion_sensor
+    from ml_assets.sensors.promotion import build_model_promotion_sensor
     from ml_assets.sensors.schedules import build_partition_schedule
     from ml_assets.service import LoadedModel, ModelService
     from ml_assets.summary import ScoreSummary

@@ -7,19 +7,15 @@ The registry stays the source of truth: a webhook event only makes the next tick
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import dagster as dg
 
-from ml_assets.resources.core.errors import MlAssetsError, ModelNotFoundError
-from ml_assets.resources.core.models import ModelRef, ModelVersion
-from ml_assets.webhooks import PromotionInbox
+from ml_assets.promotion import Promotion, PromotionCursor, PromotionWatch
+from ml_assets.resources.core.models import ModelVersion
+
+__all__ = ["MODEL_NAME_TAG", "MODEL_VERSION_TAG", "REASON_TAG", "PromotionCursor", "build_model_promotion_sensor"]
 
 RescoreScope = Literal["stale", "materialized", "latest", "window"]
 # On every scoring materialization and run, so the sensor finds which version produced which partition.
@@ -29,52 +25,6 @@ REASON_TAG = "ml_assets/reason"
 # Dagster gives a sensor tick 60 s by default; leave room to build and return the result.
 DEFAULT_TICK_BUDGET_S = 40.0
 _PAGE = 1_000
-
-# Registry calls run here so a hung call cannot hold a tick past its deadline.
-_resolver_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ml-assets-promotion")
-
-
-@dataclass
-class PromotionCursor:
-    """Per watched ref: the version last acted on and how many promotions were seen.
-
-    The promotion count is part of every run key, so rolling back to a version scored before
-    is a new promotion, while a repeated tick for the same promotion is not.
-    """
-
-    versions: dict[str, str] = field(default_factory=dict)
-    promotions: dict[str, int] = field(default_factory=dict)
-    last_poll: float = 0.0
-
-    @classmethod
-    def decode(cls, raw: str | None) -> PromotionCursor:
-        """An undecodable cursor starts fresh: the next tick records a baseline, no storm of runs."""
-        if not raw:
-            return cls()
-        try:
-            data = json.loads(raw)
-            return cls(
-                versions={str(k): str(v) for k, v in data["versions"].items()},
-                promotions={str(k): int(v) for k, v in data.get("promotions", {}).items()},
-                last_poll=float(data.get("last_poll", 0.0)),
-            )
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return cls()
-
-    def encode(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-
-@dataclass(frozen=True)
-class Promotion:
-    ref: str
-    previous: str
-    version: ModelVersion
-    sequence: int
-
-    @property
-    def reason(self) -> str:
-        return f"promotion: {self.ref} moved from version {self.previous} to {self.version.version}"
 
 
 def build_model_promotion_sensor(
@@ -107,17 +57,12 @@ def build_model_promotion_sensor(
             ``model_version_alias.created`` events to.
         tick_budget_s: a tick that cannot finish its registry calls in this time skips.
     """
-    refs = [ModelRef.parse(r) for r in watch]
-    for ref in refs:
-        if ref.alias is None and ref.stage is None:
-            msg = f"{ref.raw!r} names no alias or stage; a promotion sensor watches e.g. 'models:/fraud@champion'"
-            raise ValueError(msg)
+    promotion_watch = PromotionWatch(watch, poll_interval_s=minimum_interval_seconds, webhook_inbox=webhook_inbox)
     if rescore == "window" and window is None:
         msg = "rescore='window' needs window=(first_partition_key, last_partition_key)"
         raise ValueError(msg)
     target_keys = [_asset_key(t) for t in target]
-    inbox = PromotionInbox(webhook_inbox) if webhook_inbox else None
-    interval = min(minimum_interval_seconds, 5) if inbox else minimum_interval_seconds
+    interval = min(minimum_interval_seconds, 5) if webhook_inbox else minimum_interval_seconds
 
     @dg.sensor(
         name=name,
@@ -130,38 +75,14 @@ def build_model_promotion_sensor(
     def _sensor(context: dg.SensorEvaluationContext, **_resources: Any) -> dg.SensorResult:
         # The daemon hands resources over on the context; calling the sensor directly (tests, the
         # UI's "test sensor") also passes them as keyword arguments, taken and ignored here.
-        started = time.monotonic()
-        cursor = PromotionCursor.decode(context.cursor)
-        nudged = inbox.take(refs) if inbox else set()
-        now = time.time()
-        # Without an inbox every tick is a poll; with one, ticks are frequent and polls keep their interval.
-        poll_due = inbox is None or now - cursor.last_poll >= minimum_interval_seconds
-        to_check = [r for r in refs if poll_due or r.raw in nudged or r.raw not in cursor.versions]
-        if not to_check:
-            return dg.SensorResult(skip_reason="no webhook event and the next registry poll is not due")
         registry = getattr(context.resources, registry_key)
-        promotions: list[Promotion] = []
-        notes: list[str] = []
-        for ref in to_check:
-            remaining = tick_budget_s - (time.monotonic() - started)
-            try:
-                version = _resolve_within(registry, ref, remaining)
-            except ModelNotFoundError as exc:
-                notes.append(f"{ref.raw}: {exc}")
-                continue
-            except (MlAssetsError, FutureTimeout, OSError) as exc:
-                reason = "timed out" if isinstance(exc, FutureTimeout) else str(exc)
-                # The cursor stays where it was: the promotion is picked up once the registry answers.
-                return dg.SensorResult(skip_reason=f"registry unavailable, nothing requested ({ref.raw}: {reason})")
-            previous = cursor.versions.get(ref.raw)
-            cursor.versions[ref.raw] = version.version
-            if previous is None:
-                notes.append(f"{ref.raw}: baseline recorded at version {version.version}")
-            elif previous != version.version:
-                cursor.promotions[ref.raw] = sequence = cursor.promotions.get(ref.raw, 0) + 1
-                promotions.append(Promotion(ref.raw, previous, version, sequence))
-        if poll_due:
-            cursor.last_poll = now
+        check = promotion_watch.check(registry.resolve, PromotionCursor.decode(context.cursor), budget_s=tick_budget_s)
+        if check.unavailable is not None:
+            # No new cursor: the promotion is picked up once the registry answers.
+            return dg.SensorResult(skip_reason=f"registry unavailable, nothing requested ({check.unavailable})")
+        if check.skip_reason is not None:
+            return dg.SensorResult(skip_reason=check.skip_reason)
+        promotions, notes, cursor = check.promotions, list(check.notes), check.cursor
         requests = [
             request
             for promotion in promotions
@@ -182,12 +103,6 @@ def _asset_key(target: dg.AssetKey | str | dg.AssetsDefinition) -> dg.AssetKey:
     if isinstance(target, dg.AssetsDefinition):
         return target.key
     return target if isinstance(target, dg.AssetKey) else dg.AssetKey.from_user_string(target)
-
-
-def _resolve_within(registry: Any, ref: ModelRef, seconds: float) -> ModelVersion:
-    if seconds <= 0:
-        raise FutureTimeout
-    return _resolver_pool.submit(registry.resolve, ref.raw).result(timeout=seconds)
 
 
 def _run_requests(

@@ -14,6 +14,7 @@ from ml_assets.dagster.assets import build_scoring_asset
 from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
 from ml_assets.datasets import ParquetDataset, read_lineage
 from ml_assets.dev.demo import FEATURES, register_onnx_model
+from ml_assets.resources.core.errors import ModelRefError
 from ml_assets.sensors.promotion import MODEL_VERSION_TAG, REASON_TAG, PromotionCursor, build_model_promotion_sensor
 from ml_assets.sensors.schedules import build_partition_schedule
 from tests.conftest import DATES, free_port
@@ -255,7 +256,7 @@ def test_latest_and_window_scopes_and_stage_watch(setup, registry_uri):
 
 
 def test_a_watch_without_alias_or_stage_is_refused():
-    with pytest.raises(ValueError, match="names no alias or stage"):
+    with pytest.raises(ModelRefError, match="names no alias or stage"):
         build_model_promotion_sensor(name="bad", watch=["models:/promo/3"], target=["x"])
 
 

@@ -1,0 +1,108 @@
+"""The provider as Airflow sees it: discovery through the entry point, the connection type, secrets masked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+
+
+def airflow_cli(*args: str) -> str:
+    done = subprocess.run([AIRFLOW, *args], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, f"airflow {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def test_airflow_providers_list_finds_the_provider_and_its_connection_type(airflow_db):
+    providers = json.loads(airflow_cli("providers", "list", "--output", "json"))
+    (ours,) = [p for p in providers if p["package_name"] == "dagster-ml-assets"]
+    assert ours["version"] == "0.1.0"
+    hooks = json.loads(airflow_cli("providers", "hooks", "--output", "json"))
+    (registry,) = [h for h in hooks if h["connection_type"] == "ml_assets_registry"]
+    assert registry["class"] == "ml_assets.airflow.hooks.ModelRegistryHook"
+    assert registry["package_name"] == "dagster-ml-assets"
+
+
+def test_provider_info_and_the_promotion_core_import_neither_airflow_nor_dagster():
+    """``airflow providers list`` reads get_provider_info in every Airflow process: it must stay cheap.
+    The promotion logic both integrations share is core: no scheduler in it."""
+    code = (
+        "import sys, ml_assets.promotion; from ml_assets.airflow import get_provider_info; info = get_provider_info(); "
+        "print(info['connection-types'][0]['connection-type'], "
+        "sorted(m for m in ('airflow', 'dagster', 'mlflow') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "ml_assets_registry []"
+
+
+def test_connection_builds_the_service_and_refuses_unknown_fields(registry_uri):
+    from airflow.sdk import Connection
+
+    from ml_assets.airflow.hooks import service_for
+    from ml_assets.resources.core.errors import PluginNotFoundError
+
+    conn = Connection(
+        conn_id="m",
+        conn_type="ml_assets_registry",
+        host=registry_uri,
+        login="scorer",
+        password="pw",
+        extra=json.dumps({"token": "t0k", "runtime_options": {"onnx": {"threads": 1}}}),
+    )
+    with service_for(conn) as service:
+        assert service.resolve("models:/af/2").version == "2"
+        assert service.runtime_options == {"onnx": {"threads": 1}}
+    bad = Connection(conn_id="bad", conn_type="ml_assets_registry", host=registry_uri, extra='{"threads": 2}')
+    with pytest.raises(
+        PluginNotFoundError,
+        match="unknown extra field\\(s\\) threads; a ml_assets_registry connection takes: kind, token",
+    ):
+        service_for(bad)
+
+
+STALE_DAG = textwrap.dedent(
+    """
+    from datetime import datetime
+
+    from airflow.sdk import dag
+
+    from ml_assets.airflow.operators import StalePartitionsOperator
+
+
+    @dag(schedule=None, start_date=datetime(2026, 11, 1))
+    def masked_registry():
+        StalePartitionsOperator(task_id="stale", model="{model}", output_dataset="{output}", registry_conn_id="pg")
+
+
+    masked_registry()
+    """
+)
+
+
+def test_registry_uri_password_is_masked_in_task_logs(dags_folder, connect, models, tmp_path, monkeypatch):
+    """A registry URI with a password (MLflow on Postgres) is logged with *** in its place.
+
+    The model is a direct file ref, so the task never needs to reach the database it names.
+    """
+    secret = "pw-9f3c1e7a"
+    dag = STALE_DAG.format(model=models.lr_onnx.as_uri(), output=tmp_path / "out")
+    (dags_folder / "masked_registry.py").write_text(dag)
+    connect("pg", f"postgresql://mlflow:{secret}@127.0.0.1:5432/mlflow", token="tok-5b2d")
+    done = subprocess.run(
+        [AIRFLOW, "tasks", "test", "masked_registry", "stale", "2026-11-01"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    assert "connection pg: mlflow registry at postgresql://mlflow:***@127.0.0.1:5432/mlflow" in log
+    assert secret not in log
+    assert "0 partition(s)" in log
