@@ -3,6 +3,7 @@
 Everything a user needs is importable from here::
 
     from ml_assets import ModelService, ParquetDataset, score_partition             # the core, no Dagster
+    from ml_assets import score_frame, iter_scored_batches                          # Polars / Arrow frames
     from ml_assets import build_scoring_asset, ModelRegistryResource, ModelRuntimeResource  # Dagster
 
 Names load on first use (PEP 562), so ``import ml_assets`` imports neither Dagster nor any
@@ -27,6 +28,10 @@ _EXPORTS = {
     "ModelService": "ml_assets.service",
     "LoadedModel": "ml_assets.service",
     "ScoreSummary": "ml_assets.summary",
+    "score_frame": "ml_assets.frames",
+    "iter_scored_batches": "ml_assets.frames",
+    "ScoredFrame": "ml_assets.frames",
+    "ScoredBatches": "ml_assets.frames",
     # nouns and protocols
     "ModelRef": "ml_assets.resources.core.models",
     "ModelVersion": "ml_assets.resources.core.models",
@@ -48,6 +53,7 @@ _EXPORTS = {
     "DatasetError": "ml_assets.resources.core.errors",
     # the Dagster layer (extra: dagster)
     "build_scoring_asset": "ml_assets.dagster.assets",
+    "build_frame_scoring_asset": "ml_assets.dagster.frames",
     "CheckSettings": "ml_assets.dagster.assets",
     "ModelRegistryResource": "ml_assets.dagster.resources",
     "ModelRuntimeResource": "ml_assets.dagster.resources",
@@ -83,23 +89,30 @@ __all__ = [
     "Runtime",
     "SchemaMismatchError",
     "ScoreSummary",
+    "ScoredBatches",
+    "ScoredFrame",
     "Scorer",
     "ScoringError",
     "ScoringPipelineComponent",
     "ScoringResult",
     "Signature",
+    "build_frame_scoring_asset",
     "build_model_promotion_sensor",
     "build_partition_schedule",
     "build_scoring_asset",
+    "iter_scored_batches",
     "read_lineage",
+    "score_frame",
     "score_partition",
 ]
 
 if TYPE_CHECKING:
     from ml_assets.dagster.assets import CheckSettings, build_scoring_asset
     from ml_assets.dagster.components import ScoringPipelineComponent
+    from ml_assets.dagster.frames import build_frame_scoring_asset
     from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
     from ml_assets.datasets import ParquetDataset, read_lineage
+    from ml_assets.frames import ScoredBatches, ScoredFrame, iter_scored_batches, score_frame
     from ml_assets.resources.core.errors import (
         ArtifactError,
         DatasetError,
