@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -221,3 +223,12 @@ def test_an_empty_frame_scores_to_an_empty_frame(champion, day):
     scored = score_frame(champion, pl.from_arrow(day).head(0), passthrough=["transaction_id"])
     assert scored.frame.columns == ["transaction_id", "label", "probability_0", "probability_1"]
     assert (scored.frame.height, scored.rows, scored.chunks) == (0, 0, 0)
+
+
+def test_importing_the_frame_api_does_not_import_polars():
+    code = (
+        "import sys; from ml_assets import score_frame, iter_scored_batches, build_frame_scoring_asset;"
+        "print([m for m in ('polars', 'onnxruntime', 'mlflow') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
