@@ -284,10 +284,11 @@ def main() -> None:
                 f"{case:12s} {model}: {r['rows'] / r['seconds']:>12,.0f} rows/s  rss {r['peak_rss_mib']:,.0f} MiB",
                 file=sys.stderr,
             )
-    memory = {}
+    memory: dict[tuple[str, int], dict] = {}
     for n in sorted({args.rows, args.memory_rows}):
-        memory[n] = run_case("ours", make_data(n), "lr")
-        print(f"memory {n:,} rows: rss {memory[n]['peak_rss_mib']:,.0f} MiB", file=sys.stderr)
+        for case in ("ours", "frame_lazy"):
+            memory[case, n] = r = run_case(case, make_data(n), "lr")
+            print(f"memory {case} {n:,} rows: rss {r['peak_rss_mib']:,.0f} MiB", file=sys.stderr)
 
     def rate(key: str) -> float:
         return results[key]["rows"] / results[key]["seconds"]
@@ -326,10 +327,11 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    print("\n| ours, lr, partition rows | peak RSS MiB | seconds |")
-    print("|---:|---:|---:|")
-    for n, r in memory.items():
-        print(f"| {n:,} | {r['peak_rss_mib']:,.0f} | {r['seconds']:.2f} |")
+    print("\n| lr, rows | path | peak RSS MiB | seconds |")
+    print("|---:|---|---:|---:|")
+    labels = {"ours": "score_partition", "frame_lazy": "LazyFrame -> iter_scored_batches -> ParquetWriter"}
+    for (case, n), r in memory.items():
+        print(f"| {n:,} | {labels[case]} | {r['peak_rss_mib']:,.0f} | {r['seconds']:.2f} |")
     load = results["ours/lr"]["load_seconds"], results["peer/lr"]["load_seconds"]
     print(f"\nModel resolve + fetch + load (not in rows/s): ours {load[0]:.2f} s, peer {load[1]:.2f} s.")
 
