@@ -128,7 +128,7 @@ def build_frame_scoring_asset(
 
 def _key_of(upstream: dg.AssetKey | str | Sequence[str] | dg.AssetsDefinition, name: str) -> dg.AssetKey:
     if isinstance(upstream, dg.AssetsDefinition):
-        keys = list(upstream.keys)
+        keys = sorted(upstream.keys, key=lambda k: k.to_user_string())
         if len(keys) != 1:
             listed = ", ".join(k.to_user_string() for k in keys)
             msg = f"asset {name!r}: upstream defines {len(keys)} assets ({listed}); pass the key of the one to score"
