@@ -153,6 +153,48 @@ def case_ours(data: Path, model: str, out: Path) -> dict:
     return {"seconds": result.seconds, "rows": result.rows_out, "load_seconds": load}
 
 
+def _open_frame_model(model: str) -> tuple[object, float]:
+    from ml_assets.resources.registries.mlflow import MlflowRegistry
+    from ml_assets.service import ModelService
+
+    t_start = time.perf_counter()
+    service = ModelService(
+        MlflowRegistry(os.environ["BENCH_TRACKING_URI"]), runtime_options={"onnx": {"outputs": ["probability_1"]}}
+    )
+    return service.open(f"models:/{model}_onnx@bench"), time.perf_counter() - t_start
+
+
+def case_frame_eager(data: Path, model: str, out: Path) -> dict:
+    """Parquet -> polars.DataFrame -> score_frame -> write_parquet: the whole frame in memory."""
+    import polars as pl
+
+    from ml_assets.frames import score_frame
+
+    loaded, load = _open_frame_model(model)
+    t0 = time.perf_counter()
+    frame = pl.read_parquet(data / "date=2026-01-01" / "part-0.parquet")
+    scored = score_frame(loaded, frame, passthrough=["id"])
+    scored.frame.write_parquet(out / "frame.parquet")
+    return {"seconds": time.perf_counter() - t0, "rows": scored.rows, "load_seconds": load}
+
+
+def case_frame_lazy(data: Path, model: str, out: Path) -> dict:
+    """polars.scan_parquet -> iter_scored_batches -> pyarrow ParquetWriter: streamed chunk by chunk."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from ml_assets.frames import iter_scored_batches
+
+    loaded, load = _open_frame_model(model)
+    t0 = time.perf_counter()
+    scored = iter_scored_batches(loaded, pl.scan_parquet(data / "date=2026-01-01" / "*.parquet"), passthrough=["id"])
+    # No dictionary encoding of numeric columns, like score_partition's writer: it costs time and memory.
+    with scored, pq.ParquetWriter(out / "lazy.parquet", scored.schema, use_dictionary=False) as writer:
+        for batch in scored:
+            writer.write_batch(batch)
+    return {"seconds": time.perf_counter() - t0, "rows": scored.rows, "load_seconds": load}
+
+
 def case_peer(data: Path, model: str, out: Path) -> dict:
     import mlflow
     import pandas as pd
@@ -176,7 +218,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-CASES = {"io_floor": case_io_floor, "ort_compute": case_ort_compute, "ours": case_ours, "peer": case_peer}
+CASES = {
+    "io_floor": case_io_floor,
+    "ort_compute": case_ort_compute,
+    "ours": case_ours,
+    "frame_eager": case_frame_eager,
+    "frame_lazy": case_frame_lazy,
+    "peer": case_peer,
+}
 
 
 def run_case(name: str, data: Path, model: str) -> dict:
@@ -227,7 +276,7 @@ def main() -> None:
     rows: list[tuple[str, ...]] = []
     results: dict[str, dict] = {}
     for model in ("lr", "rf"):
-        for case in ("io_floor", "ort_compute", "ours", "peer"):
+        for case in CASES:
             if case == "io_floor" and model == "rf":
                 results[f"{case}/{model}"] = results[f"{case}/lr"]
                 continue
@@ -236,10 +285,11 @@ def main() -> None:
                 f"{case:12s} {model}: {r['rows'] / r['seconds']:>12,.0f} rows/s  rss {r['peak_rss_mib']:,.0f} MiB",
                 file=sys.stderr,
             )
-    memory = {}
+    memory: dict[tuple[str, int], dict] = {}
     for n in sorted({args.rows, args.memory_rows}):
-        memory[n] = run_case("ours", make_data(n), "lr")
-        print(f"memory {n:,} rows: rss {memory[n]['peak_rss_mib']:,.0f} MiB", file=sys.stderr)
+        for case in ("ours", "frame_lazy"):
+            memory[case, n] = r = run_case(case, make_data(n), "lr")
+            print(f"memory {case} {n:,} rows: rss {r['peak_rss_mib']:,.0f} MiB", file=sys.stderr)
 
     def rate(key: str) -> float:
         return results[key]["rows"] / results[key]["seconds"]
@@ -250,6 +300,8 @@ def main() -> None:
             (f"**ours** (ONNX, {model})", f"{ours:,.0f}", f"{results[f'ours/{model}']['peak_rss_mib']:,.0f}", "1.00")
         )
         for case, label in (
+            ("frame_eager", f"ours, frames: Polars read_parquet -> score_frame -> write_parquet, {model}"),
+            ("frame_lazy", f"ours, frames: Polars scan_parquet -> iter_scored_batches -> ParquetWriter, {model}"),
             ("peer", f"peer: pandas -> mlflow.pyfunc (sklearn) -> to_parquet, {model}"),
             ("ort_compute", f"onnxruntime compute only, {model}"),
             ("io_floor", "IO floor: pyarrow read all + write key + 1 float"),
@@ -276,10 +328,11 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    print("\n| ours, lr, partition rows | peak RSS MiB | seconds |")
-    print("|---:|---:|---:|")
-    for n, r in memory.items():
-        print(f"| {n:,} | {r['peak_rss_mib']:,.0f} | {r['seconds']:.2f} |")
+    print("\n| lr, rows | path | peak RSS MiB | seconds |")
+    print("|---:|---|---:|---:|")
+    labels = {"ours": "score_partition", "frame_lazy": "LazyFrame -> iter_scored_batches -> ParquetWriter"}
+    for (case, n), r in memory.items():
+        print(f"| {n:,} | {labels[case]} | {r['peak_rss_mib']:,.0f} | {r['seconds']:.2f} |")
     load = results["ours/lr"]["load_seconds"], results["peer/lr"]["load_seconds"]
     print(f"\nModel resolve + fetch + load (not in rows/s): ours {load[0]:.2f} s, peer {load[1]:.2f} s.")
 

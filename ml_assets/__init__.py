@@ -3,6 +3,7 @@
 Everything a user needs is importable from here::
 
     from ml_assets import ModelService, ParquetDataset, score_partition             # the core, no Dagster
+    from ml_assets import score_frame, iter_scored_batches                          # Polars / Arrow frames
     from ml_assets import build_scoring_asset, ModelRegistryResource, ModelRuntimeResource  # Dagster
     from ml_assets.airflow import ScorePartitionOperator, ModelPromotionEventTrigger  # Airflow provider
 
@@ -28,7 +29,19 @@ _EXPORTS = {
     "ModelService": "ml_assets.service",
     "LoadedModel": "ml_assets.service",
     "ScoreSummary": "ml_assets.summary",
+    "score_frame": "ml_assets.frames",
+    "iter_scored_batches": "ml_assets.frames",
+    "ScoredFrame": "ml_assets.frames",
+    "ScoredBatches": "ml_assets.frames",
     # checks (pure; the Dagster layer maps them to AssetCheckResults)
+    "CheckSettings": "ml_assets.checks",
+    "CheckOutcome": "ml_assets.checks",
+    "DriftReference": "ml_assets.checks",
+    "evaluate_checks": "ml_assets.checks",
+    # promotion detection (pure; used by the Dagster sensor and the Airflow triggers)
+    "PromotionCursor": "ml_assets.promotion",
+    "PromotionWatch": "ml_assets.promotion",
+    "Promotion": "ml_assets.promotion",
     # nouns and protocols
     "ModelRef": "ml_assets.resources.core.models",
     "ModelVersion": "ml_assets.resources.core.models",
@@ -51,17 +64,11 @@ _EXPORTS = {
     "DatasetError": "ml_assets.resources.core.errors",
     # the Dagster layer (extra: dagster)
     "build_scoring_asset": "ml_assets.dagster.assets",
-    "CheckSettings": "ml_assets.checks",
-    "CheckOutcome": "ml_assets.checks",
-    "DriftReference": "ml_assets.checks",
-    "evaluate_checks": "ml_assets.checks",
+    "build_frame_scoring_asset": "ml_assets.dagster.frames",
     "ModelRegistryResource": "ml_assets.dagster.resources",
     "ModelRuntimeResource": "ml_assets.dagster.resources",
     "ScoringPipelineComponent": "ml_assets.dagster.components",
     "build_model_promotion_sensor": "ml_assets.sensors.promotion",
-    "PromotionCursor": "ml_assets.promotion",
-    "PromotionWatch": "ml_assets.promotion",
-    "Promotion": "ml_assets.promotion",
     "build_partition_schedule": "ml_assets.sensors.schedules",
 }
 
@@ -96,16 +103,21 @@ __all__ = [
     "Runtime",
     "SchemaMismatchError",
     "ScoreSummary",
+    "ScoredBatches",
+    "ScoredFrame",
     "Scorer",
     "ScoringError",
     "ScoringPipelineComponent",
     "ScoringResult",
     "Signature",
+    "build_frame_scoring_asset",
     "build_model_promotion_sensor",
     "build_partition_schedule",
     "build_scoring_asset",
     "evaluate_checks",
+    "iter_scored_batches",
     "read_lineage",
+    "score_frame",
     "score_partition",
 ]
 
@@ -113,8 +125,10 @@ if TYPE_CHECKING:
     from ml_assets.checks import CheckOutcome, CheckSettings, DriftReference, evaluate_checks
     from ml_assets.dagster.assets import build_scoring_asset
     from ml_assets.dagster.components import ScoringPipelineComponent
+    from ml_assets.dagster.frames import build_frame_scoring_asset
     from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
     from ml_assets.datasets import ParquetDataset, read_lineage
+    from ml_assets.frames import ScoredBatches, ScoredFrame, iter_scored_batches, score_frame
     from ml_assets.promotion import Promotion, PromotionCursor, PromotionWatch
     from ml_assets.resources.core.errors import (
         ArtifactError,

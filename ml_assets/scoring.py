@@ -1,26 +1,29 @@
 """The streaming scoring core: one partition in, one committed output file per model out. No Dagster here.
 
-    read (Arrow's scanner threads, bounded read-ahead)
-      -> prepare (select, cast, null check)        on the calling thread
+    read (any iterator of record batches)
+      -> prepare (select, cast, null check)        on a read-ahead thread
       -> score (up to scorer.concurrency at once)  on a thread pool; the runtimes release the GIL
-      -> write (in chunk order)                     on a writer thread, behind a bounded queue
+      -> write (in chunk order)                     on the calling thread, behind a bounded queue
 
 The queue between scoring and writing holds futures in input order, so output order is input
 order and the number of chunks alive at once is bounded: memory follows chunk size, not
-partition size. The output is written under a temporary name and renamed into place only
+partition size. ``_pipeline`` is that part, shared by ``score_partition`` (Parquet partitions)
+and ``ml_assets.frames`` (Polars and Arrow frames): it yields scored chunks in order and the
+caller sinks them. ``score_partition`` writes under a temporary name and renames into place only
 after the last chunk, so a failure or a kill leaves the final path as it was. Challengers ride
 along in the same pass: each chunk is read once and scored by every model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -75,12 +78,22 @@ class _Chunk:
         return f"rows {self.first_row}-{self.first_row + self.num_rows - 1}"
 
 
+class _Source(Protocol):
+    """What a plan needs of its input: a name for messages and the Arrow schema of its batches."""
+
+    @property
+    def where(self) -> str: ...
+
+    @property
+    def schema(self) -> pa.Schema: ...
+
+
 class _Plan:
     """Which columns to read, and how each chunk becomes model input and passthrough output."""
 
     def __init__(
         self,
-        reader: PartitionReader,
+        reader: PartitionReader | _Source,
         scorer: Scorer,
         version: ModelVersion,
         *,
@@ -105,11 +118,12 @@ class _Plan:
             msg = f"{self.where}: column {'; column '.join(incompatible)} ({version.describe()})"
             raise SchemaMismatchError(msg)
         # A hive partition's key is in the path, not the files; passthrough of it is a constant.
+        key = _partition_key(reader)
         self.constants: dict[str, str] = {}
         for name in passthrough:
             if name not in data.names:
-                if name == reader.dataset.partition_column and reader.partition is not None:
-                    self.constants[name] = reader.partition
+                if key is not None and name == key[0]:
+                    self.constants[name] = key[1]
                     continue
                 have = ", ".join(data.names)
                 msg = f"{self.where}: passthrough column {name!r} is not in the data; the data has: {have}"
@@ -171,6 +185,13 @@ class _Plan:
         return pa.RecordBatch.from_arrays(columns, schema=self.output_schema)
 
 
+def _partition_key(reader: PartitionReader | _Source) -> tuple[str, str] | None:
+    """(column, value) of the hive partition being read, if any."""
+    if isinstance(reader, PartitionReader) and reader.partition is not None and reader.dataset.partition_column:
+        return reader.dataset.partition_column, reader.partition
+    return None
+
+
 def _constant(value: str, rows: int) -> pa.DictionaryArray:
     """A constant string column that costs 4 bytes a row, not a string a row."""
     return pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int32)), pa.array([value]))
@@ -187,12 +208,11 @@ class Challenger:
 
 @dataclass
 class _Lane:
-    """One model's path through a pass: its plan, its output file and its running summary."""
+    """One model's path through a pass: its plan and its running summary."""
 
     scorer: Scorer
     version: ModelVersion
     plan: _Plan
-    writer: AtomicPartitionWriter
     summary: ScoreSummary = field(default_factory=ScoreSummary)
 
     def predictions(self, chunk: _Chunk, future: Future[pa.RecordBatch]) -> pa.RecordBatch:
@@ -207,6 +227,15 @@ class _Lane:
         if predictions.schema != self.scorer.output_schema:
             predictions = _conform(predictions, self.scorer.output_schema, self.plan, chunk)
         return predictions
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """One chunk after every lane scored it: per lane, the raw predictions and the output batch."""
+
+    chunk: _Chunk
+    predictions: list[pa.RecordBatch]
+    outputs: list[pa.RecordBatch]
 
 
 def score_partition(
@@ -237,110 +266,48 @@ def score_partition(
             compares each with ``scorer`` (agreement, mean absolute difference).
         queue_depth: chunks in flight between reading and writing (default: 2 per scoring thread + 2).
     """
-    if chunk_rows < 1:
-        msg = f"chunk_rows must be at least 1, got {chunk_rows}"
-        raise ValueError(msg)
+    check_chunk_rows(chunk_rows)
     started = time.perf_counter()
     reader = PartitionReader(source, partition)
     if reader.num_rows == 0:
         msg = f"{reader.where}: the partition is empty (0 rows in {len(reader.files)} file(s)); nothing to score"
         raise DatasetError(msg)
     models = [(scorer, version, dest), *((c.scorer, c.version, c.dest) for c in challengers)]
-    plans = [
-        _Plan(reader, s, v, passthrough=passthrough, nulls=nulls, version_column=version_column) for s, v, _ in models
+    lanes = [
+        _Lane(s, v, _Plan(reader, s, v, passthrough=passthrough, nulls=nulls, version_column=version_column))
+        for s, v, _ in models
     ]
-    lanes: list[_Lane] = []
+    comparisons = [Comparison(lane.version) for lane in lanes[1:]]
+    read_columns = list(dict.fromkeys(c for lane in lanes for c in lane.plan.read_columns))
+    writers: list[AtomicPartitionWriter] = []
+    chunks = 0
     try:
-        for (lane_scorer, lane_version, lane_dest), plan in zip(models, plans, strict=True):
+        for lane, (_, lane_version, lane_dest) in zip(lanes, models, strict=True):
             metadata = {
                 **lane_version.lineage(),
                 "partition": partition,
                 "input": reader.where,
                 **(extra_metadata or {}),
             }
-            writer = AtomicPartitionWriter(lane_dest, partition, plan.output_schema, metadata)
-            lanes.append(_Lane(lane_scorer, lane_version, plan, writer))
-        result = _run(reader, lanes, chunk_rows, queue_depth, on_progress, started)
-    except BaseException:
-        for lane in lanes:
-            lane.writer.abort()
-        raise
-    return result
-
-
-def _run(
-    reader: PartitionReader,
-    lanes: list[_Lane],
-    chunk_rows: int,
-    queue_depth: int | None,
-    on_progress: Callable[[Progress], None] | None,
-    started: float,
-) -> ScoringResult:
-    """The threads of one pass; every lane's output is committed only if every lane succeeded."""
-    main = lanes[0]
-    read_columns = list(dict.fromkeys(c for lane in lanes for c in lane.plan.read_columns))
-    workers = sum(max(1, int(getattr(lane.scorer, "concurrency", 1))) for lane in lanes)
-    in_flight: queue.Queue[tuple[_Chunk, list[Future[pa.RecordBatch]]] | None] = queue.Queue(
-        maxsize=queue_depth or 2 * workers + 2
-    )
-    comparisons = [Comparison(lane.version) for lane in lanes[1:]]
-    failure: list[BaseException] = []
-    chunks = 0
-
-    def write_in_order() -> None:
-        try:
-            while (item := in_flight.get()) is not None:
-                chunk, futures = item
-                outputs = [lane.predictions(chunk, future) for lane, future in zip(lanes, futures, strict=True)]
-                for lane, predictions in zip(lanes, outputs, strict=True):
-                    lane.writer.write(lane.plan.output_batch(chunk, predictions))
-                    lane.summary.update(predictions)
-                for comparison, predictions in zip(comparisons, outputs[1:], strict=True):
-                    comparison.update(outputs[0], predictions)
-                if on_progress is not None:
-                    on_progress(Progress(chunk.index + 1, main.writer.rows, reader.num_rows))
-        except BaseException as exc:  # noqa: BLE001 -- handed to the calling thread, which re-raises it
-            failure.append(exc)
-            _drain(in_flight)
-
-    def put(item: tuple[_Chunk, list[Future[pa.RecordBatch]]] | None) -> None:
-        while not failure:
-            try:
-                in_flight.put(item, timeout=_POLL_S)
-                return
-            except queue.Full:
-                continue
-
-    write_thread = threading.Thread(target=write_in_order, name="ml-assets-writer", daemon=True)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ml-assets-score")
-    try:
-        write_thread.start()
-        first_row = 0
-        try:
-            for batch in reader.batches(read_columns, chunk_rows):
-                if failure:
-                    break
-                futures = [
-                    pool.submit(lane.scorer.score, lane.plan.features(batch, chunks, first_row)) for lane in lanes
-                ]
-                chunk = _Chunk(chunks, first_row, batch.num_rows, main.plan.passthrough_batch(batch))
-                put((chunk, futures))
+            writers.append(AtomicPartitionWriter(lane_dest, partition, lane.plan.output_schema, metadata))
+        batches = reader.batches(read_columns, chunk_rows)
+        with contextlib.closing(_pipeline(batches, lanes, queue_depth=queue_depth, where=reader.where)) as scored:
+            for item in scored:
+                for writer, output in zip(writers, item.outputs, strict=True):
+                    writer.write(output)
+                for comparison, predictions in zip(comparisons, item.predictions[1:], strict=True):
+                    comparison.update(item.predictions[0], predictions)
                 chunks += 1
-                first_row += batch.num_rows
-        except (pa.ArrowInvalid, OSError) as exc:
-            msg = f"{main.plan.where}: reading chunk {chunks} (from row {first_row}) failed: {exc}"
-            raise DatasetError(msg) from exc
-        finally:
-            put(None)
-            write_thread.join()
-        if failure:
-            raise failure[0]
-        if main.writer.rows != reader.num_rows:
-            msg = f"{main.plan.where}: wrote {main.writer.rows} rows but the partition has {reader.num_rows}"
+                if on_progress is not None:
+                    on_progress(Progress(chunks, writers[0].rows, reader.num_rows))
+        if writers[0].rows != reader.num_rows:
+            msg = f"{reader.where}: wrote {writers[0].rows} rows but the partition has {reader.num_rows}"
             raise ScoringError(msg)
-        uris = [lane.writer.commit() for lane in lanes]
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        uris = [writer.commit() for writer in writers]
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
     seconds = time.perf_counter() - started
     results = [
         ScoringResult(
@@ -348,17 +315,100 @@ def _run(
             partition=reader.partition,
             output_uri=uri,
             rows_in=reader.num_rows,
-            rows_out=lane.writer.rows,
+            rows_out=writer.rows,
             seconds=seconds,
             chunks=chunks,
             summary=lane.summary,
             prediction_schema=lane.scorer.output_schema,
         )
-        for lane, uri in zip(lanes, uris, strict=True)
+        for lane, writer, uri in zip(lanes, writers, uris, strict=True)
     ]
     results[0].challengers = results[1:]
     results[0].comparisons = comparisons
     return results[0]
+
+
+def check_chunk_rows(chunk_rows: int) -> None:
+    if chunk_rows < 1:
+        msg = f"chunk_rows must be at least 1, got {chunk_rows}"
+        raise ValueError(msg)
+
+
+_END = object()
+
+
+def _pipeline(
+    batches: Iterator[pa.RecordBatch],
+    lanes: Sequence[_Lane],
+    *,
+    queue_depth: int | None,
+    where: str,
+    read_errors: tuple[type[BaseException], ...] = (pa.ArrowInvalid, OSError),
+) -> Iterator[_Scored]:
+    """Score ``batches`` with every lane and yield them in input order, summaries updated.
+
+    A read-ahead thread prepares each chunk and submits it to the scoring pool; the caller's
+    thread waits for the chunks in order and sinks them (writes a file, builds a frame, hands a
+    batch on). At most ``queue_depth`` chunks are in flight. Closing the generator early (a
+    failed write, a consumer that stops) stops the read-ahead and the pool before it returns.
+    ``read_errors`` are the source's own failures, raised as ``DatasetError`` naming the chunk.
+    """
+    workers = sum(max(1, int(getattr(lane.scorer, "concurrency", 1))) for lane in lanes)
+    in_flight: queue.Queue[Any] = queue.Queue(maxsize=queue_depth or 2 * workers + 2)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                in_flight.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read_ahead() -> None:
+        index = first_row = 0
+        try:
+            try:
+                for batch in batches:
+                    if stop.is_set():
+                        return
+                    futures = [
+                        pool.submit(lane.scorer.score, lane.plan.features(batch, index, first_row)) for lane in lanes
+                    ]
+                    chunk = _Chunk(index, first_row, batch.num_rows, lanes[0].plan.passthrough_batch(batch))
+                    if not put((chunk, futures)):
+                        return
+                    index += 1
+                    first_row += batch.num_rows
+            except read_errors as exc:
+                msg = f"{where}: reading chunk {index} (from row {first_row}) failed: {exc}"
+                raise DatasetError(msg) from exc
+        except BaseException as exc:  # noqa: BLE001 -- handed to the consuming thread, which re-raises it
+            failure.append(exc)
+        finally:
+            put(_END)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ml-assets-score")
+    reader = threading.Thread(target=read_ahead, name="ml-assets-read-ahead", daemon=True)
+    try:
+        reader.start()
+        while (item := in_flight.get()) is not _END:
+            chunk, futures = item
+            predictions = [lane.predictions(chunk, future) for lane, future in zip(lanes, futures, strict=True)]
+            outputs = []
+            for lane, lane_predictions in zip(lanes, predictions, strict=True):
+                outputs.append(lane.plan.output_batch(chunk, lane_predictions))
+                lane.summary.update(lane_predictions)
+            yield _Scored(chunk, predictions, outputs)
+        if failure:
+            raise failure[0]
+    finally:
+        stop.set()
+        _drain(in_flight)  # wakes a read-ahead blocked on a full queue
+        reader.join()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _conform(predictions: pa.RecordBatch, schema: pa.Schema, plan: _Plan, chunk: _Chunk) -> pa.RecordBatch:
