@@ -19,8 +19,10 @@ from ml_assets.checks import (
 from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
 from ml_assets.datasets import ParquetDataset, PartitionReader
 from ml_assets.resources.core.errors import MlAssetsError
+from ml_assets.resources.core.models import ModelVersion
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS, Challenger, NullPolicy, Progress, ScoringResult, score_partition
 from ml_assets.sensors.promotion import MODEL_NAME_TAG, MODEL_VERSION_TAG
+from ml_assets.summary import ScoreSummary
 
 _NO_PARTITION = "_"
 
@@ -206,24 +208,42 @@ def _progress_logger(context: AssetExecutionContext, partition: str | None) -> A
     return log
 
 
+def scoring_metadata(
+    version: ModelVersion,
+    *,
+    rows_in: int,
+    rows_out: int,
+    seconds: float,
+    chunks: int,
+    summaries: Mapping[str | None, ScoreSummary],
+) -> dict[str, Any]:
+    """What every scoring materialization records: the model's lineage, counts, speed, score stats."""
+    return {
+        **{k: dg.MetadataValue.text(v) for k, v in version.lineage().items()},
+        "rows_in": dg.MetadataValue.int(rows_in),
+        "rows_out": dg.MetadataValue.int(rows_out),
+        "dagster/row_count": dg.MetadataValue.int(rows_out),
+        "seconds": dg.MetadataValue.float(round(seconds, 3)),
+        "rows_per_second": dg.MetadataValue.float(round(rows_out / seconds if seconds else 0.0, 1)),
+        "chunks": dg.MetadataValue.int(chunks),
+        # Per partition, so drift checks of later runs find this partition's histogram.
+        "score_stats": dg.MetadataValue.json({p or _NO_PARTITION: s.as_dict() for p, s in summaries.items()}),
+    }
+
+
 def _materialization(
     key: dg.AssetKey, results: list[ScoringResult], champion: list[ScoringResult] | None = None
 ) -> dg.MaterializeResult:
     first = results[0]
     version = first.version
-    rows_out = sum(r.rows_out for r in results)
-    seconds = sum(r.seconds for r in results)
-    metadata: dict[str, Any] = {
-        **{k: dg.MetadataValue.text(v) for k, v in version.lineage().items()},
-        "rows_in": dg.MetadataValue.int(sum(r.rows_in for r in results)),
-        "rows_out": dg.MetadataValue.int(rows_out),
-        "dagster/row_count": dg.MetadataValue.int(rows_out),
-        "seconds": dg.MetadataValue.float(round(seconds, 3)),
-        "rows_per_second": dg.MetadataValue.float(round(rows_out / seconds if seconds else 0.0, 1)),
-        "chunks": dg.MetadataValue.int(sum(r.chunks for r in results)),
-        # Per partition, so drift checks of later runs find this partition's histogram.
-        "score_stats": dg.MetadataValue.json({r.partition or _NO_PARTITION: r.summary.as_dict() for r in results}),
-    }
+    metadata = scoring_metadata(
+        version,
+        rows_in=sum(r.rows_in for r in results),
+        rows_out=sum(r.rows_out for r in results),
+        seconds=sum(r.seconds for r in results),
+        chunks=sum(r.chunks for r in results),
+        summaries={r.partition: r.summary for r in results},
+    )
     if len(results) == 1:
         metadata["output"] = dg.MetadataValue.path(first.output_uri)
         metadata["score_summary"] = dg.MetadataValue.md(first.summary.as_markdown())

@@ -7,13 +7,12 @@ from typing import Any, Literal
 import dagster as dg
 from dagster import AssetExecutionContext
 
+from ml_assets.dagster.assets import scoring_metadata
 from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
 from ml_assets.frames import ScoredFrame, score_frame
 from ml_assets.resources.core.errors import MlAssetsError
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS, NullPolicy
 from ml_assets.sensors.promotion import MODEL_NAME_TAG, MODEL_VERSION_TAG
-
-_NO_PARTITION = "_"
 
 
 def build_frame_scoring_asset(
@@ -140,14 +139,13 @@ def _key_of(upstream: dg.AssetKey | str | Sequence[str] | dg.AssetsDefinition, n
 def _metadata(scored: ScoredFrame[Any], partition: str | None) -> dict[str, Any]:
     """The Parquet scoring asset's materialization metadata, for a frame."""
     return {
-        **{k: dg.MetadataValue.text(v) for k, v in scored.lineage().items()},
-        "rows_in": dg.MetadataValue.int(scored.rows),
-        "rows_out": dg.MetadataValue.int(scored.rows),
-        "dagster/row_count": dg.MetadataValue.int(scored.rows),
-        "seconds": dg.MetadataValue.float(round(scored.seconds, 3)),
-        "rows_per_second": dg.MetadataValue.float(round(scored.rows_per_second, 1)),
-        "chunks": dg.MetadataValue.int(scored.chunks),
-        # Keyed by partition like the Parquet asset's, so drift checks can read either.
-        "score_stats": dg.MetadataValue.json({partition or _NO_PARTITION: scored.summary.as_dict()}),
+        **scoring_metadata(
+            scored.version,
+            rows_in=scored.rows,
+            rows_out=scored.rows,
+            seconds=scored.seconds,
+            chunks=scored.chunks,
+            summaries={partition: scored.summary},
+        ),
         "score_summary": dg.MetadataValue.md(scored.summary.as_markdown()),
     }
