@@ -27,6 +27,10 @@ _EXPORTS = {
     "ModelService": "ml_assets.service",
     "LoadedModel": "ml_assets.service",
     "ScoreSummary": "ml_assets.summary",
+    # the Ray engine (extra: ray; Ray itself is imported only when a job runs)
+    "RayEngine": "ml_assets.ray_engine",
+    "ModelServiceConfig": "ml_assets.ray_engine",
+    "RayEngineError": "ml_assets.ray_engine",
     # checks (pure; the Dagster layer maps them to AssetCheckResults)
     # nouns and protocols
     "ModelRef": "ml_assets.resources.core.models",
@@ -56,6 +60,7 @@ _EXPORTS = {
     "evaluate_checks": "ml_assets.checks",
     "ModelRegistryResource": "ml_assets.dagster.resources",
     "ModelRuntimeResource": "ml_assets.dagster.resources",
+    "RayEngineResource": "ml_assets.dagster.resources",
     "ScoringPipelineComponent": "ml_assets.dagster.components",
     "build_model_promotion_sensor": "ml_assets.sensors.promotion",
     "PromotionCursor": "ml_assets.sensors.promotion",
@@ -81,11 +86,15 @@ __all__ = [
     "ModelRegistryResource",
     "ModelRuntimeResource",
     "ModelService",
+    "ModelServiceConfig",
     "ModelVersion",
     "ParquetDataset",
     "PluginNotFoundError",
     "Progress",
     "PromotionCursor",
+    "RayEngine",
+    "RayEngineError",
+    "RayEngineResource",
     "Registry",
     "RegistryUnavailableError",
     "Runtime",
@@ -108,8 +117,9 @@ if TYPE_CHECKING:
     from ml_assets.checks import CheckOutcome, CheckSettings, DriftReference, evaluate_checks
     from ml_assets.dagster.assets import build_scoring_asset
     from ml_assets.dagster.components import ScoringPipelineComponent
-    from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
+    from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource, RayEngineResource
     from ml_assets.datasets import ParquetDataset, read_lineage
+    from ml_assets.ray_engine import ModelServiceConfig, RayEngine, RayEngineError
     from ml_assets.resources.core.errors import (
         ArtifactError,
         DatasetError,

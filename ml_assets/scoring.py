@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +31,9 @@ from ml_assets.datasets import AtomicPartitionWriter, ParquetDataset, PartitionR
 from ml_assets.resources.core.errors import DatasetError, MlAssetsError, SchemaMismatchError, ScoringError
 from ml_assets.resources.core.models import ModelVersion, Scorer
 from ml_assets.summary import Comparison, ScoreSummary
+
+if TYPE_CHECKING:
+    from ml_assets.ray_engine import RayEngine
 
 NullPolicy = Literal["error", "pass"]
 DEFAULT_CHUNK_ROWS = 65_536
@@ -224,6 +227,7 @@ def score_partition(
     queue_depth: int | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     extra_metadata: dict[str, Any] | None = None,
+    engine: RayEngine | None = None,
 ) -> ScoringResult:
     """Score one partition of ``source`` with ``scorer`` and commit the output to ``dest``.
 
@@ -236,6 +240,9 @@ def score_partition(
         challengers: more models scored in the same pass, each into its own output; the result
             compares each with ``scorer`` (agreement, mean absolute difference).
         queue_depth: chunks in flight between reading and writing (default: 2 per scoring thread + 2).
+        engine: None reads and scores in this process; a ``RayEngine`` reads and scores on Ray actors
+            (each loads ``version``, pinned) and streams the results back, in order, to this process's
+            writer: the same plan, atomic commit, lineage and summaries.
     """
     if chunk_rows < 1:
         msg = f"chunk_rows must be at least 1, got {chunk_rows}"
@@ -260,7 +267,7 @@ def score_partition(
             }
             writer = AtomicPartitionWriter(lane_dest, partition, plan.output_schema, metadata)
             lanes.append(_Lane(lane_scorer, lane_version, plan, writer))
-        result = _run(reader, lanes, chunk_rows, queue_depth, on_progress, started)
+        result = _run(reader, lanes, chunk_rows, queue_depth, on_progress, started, engine)
     except BaseException:
         for lane in lanes:
             lane.writer.abort()
@@ -275,6 +282,7 @@ def _run(
     queue_depth: int | None,
     on_progress: Callable[[Progress], None] | None,
     started: float,
+    engine: RayEngine | None = None,
 ) -> ScoringResult:
     """The threads of one pass; every lane's output is committed only if every lane succeeded."""
     main = lanes[0]
@@ -317,7 +325,14 @@ def _run(
         write_thread.start()
         first_row = 0
         try:
-            for batch in reader.batches(read_columns, chunk_rows):
+            if engine is not None:
+                # Scored elsewhere, arriving in input order: the writer thread takes them as they come.
+                for chunk, predictions in engine.scored_chunks(reader, [lane.plan for lane in lanes], chunk_rows):
+                    if failure:
+                        break
+                    put((chunk, [_done(p) for p in predictions]))
+                    chunks += 1
+            for batch in () if engine is not None else reader.batches(read_columns, chunk_rows):
                 if failure:
                     break
                 futures = [
@@ -373,6 +388,12 @@ def _conform(predictions: pa.RecordBatch, schema: pa.Schema, plan: _Plan, chunk:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         msg = f"{plan.where}, chunk {chunk.index} ({chunk.rows}): predictions do not fit {schema}: {exc}"
         raise ScoringError(msg) from exc
+
+
+def _done(predictions: pa.RecordBatch) -> Future[pa.RecordBatch]:
+    future: Future[pa.RecordBatch] = Future()
+    future.set_result(predictions)
+    return future
 
 
 def _drain(q: queue.Queue[Any]) -> None:

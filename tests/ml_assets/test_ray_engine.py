@@ -1,0 +1,185 @@
+"""The Ray engine on a local 2-CPU Ray: the same output as one process, row for row; a failing or killed
+actor leaves no half output; a promotion during the run does not change the pinned version."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import psutil
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from ml_assets.datasets import OUTPUT_FILE, ParquetDataset, read_lineage
+from ml_assets.dev.demo import FEATURES, make_transactions, register_onnx_model, to_onnx_classifier
+from ml_assets.resources.core.errors import SchemaMismatchError
+from ml_assets.resources.registries.mlflow import MlflowRegistry
+from ml_assets.scoring import Challenger, score_partition
+from ml_assets.service import ModelService
+
+pytestmark = pytest.mark.slow
+
+DAY = "2026-11-02"
+ACTOR_TITLE = "_ScoringActor"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[object]:
+    """One local Ray for the module: 2 CPUs, no dashboard, loopback only; shut down at the end."""
+    # Read by Ray at import: with it, the node's address is 127.0.0.1, not the machine's interface.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def engine_for(tracking_uri: str, **kwargs: object):
+    from ml_assets.ray_engine import ModelServiceConfig, RayEngine
+
+    return RayEngine(models=ModelServiceConfig("mlflow", tracking_uri), **kwargs)
+
+
+def hive(path: Path | str) -> ParquetDataset:
+    return ParquetDataset(str(path), partition_column="date")
+
+
+def test_ray_output_equals_one_process_row_for_row(ray_cluster, models, transactions, tmp_path):
+    """Champion and challenger in one pass, both actors busy: files, lineage and summaries as in one process."""
+    with ModelService.from_uri("mlflow", models.tracking_uri) as service:
+        champion, challenger = service.open("models:/fraud@champion"), service.open("models:/fraud@challenger")
+        outputs = {}
+        for name, engine in [("local", None), ("ray", engine_for(models.tracking_uri, max_actors=2))]:
+            outputs[name] = score_partition(
+                champion.scorer, champion.version, hive(transactions), hive(tmp_path / name), partition=DAY,
+                chunk_rows=3_000, passthrough=["transaction_id", "date"], version_column="model_version",
+                challengers=[Challenger(challenger.scorer, challenger.version, hive(tmp_path / f"{name}_challenger"))],
+                engine=engine,
+            )  # fmt: skip
+    local, ray_result = outputs["local"], outputs["ray"]
+    for a, b in [(local, ray_result), (local.challengers[0], ray_result.challengers[0])]:
+        assert pq.read_table(b.output_uri).equals(pq.read_table(a.output_uri))
+        assert (b.rows_in, b.rows_out, b.chunks) == (a.rows_in, a.rows_out, a.chunks)
+        assert b.summary.as_dict() == a.summary.as_dict()
+        assert read_lineage(b.output_uri) == read_lineage(a.output_uri)
+    assert ray_result.comparisons[0].agreement == local.comparisons[0].agreement
+    assert read_lineage(ray_result.output_uri)["model_version"] == "1"
+    assert not [p for p in (tmp_path / "ray").rglob("*") if p.name.startswith("_inprogress")]
+
+
+def test_a_failing_chunk_leaves_the_previous_output(ray_cluster, models, transactions, tmp_path):
+    """A null in row 17,000 (third row group): the actor raises; the driver names the row; nothing changes."""
+    source = tmp_path / "in" / f"date={DAY}"
+    source.mkdir(parents=True)
+    table = pq.read_table(transactions / f"date={DAY}" / "part-0.parquet")
+    risk = table["merchant_risk"].to_pylist()
+    risk[17_000] = None
+    pq.write_table(table.set_column(table.schema.get_field_index("merchant_risk"), "merchant_risk", pa.array(risk, pa.float32())),
+                   source / "part-0.parquet", row_group_size=8_192)  # fmt: skip
+    with ModelService.from_uri("mlflow", models.tracking_uri) as service:
+        model = service.open("models:/fraud@champion")
+        kept = score_partition(model.scorer, model.version, hive(transactions), hive(tmp_path / "out"), partition=DAY)
+        before = Path(kept.output_uri).read_bytes()
+        with pytest.raises(SchemaMismatchError) as failure:
+            score_partition(
+                model.scorer, model.version, hive(tmp_path / "in"), hive(tmp_path / "out"), partition=DAY,
+                chunk_rows=4_096, engine=engine_for(models.tracking_uri),
+            )  # fmt: skip
+    message = str(failure.value)
+    assert f"partition date={DAY}" in message
+    assert "chunk 4 (rows 16384-19999)" in message  # numbered as one process numbers them
+    assert "column 'merchant_risk' has 1 null(s), the first at row 17000" in message
+    assert Path(kept.output_uri).read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "out" / f"date={DAY}").iterdir()) == [OUTPUT_FILE]
+
+
+@pytest.fixture(scope="module")
+def pinned_model(models, tmp_path_factory) -> tuple[str, str]:
+    """``ray_pinned`` v1 (random forest) @champion, v2 (logistic regression): a promotion changes the scores."""
+    artifacts = tmp_path_factory.mktemp("ray_artifacts").as_uri()
+    register_onnx_model(
+        models.tracking_uri, "ray_pinned", to_onnx_classifier(models.rf, len(FEATURES)), FEATURES,
+        artifact_location=artifacts, alias="champion",
+    )  # fmt: skip
+    register_onnx_model(
+        models.tracking_uri, "ray_pinned", to_onnx_classifier(models.lr, len(FEATURES)), FEATURES,
+        artifact_location=artifacts,
+    )  # fmt: skip
+    return models.tracking_uri, "models:/ray_pinned@champion"
+
+
+def _kill_first_actor_after(promote: Callable[[], object], deadline_s: float, killed: list[int]) -> None:
+    """Promote v2, then SIGKILL the first scoring actor process to appear (bounded in time)."""
+    promote()
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline and not killed:
+        for process in psutil.process_iter(["pid", "cmdline"]):
+            if ACTOR_TITLE in " ".join(process.info["cmdline"] or []):
+                process.kill()
+                killed.append(process.info["pid"])
+                return
+        time.sleep(0.01)
+
+
+def test_pinned_version_survives_a_promotion_and_a_killed_actor(ray_cluster, models, pinned_model, tmp_path):
+    """The version is resolved once; v2 is promoted and an actor killed mid-run: Ray restarts the actor,
+    which loads the pinned v1 again, and the committed output is v1's, equal to one process's, row for row."""
+    tracking_uri, ref = pinned_model
+    source = tmp_path / "in"
+    table = make_transactions(30_000, seed=7)
+    (source / f"date={DAY}").mkdir(parents=True)
+    pq.write_table(table, source / f"date={DAY}" / "part-0.parquet", row_group_size=1_000)
+    registry = MlflowRegistry(tracking_uri)
+    with ModelService.from_uri("mlflow", tracking_uri) as service:
+        model = service.open(ref)
+        assert model.version.version == "1"
+        reference = score_partition(
+            model.scorer, model.version, hive(source), hive(tmp_path / "local"), partition=DAY,
+            chunk_rows=500, version_column="model_version",
+        )  # fmt: skip
+        killed: list[int] = []
+        killer = threading.Thread(
+            target=_kill_first_actor_after,
+            args=(lambda: registry.promote("ray_pinned", "2", alias="champion"), 60.0, killed),
+        )
+        killer.start()
+        try:
+            result = score_partition(
+                model.scorer, model.version, hive(source), hive(tmp_path / "ray"), partition=DAY,
+                chunk_rows=500, version_column="model_version", engine=engine_for(tracking_uri, max_actors=2),
+            )  # fmt: skip
+        finally:
+            killer.join(timeout=70)
+    assert registry.resolve(ref).version == "2"  # the promotion happened during the run
+    assert killed, "no scoring actor process was found to kill"
+    assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == psutil.STATUS_ZOMBIE
+    out = pq.read_table(result.output_uri)
+    assert out.equals(pq.read_table(reference.output_uri))
+    assert pc.unique(out["model_version"]).to_pylist() == ["1"]
+    assert read_lineage(result.output_uri)["model_version"] == "1"
+    session = ort.InferenceSession(to_onnx_classifier(models.rf, len(FEATURES)).SerializeToString())
+    x = np.column_stack([table[c].to_numpy() for c in FEATURES]).astype(np.float32)
+    # v1 is the forest (v2 the regression): last-bit differences only, from onnxruntime's batch sizes.
+    np.testing.assert_allclose(out["probability_1"].to_numpy(), session.run(None, {"X": x})[1][:, 1], atol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "ray" / f"date={DAY}").iterdir()) == [OUTPUT_FILE]
+
+
+def test_too_few_cpus_for_the_pool_fails_at_once(ray_cluster, models, transactions, tmp_path):
+    """Actors that could never start would hang Ray Data; the engine says so before scheduling anything."""
+    from ml_assets.ray_engine import RayEngineError
+
+    with ModelService.from_uri("mlflow", models.tracking_uri) as service:
+        model = service.open("models:/fraud@champion")
+        with pytest.raises(RayEngineError, match=r"has 2 CPU\(s\); 3 actor\(s\) x 1 CPU cannot start"):
+            score_partition(
+                model.scorer, model.version, hive(transactions), hive(tmp_path / "out"), partition=DAY,
+                engine=engine_for(models.tracking_uri, min_actors=3, max_actors=3),
+            )  # fmt: skip
+    assert not (tmp_path / "out" / f"date={DAY}").exists() or not list((tmp_path / "out" / f"date={DAY}").iterdir())
