@@ -183,3 +183,70 @@ def test_too_few_cpus_for_the_pool_fails_at_once(ray_cluster, models, transactio
                 engine=engine_for(models.tracking_uri, min_actors=3, max_actors=3),
             )  # fmt: skip
     assert not (tmp_path / "out" / f"date={DAY}").exists() or not list((tmp_path / "out" / f"date={DAY}").iterdir())
+
+
+def test_yaml_pipeline_on_ray_backfills_in_runs_of_two_within_a_pool(ray_cluster, models, transactions, tmp_path):
+    """``engine: ray`` in YAML; ``max_partitions_per_run: 2`` and ``pool``: a backfill's run scores its two
+    partitions on Ray, with checks, as a local run would; the pool is registered with the instance's limit."""
+    import warnings
+
+    import dagster as dg
+    from dagster.components.testing import create_defs_folder_sandbox
+
+    from ml_assets.dagster.components import ScoringPipelineComponent
+    from ml_assets.dagster.resources import RayEngineResource
+    from tests.conftest import DATES, features_of
+
+    attributes = {
+        "name": "ray_scores",
+        "model": "models:/fraud@champion",
+        "registry": {"kind": "mlflow", "uri": models.tracking_uri},
+        "runtime": {"options": {"onnx": {"threads": 1}}},
+        "input": {"uri": str(transactions), "partition_column": "date"},
+        "output": {"uri": str(tmp_path / "scores")},
+        "partitions": {"daily": {"start_date": DATES[0], "end_date": "2026-11-04"}},
+        "passthrough": ["transaction_id"],
+        "engine": {"kind": "ray", "min_actors": 1, "max_actors": 2},
+        "max_partitions_per_run": 2,
+        "pool": "fraud_model_server",
+    }
+    overrides = {"concurrency": {"pools": {"default_limit": 1}}}
+    with create_defs_folder_sandbox() as sandbox:
+        path = sandbox.scaffold_component(
+            component_cls=ScoringPipelineComponent,
+            defs_yaml_contents={
+                "type": "ml_assets.dagster.components.ScoringPipelineComponent",
+                "attributes": attributes,
+            },
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with sandbox.load_component_and_build_defs(defs_path=path) as (_, defs):
+                asset = defs.resolve_assets_def("ray_scores")
+                assert asset.backfill_policy == dg.BackfillPolicy.multi_run(max_partitions_per_run=2)
+                assert asset.op.pool == "fraud_model_server"
+                assert isinstance(defs.resources["ray_scores_ray_engine"], RayEngineResource)
+                job = defs.resolve_implicit_global_asset_job_def()
+                with dg.instance_for_test(overrides=overrides) as instance:
+                    # The run a multi_run(2) backfill launches first: a range of two partitions.
+                    result = job.execute_in_process(
+                        instance=instance,
+                        tags={
+                            "dagster/asset_partition_range_start": DATES[0],
+                            "dagster/asset_partition_range_end": DATES[1],
+                        },
+                    )
+                    pool = instance.event_log_storage.get_concurrency_info("fraud_model_server")
+    assert result.success
+    assert pool.slot_count == 1
+    assert sorted(e.partition for e in result.asset_materializations_for_node("ray_scores")) == DATES[:2]
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    for day in DATES[:2]:
+        scored = pq.read_table(tmp_path / "scores" / f"date={day}")
+        source = pq.read_table(transactions / f"date={day}")
+        assert scored["transaction_id"].equals(source["transaction_id"])
+        np.testing.assert_allclose(
+            scored["probability_1"].to_numpy(), models.lr.predict_proba(features_of(source))[:, 1], atol=1e-5
+        )
+        assert read_lineage(str(tmp_path / "scores" / f"date={day}" / OUTPUT_FILE))["model_version"] == "1"
+    assert not (tmp_path / "scores" / f"date={DATES[2]}").exists()
