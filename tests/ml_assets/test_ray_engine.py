@@ -250,3 +250,29 @@ def test_yaml_pipeline_on_ray_backfills_in_runs_of_two_within_a_pool(ray_cluster
         )
         assert read_lineage(str(tmp_path / "scores" / f"date={day}" / OUTPUT_FILE))["model_version"] == "1"
     assert not (tmp_path / "scores" / f"date={DATES[2]}").exists()
+
+
+def test_cli_engine_ray_writes_what_the_local_cli_writes(ray_cluster, models, transactions, tmp_path):
+    from click.testing import CliRunner
+
+    from ml_assets.cli import main
+
+    outputs = {}
+    for engine in ["local", "ray"]:
+        done = CliRunner().invoke(
+            main,
+            [
+                "score", "models:/fraud@champion", str(transactions), str(tmp_path / engine), "--partition", f"date={DAY}",
+                "--passthrough", "transaction_id", "--registry-uri", models.tracking_uri, "--option", "threads=1",
+                "--chunk-rows", "5000", "--quiet", "--engine", engine, "--actors", "1,2",
+            ],
+        )  # fmt: skip
+        assert done.exit_code == 0, done.output
+        outputs[engine] = tmp_path / engine / f"date={DAY}" / OUTPUT_FILE
+    assert pq.read_table(outputs["ray"]).equals(pq.read_table(outputs["local"]))
+    refused = CliRunner().invoke(
+        main, ["score", "models:/fraud@champion", str(transactions), str(tmp_path / "x"), "--engine", "ray", "--actors", "3,1",
+               "--registry-uri", models.tracking_uri, "--partition", f"date={DAY}"],
+    )  # fmt: skip
+    assert refused.exit_code == 2
+    assert "1 <= min_actors <= max_actors, got 3 and 1" in refused.output
