@@ -14,7 +14,9 @@ as an MLflow pyfunc, both trained on the first 50k rows. For each model, each in
 
 Times: ``seconds`` is the job itself after ``ray.init`` (actor start-up and model loads included,
 because a Ray job pays them every time); ``steady`` is rows/s between the first and the last chunk
-the driver received (ours only), the number a projection can scale. ``init`` is ``ray.init``.
+the driver received (ours only); with few row groups and 2 actors it reads high (the second actor's
+first row group is done before the window opens), so take per-actor rates from the 1-actor runs.
+``init`` is ``ray.init``.
 Memory: peak of the sum over every process of the job (driver, GCS, raylet, workers), sampled
 every 0.2 s from /proc: RSS (double-counts the shared object store) and PSS (shares it out).
 Ray's own memory accounting only covers the object store and under-reports. Not a test.
