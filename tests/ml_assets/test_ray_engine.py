@@ -276,3 +276,26 @@ def test_cli_engine_ray_writes_what_the_local_cli_writes(ray_cluster, models, tr
     )  # fmt: skip
     assert refused.exit_code == 2
     assert "1 <= min_actors <= max_actors, got 3 and 1" in refused.output
+
+
+def test_actors_read_s3_through_the_datasets_storage_options(ray_cluster, models, transactions, s3_server, tmp_path):
+    """Input on S3 (moto on loopback): each actor opens the same files with the dataset's fsspec options."""
+    import s3fs
+
+    options = {"client_kwargs": {"endpoint_url": s3_server["endpoint_url"]}, "key": "testing", "secret": "testing"}
+    fs = s3fs.S3FileSystem(**options)
+    fs.mkdir("raylake")
+    fs.put(str(transactions / f"date={DAY}" / "part-0.parquet"), f"raylake/tx/date={DAY}/part-0.parquet")
+    source = ParquetDataset("s3://raylake/tx", partition_column="date", storage_options=options)
+    with ModelService.from_uri("mlflow", models.tracking_uri) as service:
+        model = service.open("models:/fraud@champion")
+        local = score_partition(
+            model.scorer, model.version, hive(transactions), hive(tmp_path / "local"), partition=DAY,
+            passthrough=["transaction_id"],
+        )  # fmt: skip
+        remote = score_partition(
+            model.scorer, model.version, source, hive(tmp_path / "ray"), partition=DAY,
+            passthrough=["transaction_id"], engine=engine_for(models.tracking_uri),
+        )  # fmt: skip
+    assert pq.read_table(remote.output_uri).equals(pq.read_table(local.output_uri))
+    assert read_lineage(remote.output_uri)["input"] == f"partition date={DAY} (s3://raylake/tx/date={DAY})"
