@@ -29,7 +29,7 @@ from ml_assets.resources.core.errors import MlAssetsError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.resources.registries.direct import DirectFiles
 from ml_assets.scoring import _Chunk, _conform, _Plan
-from ml_assets.service import ModelService
+from ml_assets.service import SECRET_OPTIONS, ModelService
 
 if TYPE_CHECKING:
     from ray.data import Dataset
@@ -52,7 +52,9 @@ class ModelServiceConfig:
         registry_options: options of the registry (e.g. ``registry_uri``, ``storage_options``).
         cache_dir: each node's local artifact cache (default ``~/.cache/ml-assets``).
         storage_options: fsspec options for model files named by URL.
-        runtime / runtime_options / secrets: as in ``ModelService``.
+        runtime / runtime_options / secrets: as in ``ModelService``. A secret left out is taken from
+            the building process's ``ML_ASSETS_TOKEN``/``_USERNAME``/``_PASSWORD``, as the CLI does,
+            so a cluster can hold its own credentials instead of receiving them.
     """
 
     registry: str | None = None
@@ -65,10 +67,11 @@ class ModelServiceConfig:
     secrets: Mapping[str, str | None] = field(default_factory=dict, repr=False)
 
     def build(self) -> ModelService:
+        secrets = {k: self.secrets.get(k) or os.environ.get(f"ML_ASSETS_{k.upper()}") for k in SECRET_OPTIONS}
         settings: dict[str, Any] = {
             "runtime": self.runtime,
             "runtime_options": self.runtime_options,
-            "secrets": self.secrets,
+            "secrets": secrets,
         }
         if self.registry is None:
             return ModelService(

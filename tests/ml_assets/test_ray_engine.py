@@ -299,3 +299,13 @@ def test_actors_read_s3_through_the_datasets_storage_options(ray_cluster, models
         )  # fmt: skip
     assert pq.read_table(remote.output_uri).equals(pq.read_table(local.output_uri))
     assert read_lineage(remote.output_uri)["input"] == f"partition date={DAY} (s3://raylake/tx/date={DAY})"
+
+
+def test_an_actor_takes_a_secret_it_was_not_given_from_its_environment(monkeypatch):
+    """Credentials can live on the cluster's nodes instead of travelling with the job."""
+    from ml_assets.ray_engine import ModelServiceConfig
+
+    monkeypatch.setenv("ML_ASSETS_TOKEN", "node-token")
+    monkeypatch.delenv("ML_ASSETS_PASSWORD", raising=False)
+    given = ModelServiceConfig(secrets={"username": "job-user"}).build()
+    assert given._secrets == {"token": "node-token", "username": "job-user", "password": None}
