@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ml_assets.resources.core.errors import MlAssetsError, PluginNotFoundError
+from ml_assets.resources.core.errors import MissingDependencyError, MlAssetsError, PluginNotFoundError
 from ml_assets.resources.core.signals import Interrupted, interrupt_on_signals
 from ml_assets.service import SECRET_OPTIONS
 
@@ -129,8 +129,11 @@ def _pipes_session(mode: str) -> Any:
 
     if mode == "off" or (mode == "auto" and "DAGSTER_PIPES_CONTEXT" not in os.environ):
         return contextlib.nullcontext(None)
-    from dagster_pipes import open_dagster_pipes
-
+    try:
+        from dagster_pipes import open_dagster_pipes
+    except ModuleNotFoundError as exc:
+        msg = "reporting to Dagster Pipes needs the package 'dagster-pipes': pip install 'dagster-ml-assets[pipes]'"
+        raise MissingDependencyError(msg) from exc
     return open_dagster_pipes()
 
 

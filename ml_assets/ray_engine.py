@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from ml_assets.datasets import ParquetDataset, PartitionReader, _filesystem
-from ml_assets.resources.core.errors import MlAssetsError, ScoringError
+from ml_assets.resources.core.errors import MissingDependencyError, MlAssetsError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.resources.registries.direct import DirectFiles
 from ml_assets.scoring import _Chunk, _conform, _Plan
@@ -39,7 +39,7 @@ ACTOR_START_TIMEOUT_S = 600
 
 
 class RayEngineError(MlAssetsError):
-    """The Ray cluster cannot run the job as configured (too few CPUs, not reachable, Ray not installed)."""
+    """The Ray cluster cannot run the job as configured (too few CPUs for the pool, a failed job)."""
 
 
 @dataclass(frozen=True)
@@ -288,7 +288,7 @@ def _import_ray() -> Any:
     try:
         import ray
         import ray.data
-    except ImportError as exc:
-        msg = "the Ray engine needs Ray Data: pip install 'dagster-ml-assets[ray]'"
-        raise RayEngineError(msg) from exc
+    except ModuleNotFoundError as exc:
+        msg = "the Ray engine needs the package 'ray' (Ray Data): pip install 'dagster-ml-assets[ray]'"
+        raise MissingDependencyError(msg) from exc
     return ray

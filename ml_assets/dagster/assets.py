@@ -2,7 +2,7 @@
 with model-aware asset checks and, optionally, a challenger model scored in the same pass."""
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 from dagster import AssetExecutionContext
