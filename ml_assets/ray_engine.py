@@ -285,6 +285,10 @@ def _unwrap(exc: BaseException, reader: PartitionReader) -> MlAssetsError:
 
 
 def _import_ray() -> Any:
+    # Ray's C++ core installs a SIGSEGV handler that kills the process; the JVM (H2O, PMML runtimes)
+    # raises and handles SIGSEGV on purpose, so a driver or actor with both would die. Read at import,
+    # and inherited by the workers of a local Ray this process starts.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     try:
         import ray
         import ray.data

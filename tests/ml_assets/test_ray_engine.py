@@ -35,7 +35,12 @@ def ray_cluster() -> Iterator[object]:
     """One local Ray for the module: 2 CPUs, no dashboard, loopback only; shut down at the end."""
     # Read by Ray at import: with it, the node's address is 127.0.0.1, not the machine's interface.
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray = pytest.importorskip("ray")
+    # As the engine sets it before importing Ray: no Ray SIGSEGV handler to kill the JVM's own traps.
+    os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"
+    pytest.importorskip("ray.data")
+    from ml_assets.ray_engine import _import_ray
+
+    ray = _import_ray()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
