@@ -314,3 +314,42 @@ def test_an_actor_takes_a_secret_it_was_not_given_from_its_environment(monkeypat
     monkeypatch.delenv("ML_ASSETS_PASSWORD", raising=False)
     given = ModelServiceConfig(secrets={"username": "job-user"}).build()
     assert given._secrets == {"token": "node-token", "username": "job-user", "password": None}
+
+
+def test_an_h2o_mojo_scores_on_ray_actors_like_in_one_process(ray_cluster, models, tmp_path):
+    """A JVM runtime in the driver and in every actor: the same rows as one process (Ray's SIGSEGV
+    handler, which would kill the JVM, is off)."""
+    from mlflow.models import infer_signature
+
+    from tests.ml_assets.test_inprocess_assets import MOJOS, register_file_model
+    from tests.resources.fixtures.make_h2o_mojos import training_frame
+
+    features = ["x0", "x1", "x2", "x3", "color", "size"]
+    frame = training_frame(12_000, seed=31)[features].round(6)
+    frame["row_id"] = np.arange(len(frame))
+    (tmp_path / "in" / f"date={DAY}").mkdir(parents=True)
+    pq.write_table(
+        pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "in" / f"date={DAY}" / "part-0.parquet",
+        row_group_size=2_000,
+    )  # fmt: skip
+    signature = infer_signature(training_frame(10, seed=1)[features])
+    version = register_file_model(models.tracking_uri, "gbm_mojo_ray", MOJOS / "binomial.zip", "h2o_mojo", signature)
+    with ModelService.from_uri("mlflow", models.tracking_uri) as service:
+        model = service.open(f"models:/gbm_mojo_ray/{version}")
+        outputs = [
+            score_partition(
+                model.scorer,
+                model.version,
+                hive(tmp_path / "in"),
+                hive(tmp_path / name),
+                partition=DAY,
+                passthrough=["row_id"],
+                chunk_rows=1_500,
+                nulls="pass",
+                engine=engine,
+            )
+            for name, engine in [("local", None), ("ray", engine_for(models.tracking_uri, max_actors=2))]
+        ]
+    local, ray_result = (pq.read_table(r.output_uri) for r in outputs)
+    assert ray_result.equals(local)
+    assert local.num_rows == 12_000
