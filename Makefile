@@ -36,6 +36,7 @@ bench: $(BIN)/python
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_inprocess.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_remote.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_s3_commit.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_ray.py
 
 lint: $(BIN)/python
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

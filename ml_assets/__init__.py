@@ -33,6 +33,10 @@ _EXPORTS = {
     "iter_scored_batches": "ml_assets.frames",
     "ScoredFrame": "ml_assets.frames",
     "ScoredBatches": "ml_assets.frames",
+    # the Ray engine (extra: ray; Ray itself is imported only when a job runs)
+    "RayEngine": "ml_assets.ray_engine",
+    "ModelServiceConfig": "ml_assets.ray_engine",
+    "RayEngineError": "ml_assets.ray_engine",
     # checks (pure; the Dagster layer maps them to AssetCheckResults)
     "CheckSettings": "ml_assets.checks",
     "CheckOutcome": "ml_assets.checks",
@@ -67,6 +71,7 @@ _EXPORTS = {
     "build_frame_scoring_asset": "ml_assets.dagster.frames",
     "ModelRegistryResource": "ml_assets.dagster.resources",
     "ModelRuntimeResource": "ml_assets.dagster.resources",
+    "RayEngineResource": "ml_assets.dagster.resources",
     "ScoringPipelineComponent": "ml_assets.dagster.components",
     "build_model_promotion_sensor": "ml_assets.sensors.promotion",
     "build_partition_schedule": "ml_assets.sensors.schedules",
@@ -91,6 +96,7 @@ __all__ = [
     "ModelRegistryResource",
     "ModelRuntimeResource",
     "ModelService",
+    "ModelServiceConfig",
     "ModelVersion",
     "ParquetDataset",
     "PluginNotFoundError",
@@ -98,6 +104,9 @@ __all__ = [
     "Promotion",
     "PromotionCursor",
     "PromotionWatch",
+    "RayEngine",
+    "RayEngineError",
+    "RayEngineResource",
     "Registry",
     "RegistryUnavailableError",
     "Runtime",
@@ -126,10 +135,11 @@ if TYPE_CHECKING:
     from ml_assets.dagster.assets import build_scoring_asset
     from ml_assets.dagster.components import ScoringPipelineComponent
     from ml_assets.dagster.frames import build_frame_scoring_asset
-    from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
+    from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource, RayEngineResource
     from ml_assets.datasets import ParquetDataset, read_lineage
     from ml_assets.frames import ScoredBatches, ScoredFrame, iter_scored_batches, score_frame
     from ml_assets.promotion import Promotion, PromotionCursor, PromotionWatch
+    from ml_assets.ray_engine import ModelServiceConfig, RayEngine, RayEngineError
     from ml_assets.resources.core.errors import (
         ArtifactError,
         DatasetError,

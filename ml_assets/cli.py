@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ml_assets.resources.core.errors import MlAssetsError, PluginNotFoundError
+from ml_assets.resources.core.errors import MissingDependencyError, MlAssetsError, PluginNotFoundError
 from ml_assets.resources.core.signals import Interrupted, interrupt_on_signals
 from ml_assets.service import SECRET_OPTIONS
 
@@ -76,7 +76,80 @@ def main() -> None:
 @click.option("--nulls", type=click.Choice(["error", "pass"]), default="error", show_default=True)
 @click.option("--version-column", help="Add a column holding the model version.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def score(
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: read and score on Ray actors (extra: ray); the output is still committed here, atomically.",
+)
+@click.option("--ray-address", help="Ray cluster to join (auto, ray://head:10001); default: start a local Ray.")
+@click.option("--actors", default="1,2", show_default=True, metavar="MIN,MAX", help="Ray actor pool size.")
+@click.option("--cpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option(
+    "--pipes",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Report the materialization to Dagster Pipes (auto: when launched by a Pipes client). "
+    "Under Pipes, --partition KEY (no value) takes the run's partition key.",
+)
+def score(pipes: str, partition: str | None, engine: str, **params: Any) -> None:
+    """Score INPUT_URI (a Parquet dataset) with MODEL_REF and write OUTPUT_URI."""
+    with _pipes_session(pipes) as session:
+        if session is not None:
+            partition = _pipes_partition(partition, session)
+        result = _score(partition=partition, engine=engine, **params)
+        version = result.version
+        click.echo(
+            f"model {version.name} version {version.version} ({version.uri})\n"
+            f"rows: {result.rows_out:,}\nseconds: {result.seconds:.2f}\n"
+            f"rows/s: {result.rows_per_second:,.0f}\noutput: {result.output_uri}"
+        )
+        if session is not None:
+            session.report_asset_materialization(
+                metadata={
+                    **{k: {"raw_value": v, "type": "text"} for k, v in version.lineage().items() if v is not None},
+                    "rows_in": {"raw_value": result.rows_in, "type": "int"},
+                    "rows_out": {"raw_value": result.rows_out, "type": "int"},
+                    "dagster/row_count": {"raw_value": result.rows_out, "type": "int"},
+                    "seconds": {"raw_value": round(result.seconds, 3), "type": "float"},
+                    "rows_per_second": {"raw_value": round(result.rows_per_second, 1), "type": "float"},
+                    "chunks": {"raw_value": result.chunks, "type": "int"},
+                    "output": {"raw_value": result.output_uri, "type": "path"},
+                    "engine": {"raw_value": engine, "type": "text"},
+                },
+                data_version=f"{version.name}/{version.version}",
+            )
+
+
+def _pipes_session(mode: str) -> Any:
+    """``open_dagster_pipes()`` when launched by a Pipes client (or ``--pipes on``); else no session."""
+    import contextlib
+
+    if mode == "off" or (mode == "auto" and "DAGSTER_PIPES_CONTEXT" not in os.environ):
+        return contextlib.nullcontext(None)
+    try:
+        from dagster_pipes import open_dagster_pipes
+    except ModuleNotFoundError as exc:
+        msg = "reporting to Dagster Pipes needs the package 'dagster-pipes': pip install 'dagster-ml-assets[pipes]'"
+        raise MissingDependencyError(msg) from exc
+    return open_dagster_pipes()
+
+
+def _pipes_partition(partition: str | None, session: Any) -> str | None:
+    if partition is None or "=" in partition:
+        return partition
+    key = session.partition_key if session.is_partition_step else None
+    if key is None:
+        raise click.BadParameter(
+            f"{partition!r} takes the run's partition key, and this run has none", param_hint="--partition"
+        )
+    return f"{partition}={key}"
+
+
+def _score(
+    *,
     model_ref: str,
     input_uri: str,
     output_uri: str,
@@ -94,8 +167,11 @@ def score(
     nulls: str,
     version_column: str | None,
     quiet: bool,
-) -> None:
-    """Score INPUT_URI (a Parquet dataset) with MODEL_REF and write OUTPUT_URI."""
+    engine: str,
+    ray_address: str | None,
+    actors: str,
+    cpus_per_actor: float,
+) -> Any:
     from tqdm import tqdm
 
     from ml_assets.datasets import ParquetDataset
@@ -114,17 +190,40 @@ def score(
         options["features"] = _split(features)
     if outputs:
         options["outputs"] = _split(outputs)
+    secrets = {k: os.environ.get(f"ML_ASSETS_{k.upper()}") for k in SECRET_OPTIONS}
+    parsed_registry_options = _key_values(registry_options, "--registry-option")
     try:
         service = ModelService.from_uri(
-            registry_kind,
-            registry_uri,
-            registry_options=_key_values(registry_options, "--registry-option"),
-            runtime=runtime,
-            secrets={k: os.environ.get(f"ML_ASSETS_{k.upper()}") for k in SECRET_OPTIONS},
+            registry_kind, registry_uri, registry_options=parsed_registry_options, runtime=runtime, secrets=secrets
         )
         version = service.resolve(model_ref)
         click.echo(f"{model_ref} -> {version.describe()} ({version.format}, {version.uri})", err=True)
         service.runtime_options[service.runtime_for(version)] = options
+        ray_engine = None
+        if engine == "ray":
+            from ml_assets.ray_engine import ModelServiceConfig, RayEngine
+
+            models = ModelServiceConfig(
+                registry=registry_kind,
+                uri=registry_uri,
+                registry_options=parsed_registry_options,
+                runtime=runtime,
+                runtime_options=service.runtime_options,
+                secrets=secrets,
+            )
+            low, _, high = actors.partition(",")
+            try:
+                ray_engine = RayEngine(
+                    models=models,
+                    address=ray_address,
+                    min_actors=int(low),
+                    max_actors=int(high or low),
+                    cpus_per_actor=cpus_per_actor,
+                )
+            except ValueError as exc:
+                raise click.BadParameter(
+                    f"expected MIN,MAX or N actors, got {actors!r}: {exc}", param_hint="--actors"
+                ) from None
         with service:
             scorer = service.load(version)
             # delay: no empty bar before the first chunk tells the total
@@ -145,16 +244,13 @@ def score(
                     nulls=nulls,  # type: ignore[arg-type]
                     version_column=version_column,
                     on_progress=show,
+                    engine=ray_engine,
                 )
     except PluginNotFoundError as exc:
         raise click.UsageError(str(exc)) from exc
     except MlAssetsError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(
-        f"model {version.name} version {version.version} ({version.uri})\n"
-        f"rows: {result.rows_out:,}\nseconds: {result.seconds:.2f}\n"
-        f"rows/s: {result.rows_per_second:,.0f}\noutput: {result.output_uri}"
-    )
+    return result
 
 
 @main.command()

@@ -174,6 +174,14 @@ class PartitionReader:
                             counts[name] += stats.null_count
         return counts
 
+    def row_groups(self) -> list[tuple[str, int, int]]:
+        """``(file, row group index, rows)`` in read order: units of work for a distributed engine."""
+        return [
+            (fragment.path, i, fragment.metadata.row_group(i).num_rows)
+            for fragment in self._dataset.get_fragments()
+            for i in range(fragment.metadata.num_row_groups)
+        ]
+
     def batches(self, columns: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
         """Chunks in file order. Read-ahead is bounded so memory follows chunk size, not partition size."""
         scanner = self._dataset.scanner(

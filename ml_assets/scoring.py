@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +34,9 @@ from ml_assets.datasets import AtomicPartitionWriter, ParquetDataset, PartitionR
 from ml_assets.resources.core.errors import DatasetError, MlAssetsError, SchemaMismatchError, ScoringError
 from ml_assets.resources.core.models import ModelVersion, Scorer
 from ml_assets.summary import Comparison, ScoreSummary
+
+if TYPE_CHECKING:
+    from ml_assets.ray_engine import RayEngine
 
 NullPolicy = Literal["error", "pass"]
 DEFAULT_CHUNK_ROWS = 65_536
@@ -253,6 +256,7 @@ def score_partition(
     queue_depth: int | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     extra_metadata: dict[str, Any] | None = None,
+    engine: RayEngine | None = None,
 ) -> ScoringResult:
     """Score one partition of ``source`` with ``scorer`` and commit the output to ``dest``.
 
@@ -265,6 +269,9 @@ def score_partition(
         challengers: more models scored in the same pass, each into its own output; the result
             compares each with ``scorer`` (agreement, mean absolute difference).
         queue_depth: chunks in flight between reading and writing (default: 2 per scoring thread + 2).
+        engine: None reads and scores in this process; a ``RayEngine`` reads and scores on Ray actors
+            (each loads ``version``, pinned) and streams the results back, in order, to this process's
+            writer: the same plan, atomic commit, lineage and summaries.
     """
     check_chunk_rows(chunk_rows)
     started = time.perf_counter()
@@ -290,8 +297,12 @@ def score_partition(
                 **(extra_metadata or {}),
             }
             writers.append(AtomicPartitionWriter(lane_dest, partition, lane.plan.output_schema, metadata))
-        batches = reader.batches(read_columns, chunk_rows)
-        with contextlib.closing(_pipeline(batches, lanes, queue_depth=queue_depth, where=reader.where)) as scored:
+        if engine is None:
+            batches = reader.batches(read_columns, chunk_rows)
+            scored = _pipeline(batches, lanes, queue_depth=queue_depth, where=reader.where)
+        else:
+            scored = _scored_elsewhere(engine.scored_chunks(reader, [lane.plan for lane in lanes], chunk_rows), lanes)
+        with contextlib.closing(scored):
             for item in scored:
                 for writer, output in zip(writers, item.outputs, strict=True):
                     writer.write(output)
@@ -411,6 +422,27 @@ def _pipeline(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _scored_elsewhere(
+    chunks: Iterator[tuple[_Chunk, list[pa.RecordBatch]]], lanes: Sequence[_Lane]
+) -> Iterator[_Scored]:
+    """Chunks an engine scored (Ray actors), arriving in input order, through the same checks,
+    output batches and summaries as chunks scored here."""
+    with contextlib.closing(chunks):
+        for chunk, predictions in chunks:
+            checked = [lane.predictions(chunk, _done(p)) for lane, p in zip(lanes, predictions, strict=True)]
+            outputs = []
+            for lane, lane_predictions in zip(lanes, checked, strict=True):
+                outputs.append(lane.plan.output_batch(chunk, lane_predictions))
+                lane.summary.update(lane_predictions)
+            yield _Scored(chunk, checked, outputs)
+
+
+def _done(predictions: pa.RecordBatch) -> Future[pa.RecordBatch]:
+    future: Future[pa.RecordBatch] = Future()
+    future.set_result(predictions)
+    return future
+
+
 def _conform(predictions: pa.RecordBatch, schema: pa.Schema, plan: _Plan, chunk: _Chunk) -> pa.RecordBatch:
     if predictions.schema.names != schema.names:
         msg = (
@@ -423,6 +455,12 @@ def _conform(predictions: pa.RecordBatch, schema: pa.Schema, plan: _Plan, chunk:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         msg = f"{plan.where}, chunk {chunk.index} ({chunk.rows}): predictions do not fit {schema}: {exc}"
         raise ScoringError(msg) from exc
+
+
+def _done(predictions: pa.RecordBatch) -> Future[pa.RecordBatch]:
+    future: Future[pa.RecordBatch] = Future()
+    future.set_result(predictions)
+    return future
 
 
 def _drain(q: queue.Queue[Any]) -> None:

@@ -2,7 +2,7 @@
 with model-aware asset checks and, optionally, a challenger model scored in the same pass."""
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 from dagster import AssetExecutionContext
@@ -16,7 +16,7 @@ from ml_assets.checks import (
     evaluate_checks,
     worst,
 )
-from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
+from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource, RayEngineResource
 from ml_assets.datasets import ParquetDataset, PartitionReader
 from ml_assets.resources.core.errors import MlAssetsError
 from ml_assets.resources.core.models import ModelVersion
@@ -55,6 +55,9 @@ def build_scoring_asset(
     tags: Mapping[str, str] | None = None,
     registry_key: str = "model_registry",
     runtime_key: str = "model_runtime",
+    engine: Literal["local", "ray"] = "local",
+    engine_key: str = "ray_engine",
+    pool: str | None = None,
 ) -> dg.AssetsDefinition:
     """An asset whose materialization scores the input partition named by the partition key.
 
@@ -74,6 +77,11 @@ def build_scoring_asset(
             ``<name>_challenger``).
         registry_key / runtime_key: resource keys of a ``ModelRegistryResource`` and a
             ``ModelRuntimeResource``.
+        engine: ``local`` scores in the run's process; ``ray`` scores each partition on the Ray
+            cluster of the ``RayEngineResource`` under ``engine_key`` (the version stays pinned).
+        pool: Dagster concurrency pool of the asset: with a pool limit on the instance, a backfill
+            (e.g. ``BackfillPolicy.multi_run(max_partitions_per_run=N)``) never runs more than that
+            many scoring steps at once, so it cannot overload a model server or a cluster.
     """
     source = _as_dataset(input_dataset, partition_column)
     dest = _as_dataset(output_dataset, partition_column)
@@ -107,7 +115,8 @@ def build_scoring_asset(
         check_specs=check_specs,
         partitions_def=partitions_def,
         backfill_policy=backfill_policy,
-        required_resource_keys={registry_key, runtime_key},
+        required_resource_keys={registry_key, runtime_key, *([engine_key] if engine == "ray" else [])},
+        pool=pool,
     )
     def _score(context: AssetExecutionContext) -> Iterator[Any]:
         registry: ModelRegistryResource = getattr(context.resources, registry_key)
@@ -119,6 +128,10 @@ def build_scoring_asset(
         else:
             partitions = [context.partition_key]
         service = runtime.service(registry)
+        ray_engine = None
+        if engine == "ray":
+            engine_resource: RayEngineResource = getattr(context.resources, engine_key)
+            ray_engine = engine_resource.engine(registry, runtime)
         try:
             version = service.resolve(model)
             context.log.info(f"{model} resolves to {version.describe()} ({version.format})")
@@ -153,6 +166,7 @@ def build_scoring_asset(
                     challengers=contenders,
                     on_progress=_progress_logger(context, partition),
                     extra_metadata={"dagster_run_id": context.run_id, "asset": main_key.to_user_string()},
+                    engine=ray_engine,
                 )
                 for partition in partitions
             ]

@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from ml_assets.ray_engine import ModelServiceConfig, RayEngine
 from ml_assets.resources.core.models import ModelVersion, Registry
 from ml_assets.resources.core.plugins import create_registry
 from ml_assets.resources.registries.direct import DirectFiles
@@ -109,3 +110,49 @@ class ModelRuntimeResource(dg.ConfigurableResource):
             services, self._services = self._services, []
         for service in services:
             service.close()
+
+
+class RayEngineResource(dg.ConfigurableResource):
+    """Scores each partition on a Ray cluster (extra: ``ray``) instead of in the run's own process.
+
+    Actors load the version the run resolved (pinned), with the registry and runtime settings of
+    the asset's resources; output, lineage and checks are those of a local run.
+
+    Example:
+        ```python
+        RayEngineResource(address=dg.EnvVar("RAY_ADDRESS"), max_actors=8, cpus_per_actor=2)
+        ```
+    """
+
+    address: str | None = Field(
+        default=None, description="Cluster to join (auto, ray://head:10001); None starts a local Ray in the run."
+    )
+    min_actors: int = Field(default=1, description="Actors started up front; each loads the model once.")
+    max_actors: int = Field(default=2, description="Upper bound of the actor pool; Ray Data grows it with the backlog.")
+    cpus_per_actor: float = Field(default=1.0, description="CPUs each actor reserves (match the runtime's threads).")
+    init_options: dict[str, Any] = Field(
+        default_factory=dict, description="More ray.init arguments (runtime_env, ...) when the run starts Ray."
+    )
+
+    def engine(self, registry: ModelRegistryResource, runtime: ModelRuntimeResource) -> RayEngine:
+        options = dict(registry.options)
+        if registry.registry_uri is not None:
+            options["registry_uri"] = registry.registry_uri
+        models = ModelServiceConfig(
+            registry=registry.kind,
+            uri=registry.uri,
+            registry_options=options,
+            cache_dir=registry.cache_dir,
+            storage_options=registry.options.get("storage_options") or {},
+            runtime=runtime.runtime,
+            runtime_options=runtime.options,
+            secrets={"token": runtime.token, "username": runtime.username, "password": runtime.password},
+        )
+        return RayEngine(
+            models=models,
+            address=self.address,
+            min_actors=self.min_actors,
+            max_actors=self.max_actors,
+            cpus_per_actor=self.cpus_per_actor,
+            init_options=self.init_options,
+        )

@@ -26,7 +26,7 @@ import dagster as dg
 from pydantic import Field
 
 from ml_assets import CheckSettings, build_scoring_asset
-from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
+from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource, RayEngineResource
 from ml_assets.datasets import ParquetDataset
 from ml_assets.resources.core.models import ModelRef
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS
@@ -53,6 +53,14 @@ class RegistryConfig(dg.Resolvable, dg.Model):
 class RuntimeConfig(dg.Resolvable, dg.Model):
     runtime: str | None = Field(default=None, description="Force a runtime; default: the model's format.")
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Options per runtime name.")
+
+
+class EngineConfig(dg.Resolvable, dg.Model):
+    kind: Literal["local", "ray"] = Field(default="local", description="ray: score each partition on a Ray cluster.")
+    address: str | None = Field(default=None, description="Ray cluster (auto, ray://head:10001); None: local Ray.")
+    min_actors: int = 1
+    max_actors: int = 2
+    cpus_per_actor: float = 1.0
 
 
 class DailyPartitionsConfig(dg.Resolvable, dg.Model):
@@ -166,9 +174,15 @@ with warnings.catch_warnings():
         group_name: str | None = None
         key_prefix: list[str] | None = None
         single_run_backfills: bool = Field(default=True, description="A backfill loads the model once for its range.")
+        max_partitions_per_run: int | None = Field(
+            default=None, description="Backfills as runs of at most this many partitions (BackfillPolicy.multi_run)."
+        )
+        pool: str | None = Field(default=None, description="Dagster concurrency pool limiting scoring steps at once.")
+        engine: EngineConfig = Field(default_factory=EngineConfig, description="Where partitions are scored.")
 
         def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
             registry_key, runtime_key = f"{self.name}_model_registry", f"{self.name}_model_runtime"
+            engine_key = f"{self.name}_ray_engine"
             partitions_def = self.partitions.definition() if self.partitions else None
             checks = None if self.checks is None else CheckSettings(**self.checks.model_dump())
             asset = build_scoring_asset(
@@ -188,11 +202,12 @@ with warnings.catch_warnings():
                 challenger_name=self.challenger.name if self.challenger else None,
                 key_prefix=self.key_prefix,
                 group_name=self.group_name,
-                backfill_policy=dg.BackfillPolicy.single_run()
-                if self.single_run_backfills and partitions_def
-                else None,
+                backfill_policy=self._backfill_policy(partitions_def),
                 registry_key=registry_key,
                 runtime_key=runtime_key,
+                engine=self.engine.kind,
+                engine_key=engine_key,
+                pool=self.pool,
             )
             main_key = next(iter(asset.keys_by_output_name.values())) if asset.keys else None
             sensors, schedules = [], []
@@ -250,5 +265,19 @@ with warnings.catch_warnings():
                         options=registry.options,
                     ),
                     runtime_key: ModelRuntimeResource(runtime=self.runtime.runtime, options=self.runtime.options),
+                    **({engine_key: self._ray_engine()} if self.engine.kind == "ray" else {}),
                 },
+            )
+
+        def _backfill_policy(self, partitions_def: dg.PartitionsDefinition | None) -> dg.BackfillPolicy | None:
+            if partitions_def is None:
+                return None
+            if self.max_partitions_per_run is not None:
+                return dg.BackfillPolicy.multi_run(max_partitions_per_run=self.max_partitions_per_run)
+            return dg.BackfillPolicy.single_run() if self.single_run_backfills else None
+
+        def _ray_engine(self) -> RayEngineResource:
+            e = self.engine
+            return RayEngineResource(
+                address=e.address, min_actors=e.min_actors, max_actors=e.max_actors, cpus_per_actor=e.cpus_per_actor
             )
