@@ -12,9 +12,8 @@ from datetime import datetime
 
 from airflow.sdk import Asset, AssetWatcher, dag
 
+from ml_assets.airflow import ModelPromotionEventTrigger, ScorePartitionOperator, StalePartitionsOperator
 from ml_assets.airflow.example_dags import FRAUD_SCORES, MODEL, PARAMS, PASSTHROUGH, POLL_INTERVAL_S
-from ml_assets.airflow.operators import ScorePartitionOperator, StalePartitionsOperator
-from ml_assets.airflow.triggers import ModelPromotionEventTrigger
 
 FRAUD_CHAMPION = Asset(
     name="fraud_champion",

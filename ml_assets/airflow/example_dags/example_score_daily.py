@@ -6,8 +6,8 @@ from datetime import datetime
 
 from airflow.sdk import dag
 
+from ml_assets.airflow import ScorePartitionOperator
 from ml_assets.airflow.example_dags import FRAUD_SCORES, PARAMS, PASSTHROUGH
-from ml_assets.airflow.operators import ScorePartitionOperator
 
 
 @dag(
