@@ -6,7 +6,7 @@
            (artifact cache, runtimes: the same path as everywhere), reads its row group from the same
            files, applies the same plan, scores
       -> results stream back in input order (preserve_order) to score_partition's writer thread
-      -> AtomicPartitionWriter: temporary name, one rename; lineage metadata, summaries, checks unchanged
+      -> AtomicPartitionWriter: the one commit protocol; lineage metadata, summaries, checks unchanged
 
 Why not Ray's read_parquet/write_parquet: a row group as the unit of work gives every chunk its exact
 row numbers (errors name them, as in one process), and leaves no separate read tasks to starve when the
