@@ -198,16 +198,10 @@ class Scorer(Protocol):
     """
 
     concurrency: int
-
-    @property
-    def input_schema(self) -> pa.Schema:
-        """The columns (names and types) the model reads."""
-        ...
-
-    @property
-    def output_schema(self) -> pa.Schema:
-        """The prediction columns ``score`` returns, in order."""
-        ...
+    input_schema: pa.Schema
+    """The columns (names and types) the model reads."""
+    output_schema: pa.Schema
+    """The prediction columns ``score`` returns, in order."""
 
     def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Predictions for ``batch``'s rows, in the same order; raise on failure, never return fewer rows."""

@@ -111,7 +111,7 @@ class H2oMojoScorer:
             else:
                 self._domains.append(pa.array([str(level) for level in domain], pa.string()))
                 fields.append(pa.field(name, pa.string()))
-        self._input_schema = pa.schema(fields)
+        self.input_schema = pa.schema(fields)
         if self.category in _CLASSIFIERS:
             self._labels = pa.array([str(level) for level in self._java.responseDomain()], pa.string())
             out = [pa.field("predict", pa.string())]
@@ -119,19 +119,11 @@ class H2oMojoScorer:
         else:
             self._labels = None
             out = [pa.field("predict", pa.float64())]
-        self._output_schema = pa.schema(out)
-
-    @property
-    def input_schema(self) -> pa.Schema:
-        return self._input_schema
-
-    @property
-    def output_schema(self) -> pa.Schema:
-        return self._output_schema
+        self.output_schema = pa.schema(out)
 
     def _encode(self, batch: pa.RecordBatch, matrix: np.ndarray) -> None:
         """Fills ``matrix`` (features x rows) with the batch as H2O reads it."""
-        for j, (field, domain) in enumerate(zip(self._input_schema, self._domains, strict=True)):
+        for j, (field, domain) in enumerate(zip(self.input_schema, self._domains, strict=True)):
             column = batch.column(j)
             if domain is None:
                 matrix[j] = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
@@ -153,7 +145,7 @@ class H2oMojoScorer:
     def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         n = batch.num_rows
         if n == 0:
-            return empty_batch(self._output_schema)
+            return empty_batch(self.output_schema)
         with self._lock:
             # Java reads and writes these numpy buffers in place (no copy through JNI arrays).
             matrix, in_buffer = self._buffers.get("in", (len(self._domains), n))
@@ -172,7 +164,7 @@ class H2oMojoScorer:
             label_index = pa.array(preds[:, 0].astype(np.int32))
             arrays = [self._labels.take(label_index)]
             arrays += [pa.array(np.ascontiguousarray(preds[:, k])) for k in range(1, self._preds)]
-        return pa.RecordBatch.from_arrays(arrays, schema=self._output_schema)
+        return pa.RecordBatch.from_arrays(arrays, schema=self.output_schema)
 
     def close(self) -> None:
         java, self._java = getattr(self, "_java", None), None

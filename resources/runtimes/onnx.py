@@ -130,9 +130,9 @@ class OnnxScorer:
         self._inputs = session.get_inputs()
         self._columns, self._matrix_dtype = self._map_inputs(features)
         self._output_names = [o.name for o in session.get_outputs()]
-        self._input_schema = pa.schema([pa.field(name, arrow) for name, arrow in self._columns])
+        self.input_schema = pa.schema([pa.field(name, arrow) for name, arrow in self._columns])
         probe = self._run(
-            pa.RecordBatch.from_pylist([dict.fromkeys(self._input_schema.names)], schema=self._input_schema),
+            pa.RecordBatch.from_pylist([dict.fromkeys(self.input_schema.names)], schema=self.input_schema),
             keep=None,
             probe=True,
         )
@@ -143,26 +143,18 @@ class OnnxScorer:
                 msg = f"{version.describe()}: no output column(s) {unknown}; the model gives {all_outputs.names}"
                 raise SchemaMismatchError(msg)
         self._keep = outputs
-        self._output_schema = pa.schema([all_outputs.field(c) for c in outputs]) if outputs else all_outputs
+        self.output_schema = pa.schema([all_outputs.field(c) for c in outputs]) if outputs else all_outputs
         # Only ask onnxruntime for the outputs the kept columns come from.
         self._needed = [
             n
             for n in self._output_names
-            if any(c == n or c.startswith(self._prefix(n)) for c in self._output_schema.names)
+            if any(c == n or c.startswith(self._prefix(n)) for c in self.output_schema.names)
         ]
-
-    @property
-    def input_schema(self) -> pa.Schema:
-        return self._input_schema
 
     @property
     def classes(self) -> list[Any] | None:
         """A classifier's class labels (from its ZipMap or classifier node); None for regressors."""
         return next((labels for labels in self._labels.values() if labels), None)
-
-    @property
-    def output_schema(self) -> pa.Schema:
-        return self._output_schema
 
     def _map_inputs(self, features: list[str] | None) -> tuple[list[tuple[str, pa.DataType]], Any]:
         """The data columns the model reads, and the matrix dtype when it takes one [N, K] tensor."""
@@ -243,15 +235,15 @@ class OnnxScorer:
 
     def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         if batch.num_rows == 0:
-            return pa.RecordBatch.from_pylist([], schema=self._output_schema)
+            return pa.RecordBatch.from_pylist([], schema=self.output_schema)
         try:
-            out = self._run(batch, keep=self._output_schema.names)
+            out = self._run(batch, keep=self.output_schema.names)
         except ScoringError:
             raise
         except Exception as exc:  # onnxruntime's errors carry the failing node's name
             msg = f"{self.version.describe()}: onnxruntime failed: {exc}"
             raise ScoringError(msg) from exc
-        return out.cast(self._output_schema) if out.schema != self._output_schema else out
+        return out.cast(self.output_schema) if out.schema != self.output_schema else out
 
     def close(self) -> None:
         self.session = None

@@ -111,13 +111,13 @@ class PmmlScorer:
                 kinds.append(1)
                 slots.append(n_string)
                 n_string += 1
-        self._input_schema = pa.schema(fields)
+        self.input_schema = pa.schema(fields)
         self._kinds, self._slots = kinds, slots
         self._n_numeric, self._n_string = n_numeric, n_string
         out_names = [str(n) for n in self._java.outputNames()]
         out_types = [str(t).lower() for t in self._java.outputTypes()]
         self._numeric_out = [t in _OUTPUT_TYPES for t in out_types]
-        self._output_schema = pa.schema(
+        self.output_schema = pa.schema(
             [
                 pa.field(name, pa.float64() if numeric else pa.string())
                 for name, numeric in zip(out_names, self._numeric_out, strict=True)
@@ -136,7 +136,7 @@ class PmmlScorer:
                 raise Unsupported("string inputs")
             if not all(self._numeric_out):
                 raise Unsupported("string outputs")
-            forest = flatten(pmml_path, self._input_schema.names, self._output_schema.names)
+            forest = flatten(pmml_path, self.input_schema.names, self.output_schema.names)
         except Unsupported as exc:
             if required:
                 msg = f"{self.version.describe()}: engine='compiled' cannot evaluate this PMML: {exc}"
@@ -160,7 +160,7 @@ class PmmlScorer:
             threads,
         )
         self._forest_meta = forest
-        sample = verification_batch(self._input_schema, forest, rows=verify_rows)
+        sample = verification_batch(self.input_schema, forest, rows=verify_rows)
         ours, theirs = self._score_compiled(sample), self._score_pmml4s(sample)
         same = all(
             np.array_equal(a.to_numpy(zero_copy_only=False), b.to_numpy(zero_copy_only=False), equal_nan=True)
@@ -175,14 +175,6 @@ class PmmlScorer:
             warnings.warn(msg + "; scoring with pmml4s", stacklevel=3)
             return
         self.engine = "compiled"
-
-    @property
-    def input_schema(self) -> pa.Schema:
-        return self._input_schema
-
-    @property
-    def output_schema(self) -> pa.Schema:
-        return self._output_schema
 
     def _columns(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, list[str]]:
         n = batch.num_rows
@@ -203,16 +195,16 @@ class PmmlScorer:
         return numeric, codes, dictionary
 
     def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        missing = [name for name in self._input_schema.names if batch.schema.get_field_index(name) < 0]
+        missing = [name for name in self.input_schema.names if batch.schema.get_field_index(name) < 0]
         if missing:
             msg = (
                 f"{self.version.describe()}: the data lacks PMML input field(s) {missing}; "
-                f"the model reads {self._input_schema.names}"
+                f"the model reads {self.input_schema.names}"
             )
             raise SchemaMismatchError(msg)
-        batch = batch.select(self._input_schema.names)
+        batch = batch.select(self.input_schema.names)
         if batch.num_rows == 0:
-            return empty_batch(self._output_schema)
+            return empty_batch(self.output_schema)
         if self._forest is not None:
             return self._score_compiled(batch)
         return self._score_pmml4s(batch)
@@ -240,7 +232,7 @@ class PmmlScorer:
             for k, column in enumerate(rest.columns):
                 outputs[k, deferred] = column.to_numpy(zero_copy_only=False)
         arrays = [pa.array(outputs[k], mask=np.isnan(outputs[k])) for k in range(outputs.shape[0])]
-        return pa.RecordBatch.from_arrays(arrays, schema=self._output_schema)
+        return pa.RecordBatch.from_arrays(arrays, schema=self.output_schema)
 
     def _score_pmml4s(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         n = batch.num_rows
@@ -274,7 +266,7 @@ class PmmlScorer:
             else:
                 arrays.append(pa.array(texts[str_k * n : (str_k + 1) * n], pa.string()))
                 str_k += 1
-        return pa.RecordBatch.from_arrays(arrays, schema=self._output_schema)
+        return pa.RecordBatch.from_arrays(arrays, schema=self.output_schema)
 
     def close(self) -> None:
         for attr in ("_java", "_forest"):

@@ -249,7 +249,7 @@ class PyfuncScorer:
         self.max_retries = max_retries
         self.batch_timeout_s = batch_timeout_s
         self.load_timeout_s = load_timeout_s
-        self._input_schema, self._output_schema = _signature_schemas(model_dir, version)
+        self.input_schema, self.output_schema = _signature_schemas(model_dir, version)
         self._local: _LoadedModel | None = None
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
@@ -269,8 +269,8 @@ class PyfuncScorer:
             except BaseException:
                 self.close()
                 raise
-        if self._output_schema is None:
-            self._output_schema = self._probe_outputs()
+        if self.output_schema is None:
+            self.output_schema = self._probe_outputs()
 
     def _start_worker(self) -> _Worker:
         worker = _Worker(self.model_dir, self.version, load_timeout_s=self.load_timeout_s)
@@ -282,19 +282,11 @@ class PyfuncScorer:
     def _probe_outputs(self) -> pa.Schema:
         """Output columns of a model whose signature does not name them: predict on one empty-ish row."""
         example = pa.RecordBatch.from_arrays(
-            [pa.array([None], f.type).fill_null(_zero(f.type)) for f in self._input_schema],
-            schema=self._input_schema,
+            [pa.array([None], f.type).fill_null(_zero(f.type)) for f in self.input_schema],
+            schema=self.input_schema,
         )
         columns = self._predict(example)
         return pa.schema([pa.field(k, pa.array(v).type) for k, v in columns.items()])
-
-    @property
-    def input_schema(self) -> pa.Schema:
-        return self._input_schema
-
-    @property
-    def output_schema(self) -> pa.Schema:
-        return self._output_schema
 
     def _predict(self, batch: pa.RecordBatch) -> dict[str, Any]:
         if self._local is not None:
@@ -371,17 +363,17 @@ class PyfuncScorer:
     def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         n = batch.num_rows
         if n == 0:
-            return empty_batch(self._output_schema)
+            return empty_batch(self.output_schema)
         columns = self._predict(batch)
-        if len(self._output_schema) == 1 and len(columns) == 1:
+        if len(self.output_schema) == 1 and len(columns) == 1:
             # One unnamed output in the signature: a returned Series keeps its own name.
-            columns = {self._output_schema.names[0]: next(iter(columns.values()))}
+            columns = {self.output_schema.names[0]: next(iter(columns.values()))}
         arrays = []
-        for field in self._output_schema:
+        for field in self.output_schema:
             if field.name not in columns:
                 msg = (
                     f"{self.version.describe()}: predict returned columns {sorted(columns)}, "
-                    f"expected {self._output_schema.names}"
+                    f"expected {self.output_schema.names}"
                 )
                 raise ScoringError(msg)
             values = columns[field.name]
@@ -394,7 +386,7 @@ class PyfuncScorer:
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 msg = f"{self.version.describe()}: output {field.name!r} is {array.type}, expected {field.type}: {exc}"
                 raise ScoringError(msg) from exc
-        return pa.RecordBatch.from_arrays(arrays, schema=self._output_schema)
+        return pa.RecordBatch.from_arrays(arrays, schema=self.output_schema)
 
     def close(self) -> None:
         with self._lock:

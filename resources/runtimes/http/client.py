@@ -299,7 +299,7 @@ class HttpScorer:
         # Without an explicit choice, the plain MLflow endpoint tries Parquet and falls back to CSV.
         self._fallback_payload = "csv" if runtime.payload is None and self.payload == "parquet" else None
         self.concurrency = runtime.concurrency
-        self._input_schema = pa.schema([pa.field(n, t) for n, t in inputs])
+        self.input_schema = pa.schema([pa.field(n, t) for n, t in inputs])
         self._secrets = [s for s in (runtime.token, runtime.password, *(runtime.headers or {}).values()) if s]
         parts = urlsplit(self.url)
         if parts.password:
@@ -327,20 +327,12 @@ class HttpScorer:
         self.requests_sent = 0
         self.retries = 0
         try:
-            self._output_schema, self._renames = self._learn_outputs()
+            self.output_schema, self._renames = self._learn_outputs()
         except BaseException:
             self.close()
             raise
 
     # -- protocol ---------------------------------------------------------------------------
-
-    @property
-    def input_schema(self) -> pa.Schema:
-        return self._input_schema
-
-    @property
-    def output_schema(self) -> pa.Schema:
-        return self._output_schema
 
     @property
     def batch_rows(self) -> int:
@@ -351,14 +343,14 @@ class HttpScorer:
         return f"HttpScorer({self.version.describe()}, url={self.safe_url!r}, payload={self.payload!r})"
 
     def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        if batch.schema.names != self._input_schema.names:
-            msg = f"{self.version.describe()}: expected columns {self._input_schema.names}, got {batch.schema.names}"
+        if batch.schema.names != self.input_schema.names:
+            msg = f"{self.version.describe()}: expected columns {self.input_schema.names}, got {batch.schema.names}"
             raise SchemaMismatchError(msg)
         chunk = next(self._chunks)
         n = batch.num_rows
         if n == 0:
-            empty = [pa.array([], type=f.type) for f in self._output_schema]
-            return pa.RecordBatch.from_arrays(empty, schema=self._output_schema)
+            empty = [pa.array([], type=f.type) for f in self.output_schema]
+            return pa.RecordBatch.from_arrays(empty, schema=self.output_schema)
         # Enough pieces that the core's `concurrency` calls together fill `max_in_flight`
         # requests, but none smaller than the minimum request size.
         spread = min(math.ceil(self.runtime.max_in_flight / self.concurrency), max(1, n // self.runtime.min_batch_rows))
@@ -377,8 +369,8 @@ class HttpScorer:
             for f in futures:
                 f.cancel()
             raise
-        columns = [pa.concat_arrays([p[i] for p in parts]) for i in range(len(self._output_schema))]
-        return pa.RecordBatch.from_arrays(columns, schema=self._output_schema)
+        columns = [pa.concat_arrays([p[i] for p in parts]) for i in range(len(self.output_schema))]
+        return pa.RecordBatch.from_arrays(columns, schema=self.output_schema)
 
     def close(self) -> None:
         self._closed = True
@@ -413,7 +405,7 @@ class HttpScorer:
                 else [(c.name, arrow_type(c.type)) for c in signature_outputs]
             )
             return self._select(specs), {}
-        probe = pa.RecordBatch.from_pylist([self._probe_row()], schema=self._input_schema)
+        probe = pa.RecordBatch.from_pylist([self._probe_row()], schema=self.input_schema)
         try:
             try:
                 columns = self._request(probe, chunk=-1, start=0, abort=threading.Event())
@@ -471,7 +463,7 @@ class HttpScorer:
 
     def _probe_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {}
-        for f in self._input_schema:
+        for f in self.input_schema:
             if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
                 row[f.name] = ""
             elif pa.types.is_boolean(f.type):
@@ -487,7 +479,7 @@ class HttpScorer:
     def _to_arrays(self, columns: dict[str, Any], chunk: int, start: int, rows: int) -> list[pa.Array]:
         renamed = {self._renames.get(k, k): v for k, v in columns.items()} if self._renames else columns
         arrays = []
-        for f in self._output_schema:
+        for f in self.output_schema:
             if f.name not in renamed:
                 msg = (
                     f"{self.version.describe()}: {self._where(chunk, start, rows)}: the answer has no column "
