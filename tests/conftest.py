@@ -8,7 +8,8 @@ import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,3 +108,27 @@ def s3_server() -> Iterator[dict[str, str]]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextmanager
+def component_defs(attributes: Mapping[str, object]) -> Iterator[tuple[object, object]]:
+    """(component, Definitions) of a ScoringPipelineComponent scaffolded with ``attributes`` in a
+    temporary Dagster project, as ``dg`` loads it."""
+    import warnings
+
+    from dagster.components.testing import create_defs_folder_sandbox
+
+    from ml_assets.dagster.components import ScoringPipelineComponent
+
+    with create_defs_folder_sandbox() as sandbox:
+        path = sandbox.scaffold_component(
+            component_cls=ScoringPipelineComponent,
+            defs_yaml_contents={
+                "type": "ml_assets.dagster.components.ScoringPipelineComponent",
+                "attributes": dict(attributes),
+            },
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with sandbox.load_component_and_build_defs(defs_path=path) as loaded:
+                yield loaded

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
@@ -12,7 +10,7 @@ from dagster.components.testing import create_defs_folder_sandbox
 
 from ml_assets.dagster.components import ScoringPipelineComponent
 from ml_assets.datasets import read_lineage
-from tests.conftest import DATES, features_of
+from tests.conftest import DATES, component_defs, features_of
 
 
 def test_scaffolded_yaml_loads():
@@ -39,23 +37,13 @@ def test_pipeline_from_yaml_materializes_with_checks_sensor_and_schedule(models,
         "schedule": {},
         "promotion_sensor": {"rescore": "latest", "latest_n": 2},
     }
-    with create_defs_folder_sandbox() as sandbox:
-        path = sandbox.scaffold_component(
-            component_cls=ScoringPipelineComponent,
-            defs_yaml_contents={
-                "type": "ml_assets.dagster.components.ScoringPipelineComponent",
-                "attributes": attributes,
-            },
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with sandbox.load_component_and_build_defs(defs_path=path) as (component, defs):
-                assert isinstance(component, ScoringPipelineComponent)
-                assert [s.name for s in defs.sensors] == ["yaml_scores_promotion"]
-                assert [s.name for s in defs.schedules] == ["yaml_scores_schedule"]
-                job = defs.resolve_implicit_global_asset_job_def()
-                with dg.instance_for_test() as instance:
-                    result = job.execute_in_process(instance=instance, partition_key=DATES[1])
+    with component_defs(attributes) as (component, defs):
+        assert isinstance(component, ScoringPipelineComponent)
+        assert [s.name for s in defs.sensors] == ["yaml_scores_promotion"]
+        assert [s.name for s in defs.schedules] == ["yaml_scores_schedule"]
+        job = defs.resolve_implicit_global_asset_job_def()
+        with dg.instance_for_test() as instance:
+            result = job.execute_in_process(instance=instance, partition_key=DATES[1])
     assert result.success
     assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
         "signature": True,

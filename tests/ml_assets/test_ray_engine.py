@@ -193,14 +193,11 @@ def test_too_few_cpus_for_the_pool_fails_at_once(ray_cluster, models, transactio
 def test_yaml_pipeline_on_ray_backfills_in_runs_of_two_within_a_pool(ray_cluster, models, transactions, tmp_path):
     """``engine: ray`` in YAML; ``max_partitions_per_run: 2`` and ``pool``: a backfill's run scores its two
     partitions on Ray, with checks, as a local run would; the pool is registered with the instance's limit."""
-    import warnings
 
     import dagster as dg
-    from dagster.components.testing import create_defs_folder_sandbox
 
-    from ml_assets.dagster.components import ScoringPipelineComponent
     from ml_assets.dagster.resources import RayEngineResource
-    from tests.conftest import DATES, features_of
+    from tests.conftest import DATES, component_defs, features_of
 
     attributes = {
         "name": "ray_scores",
@@ -216,32 +213,22 @@ def test_yaml_pipeline_on_ray_backfills_in_runs_of_two_within_a_pool(ray_cluster
         "pool": "fraud_model_server",
     }
     overrides = {"concurrency": {"pools": {"default_limit": 1}}}
-    with create_defs_folder_sandbox() as sandbox:
-        path = sandbox.scaffold_component(
-            component_cls=ScoringPipelineComponent,
-            defs_yaml_contents={
-                "type": "ml_assets.dagster.components.ScoringPipelineComponent",
-                "attributes": attributes,
-            },
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with sandbox.load_component_and_build_defs(defs_path=path) as (_, defs):
-                asset = defs.resolve_assets_def("ray_scores")
-                assert asset.backfill_policy == dg.BackfillPolicy.multi_run(max_partitions_per_run=2)
-                assert asset.op.pool == "fraud_model_server"
-                assert isinstance(defs.resources["ray_scores_ray_engine"], RayEngineResource)
-                job = defs.resolve_implicit_global_asset_job_def()
-                with dg.instance_for_test(overrides=overrides) as instance:
-                    # The run a multi_run(2) backfill launches first: a range of two partitions.
-                    result = job.execute_in_process(
-                        instance=instance,
-                        tags={
-                            "dagster/asset_partition_range_start": DATES[0],
-                            "dagster/asset_partition_range_end": DATES[1],
-                        },
-                    )
-                    pool = instance.event_log_storage.get_concurrency_info("fraud_model_server")
+    with component_defs(attributes) as (_, defs):
+        asset = defs.resolve_assets_def("ray_scores")
+        assert asset.backfill_policy == dg.BackfillPolicy.multi_run(max_partitions_per_run=2)
+        assert asset.op.pool == "fraud_model_server"
+        assert isinstance(defs.resources["ray_scores_ray_engine"], RayEngineResource)
+        job = defs.resolve_implicit_global_asset_job_def()
+        with dg.instance_for_test(overrides=overrides) as instance:
+            # The run a multi_run(2) backfill launches first: a range of two partitions.
+            result = job.execute_in_process(
+                instance=instance,
+                tags={
+                    "dagster/asset_partition_range_start": DATES[0],
+                    "dagster/asset_partition_range_end": DATES[1],
+                },
+            )
+            pool = instance.event_log_storage.get_concurrency_info("fraud_model_server")
     assert result.success
     assert pool.slot_count == 1
     assert sorted(e.partition for e in result.asset_materializations_for_node("ray_scores")) == DATES[:2]
