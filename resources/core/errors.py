@@ -49,3 +49,7 @@ class DatasetError(MlAssetsError):
 
 class MissingDependencyError(MlAssetsError, ImportError):
     """An optional package is not installed; the message names the extra that installs it."""
+
+
+class EnvironmentBuildError(MlAssetsError):
+    """A model's environment could not be built; the message names the requirement that failed."""
