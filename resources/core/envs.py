@@ -315,7 +315,8 @@ class EnvironmentStore:
                 env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_CONFIG": "1", "VIRTUAL_ENV": str(target)}
                 self._run([uv, "venv", "--quiet", "--python", str(interpreter), str(target)], env, spec, what=what)
                 python = str(target / "bin" / "python")
-                install = [uv, "pip", "install", "--python", python, "-r", str(requirements_file)]
+                # Bytecode compiled once here, not by the first import in every worker that starts.
+                install = [uv, "pip", "install", "--compile-bytecode", "--python", python, "-r", str(requirements_file)]
                 self._run([*install, *self.index.arguments()], env, spec, what=what)
             else:
                 env = dict(os.environ)

@@ -11,6 +11,7 @@ multi-output regressors ``prediction_<k>``. Each column is what the flavor's own
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -29,13 +30,14 @@ def native_flavor(flavors: dict[str, Any]) -> str | None:
     return next((f for f in NATIVE_FLAVORS if f in flavors), None)
 
 
-def to_matrix(batch: pa.RecordBatch, dtype: np.dtype) -> np.ndarray:
-    """A row-major ``(rows, columns)`` matrix of ``batch``: each column read zero-copy from Arrow and
-    written once into the matrix (a single column of the right type is not copied at all)."""
+def to_matrix(batch: pa.RecordBatch, dtype: np.dtype, order: str = "C") -> np.ndarray:
+    """A ``(rows, columns)`` matrix of ``batch``: each column read zero-copy from Arrow and written once
+    into the matrix (a single column of the right type is not copied at all). ``order`` "F" is the
+    layout of a pandas frame's values: what a linear model's BLAS call must see to sum in the same order."""
     columns = batch.columns
     if len(columns) == 1 and columns[0].type == pa.from_numpy_dtype(dtype) and columns[0].null_count == 0:
         return columns[0].to_numpy(zero_copy_only=True).reshape(-1, 1)
-    matrix = np.empty((batch.num_rows, len(columns)), dtype=dtype)
+    matrix = np.empty((batch.num_rows, len(columns)), dtype=dtype, order=order)
     for j, column in enumerate(columns):
         matrix[:, j] = column.to_numpy(zero_copy_only=False)
     return matrix
@@ -69,18 +71,25 @@ class NativePredictor:
         output_schema: pa.Schema,
         predict: Callable[[np.ndarray], dict[str, np.ndarray]],
         classes: list[Any] | None = None,
+        feature_names: list[str] | None = None,
     ) -> None:
         self.flavor = flavor
         self.dtype = np.dtype(dtype)
         self.output_schema = output_schema
         self.classes = classes
+        self.feature_names = feature_names
+        self.concurrency = 1
+        self.order = "C"
         self._predict = predict
 
     def predict(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
         return self._predict(matrix)
 
     def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        columns = self._predict(to_matrix(batch, self.dtype))
+        names = self.feature_names
+        if names and names != batch.schema.names and set(names) <= set(batch.schema.names):
+            batch = batch.select(names)  # the order the model was fitted in, where it knows its columns' names
+        columns = self._predict(to_matrix(batch, self.dtype, self.order))
         arrays = [pa.array(columns[f.name]).cast(f.type) for f in self.output_schema]
         return pa.RecordBatch.from_arrays(arrays, schema=self.output_schema)
 
@@ -168,12 +177,21 @@ def _lightgbm(model_dir: str, dtype: Any, threads: int) -> NativePredictor:
 
     model = mlflow.lightgbm.load_model(model_dir)
     if isinstance(model, lgb.LGBMModel):
+        names = list(getattr(model, "feature_name_", []))
         if hasattr(model, "classes_"):
-            return _classifier(
-                "lightgbm", dtype, model.classes_, lambda x: model.predict_proba(x, num_threads=threads), _argmax
-            )
-        return _regressor("lightgbm", dtype, 1, lambda x: model.predict(x, num_threads=threads))
+            proba = lambda x: model.predict_proba(x, num_threads=threads)  # noqa: E731
+            return _named(_classifier("lightgbm", dtype, model.classes_, proba, _argmax), names)
+        return _named(_regressor("lightgbm", dtype, 1, lambda x: model.predict(x, num_threads=threads)), names)
     booster: lgb.Booster = model
+    return _named(_lightgbm_booster(booster, dtype, threads), booster.feature_name())
+
+
+def _named(predictor: NativePredictor, names: list[str] | None) -> NativePredictor:
+    predictor.feature_names = [str(n) for n in names] if names else None
+    return predictor
+
+
+def _lightgbm_booster(booster: Any, dtype: Any, threads: int) -> NativePredictor:
     objective = str(booster.dump_model(num_iteration=1).get("objective", "")).split(" ")[0]
     if objective in ("binary", "cross_entropy"):
         classes = np.array([0, 1], dtype=np.int64)
@@ -200,9 +218,14 @@ def _xgboost(model_dir: str, dtype: Any, threads: int) -> NativePredictor:
                 # XGBClassifier.predict: a binary model thresholds at 0.5, a multiclass one takes the argmax.
                 return (proba[:, 1] > 0.5).astype(np.int64) if proba.shape[1] == 2 else np.argmax(proba, axis=1)
 
-            return _classifier("xgboost", dtype, classes, model.predict_proba, label_index)
-        return _regressor("xgboost", dtype, 1, model.predict)
+            names = model.get_booster().feature_names
+            return _named(_classifier("xgboost", dtype, classes, model.predict_proba, label_index), names)
+        return _named(_regressor("xgboost", dtype, 1, model.predict), model.get_booster().feature_names)
     booster: xgb.Booster = model
+    return _named(_xgboost_booster(booster, dtype, threads), booster.feature_names)
+
+
+def _xgboost_booster(booster: Any, dtype: Any, threads: int) -> NativePredictor:
     booster.set_param({"nthread": threads})
     config = json.loads(booster.save_config())
     objective = config["learner"]["objective"]["name"]
@@ -227,8 +250,11 @@ def _sklearn(model_dir: str, dtype: Any, threads: int) -> NativePredictor:
     from sklearn.tree._classes import BaseDecisionTree
 
     model = mlflow.sklearn.load_model(model_dir)
-    if hasattr(model, "n_jobs"):
-        model.n_jobs = threads
+    # n_jobs stays the model's own: a forest summed by more threads differs in the last bits. The
+    # core scores chunks in parallel instead (sklearn's predict releases the GIL). A matrix has no
+    # column names: the columns are put in the fitted order, so sklearn's warning says nothing here.
+    warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
+    names = [str(n) for n in getattr(model, "feature_names_in_", [])] or None
     # sklearn's trees compute in float32: the matrix is built in it, sparing sklearn a second copy.
     matrix_dtype = np.float32 if isinstance(model, (ForestClassifier, ForestRegressor, BaseDecisionTree)) else dtype
     if is_classifier(model) and hasattr(model, "predict_proba"):
@@ -238,11 +264,19 @@ def _sklearn(model_dir: str, dtype: Any, threads: int) -> NativePredictor:
             raise NativeFlavorError(msg)
         if isinstance(model, ForestClassifier):
             # ForestClassifier.predict is exactly classes_.take(argmax(predict_proba)): computed once.
-            return _classifier("sklearn", matrix_dtype, classes, model.predict_proba, _argmax)
-
-        return _classifier("sklearn", matrix_dtype, classes, model.predict_proba, _own_label_index(model, classes))
-    outputs = int(getattr(model, "n_outputs_", 1) or 1)
-    return _regressor("sklearn", matrix_dtype, outputs, model.predict)
+            predictor = _classifier("sklearn", matrix_dtype, classes, model.predict_proba, _argmax)
+        else:
+            label_index = _own_label_index(model, classes)
+            predictor = _classifier("sklearn", matrix_dtype, classes, model.predict_proba, label_index)
+    else:
+        outputs = int(getattr(model, "n_outputs_", 1) or 1)
+        predictor = _regressor("sklearn", matrix_dtype, outputs, model.predict)
+    predictor.feature_names = names
+    predictor.concurrency = threads
+    # Trees read rows one by one; anything else may multiply the matrix: lay it out as the flavor's
+    # DataFrame does (column-major), so BLAS sums in the same order and the results are the same bits.
+    predictor.order = "C" if matrix_dtype == np.float32 else "F"
+    return predictor
 
 
 def _own_label_index(model: Any, classes: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:

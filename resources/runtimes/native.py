@@ -31,9 +31,8 @@ def _input_dtype(schema: pa.Schema) -> str:
 
 
 class NativeScorer:
-    """A flavor model loaded in this process; the library's own threads do the parallel work."""
-
-    concurrency = 1
+    """A flavor model loaded in this process; the library's own threads (trees of xgboost, lightgbm)
+    or the core's concurrent chunks (sklearn, whose predict releases the GIL) do the parallel work."""
 
     def __init__(self, version: ModelVersion, model_dir: Path, *, threads: int) -> None:
         from ml_assets.resources.runtimes._flavors import NativeFlavorError, load_native
@@ -59,6 +58,7 @@ class NativeScorer:
             raise ModelLoadError(msg) from exc
         self.output_schema = self._predictor.output_schema
         self.classes = self._predictor.classes
+        self.concurrency = self._predictor.concurrency
 
     def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         n = batch.num_rows
