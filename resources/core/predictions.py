@@ -185,7 +185,10 @@ def score_columns(schema: pa.Schema, *, score_column: str | None = None) -> list
     """
     names = schema.names
     if score_column is not None:
-        return [score_column] if score_column in names else []
+        if score_column not in names:
+            msg = f"score_column {score_column!r} is not among the prediction columns {names}"
+            raise SchemaMismatchError(msg)
+        return [score_column]
     probabilities = [n for n in names if n.startswith(PROBABILITY)]
     if len(probabilities) == 2:
         return probabilities[-1:]
