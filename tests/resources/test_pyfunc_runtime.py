@@ -179,3 +179,125 @@ def test_format_detection(sklearn_model, models):
     assert detect_format(sklearn_model) == "pyfunc"
     assert detect_format(sklearn_model / "MLmodel") == "pyfunc"
     assert detect_format(models.lr_onnx) == "onnx"
+
+
+# -- a custom pyfunc with int/string/double columns and an inference param ----------------------
+
+SCORECARD = textwrap.dedent(
+    '''
+    """A scorecard over int/string/double columns; `k` (an inference param) scales the points."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from mlflow.pyfunc import PythonModel
+
+
+    class Scorecard(PythonModel):
+        def predict(self, context, model_input, params=None):
+            k = (params or {}).get("k", 1)
+            points = model_input["visits"] * 0.1 + (model_input["plan"] == "gold") * 0.5 - model_input["debt"] * 0.01
+            p = 1.0 / (1.0 + np.exp(-k * points))
+            return pd.DataFrame(
+                {"label": np.where(p > 0.5, "churn", "stay"), "probability_stay": 1 - p, "probability_churn": p}
+            )
+
+
+    mlflow.models.set_model(Scorecard())
+    '''
+)
+
+
+@pytest.fixture(scope="module")
+def scorecard_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import mlflow.pyfunc
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    root = tmp_path_factory.mktemp("scorecard")
+    (root / "scorecard.py").write_text(SCORECARD)
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("long", "visits"), ColSpec("string", "plan"), ColSpec("double", "debt")]),
+        outputs=Schema(
+            [ColSpec("string", "label"), ColSpec("double", "probability_stay"), ColSpec("double", "probability_churn")]
+        ),
+        params=ParamSchema([ParamSpec("k", "long", 1)]),
+    )
+    mlflow.pyfunc.save_model(str(root / "model"), python_model=str(root / "scorecard.py"), signature=signature)
+    return root / "model"
+
+
+def customers(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "visits": rng.integers(0, 40, n).astype(np.int64),
+            "plan": rng.choice(["gold", "basic", "free"], n),
+            "debt": np.round(rng.gamma(2.0, 30.0, n), 2),
+        }
+    )
+
+
+@pytest.mark.parametrize("isolation", ["none", "process"])
+def test_custom_pyfunc_with_a_param_equals_mlflow(scorecard_model, isolation):
+    import mlflow.pyfunc
+
+    data = customers(2_000, seed=4)
+    scorer = PyfuncRuntime(params={"k": 3}, isolation=isolation, workers=1).load(version("card"), scorecard_model)
+    try:
+        assert scorer.input_schema == pa.schema([("visits", pa.int64()), ("plan", pa.string()), ("debt", pa.float64())])
+        assert scorer.output_schema.names == ["label", "probability_stay", "probability_churn"]
+        out = scorer.score(to_batch(data, scorer.input_schema)).to_pandas()
+    finally:
+        scorer.close()
+    theirs = mlflow.pyfunc.load_model(str(scorecard_model)).predict(data, params={"k": 3})
+    pd.testing.assert_frame_equal(out, theirs, check_exact=True)
+    default = mlflow.pyfunc.load_model(str(scorecard_model)).predict(data)
+    assert not np.allclose(default["probability_churn"], theirs["probability_churn"])  # k changes the scores
+
+
+def test_unknown_or_mistyped_params_are_refused(scorecard_model, sklearn_model):
+    with pytest.raises(ModelLoadError, match=r"unknown param\(s\) \['depth'\]; the model's ParamSchema has k \(long\)"):
+        PyfuncRuntime(params={"depth": 3}).load(version("card"), scorecard_model)
+    with pytest.raises(
+        ModelLoadError, match=r"param 'k' = 'three' \(str\) does not fit the model's ParamSchema: expected long"
+    ):
+        PyfuncRuntime(params={"k": "three"}).load(version("card"), scorecard_model)
+    with pytest.raises(ModelLoadError, match=r"the model takes no params \(its signature has no ParamSchema\)"):
+        PyfuncRuntime(params={"k": 3}).load(version("lr"), sklearn_model)
+
+
+def test_params_from_the_shell(scorecard_model, tmp_path):
+    """``ml-assets score --option params='{"k": 3}'`` reaches predict, validated."""
+    import mlflow
+    import mlflow.pyfunc
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from ml_assets.cli import main
+
+    data = customers(500, seed=8)
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.Table.from_pandas(data, preserve_index=False), tmp_path / "in" / "part-0.parquet")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment("card")
+        with mlflow.start_run():
+            mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(scorecard_model.parent / "scorecard.py"),
+                signature=mlflow.models.Model.load(str(scorecard_model)).signature,
+                registered_model_name="card",
+            )
+    finally:
+        mlflow.set_tracking_uri(None)
+    args = ["score", "models:/card/1", str(tmp_path / "in"), str(tmp_path / "out"), "--registry-uri", uri, "--quiet"]
+    runner = CliRunner()
+    done = runner.invoke(main, [*args, "--option", 'params={"k": 3}'])
+    assert done.exit_code == 0, done.output
+    out = pq.read_table(tmp_path / "out").to_pandas()
+    theirs = mlflow.pyfunc.load_model(str(scorecard_model)).predict(data, params={"k": 3})
+    np.testing.assert_array_equal(out["probability_churn"].to_numpy(), theirs["probability_churn"].to_numpy())
+    refused = runner.invoke(main, [*args, "--option", 'params={"kk": 3}'])
+    assert refused.exit_code != 0
+    assert "unknown param(s) ['kk']" in refused.output
