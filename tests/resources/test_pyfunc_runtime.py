@@ -16,6 +16,7 @@ from ml_assets.resources.core.formats import detect_format
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.resources.core.plugins import create_runtime
 from ml_assets.resources.runtimes.pyfunc import PyfuncRuntime, RequirementsMismatchWarning
+from tests.resources.fixtures.scorecard import customers, register_scorecard, save_scorecard
 
 FEATURES = ["amount", "age"]
 
@@ -183,58 +184,10 @@ def test_format_detection(sklearn_model, models):
 
 # -- a custom pyfunc with int/string/double columns and an inference param ----------------------
 
-SCORECARD = textwrap.dedent(
-    '''
-    """A scorecard over int/string/double columns; `k` (an inference param) scales the points."""
-    import mlflow
-    import numpy as np
-    import pandas as pd
-    from mlflow.pyfunc import PythonModel
-
-
-    class Scorecard(PythonModel):
-        def predict(self, context, model_input, params=None):
-            k = (params or {}).get("k", 1)
-            points = model_input["visits"] * 0.1 + (model_input["plan"] == "gold") * 0.5 - model_input["debt"] * 0.01
-            p = 1.0 / (1.0 + np.exp(-k * points))
-            return pd.DataFrame(
-                {"label": np.where(p > 0.5, "churn", "stay"), "probability_stay": 1 - p, "probability_churn": p}
-            )
-
-
-    mlflow.models.set_model(Scorecard())
-    '''
-)
-
 
 @pytest.fixture(scope="module")
 def scorecard_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import mlflow.pyfunc
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
-    root = tmp_path_factory.mktemp("scorecard")
-    (root / "scorecard.py").write_text(SCORECARD)
-    signature = ModelSignature(
-        inputs=Schema([ColSpec("long", "visits"), ColSpec("string", "plan"), ColSpec("double", "debt")]),
-        outputs=Schema(
-            [ColSpec("string", "label"), ColSpec("double", "probability_stay"), ColSpec("double", "probability_churn")]
-        ),
-        params=ParamSchema([ParamSpec("k", "long", 1)]),
-    )
-    mlflow.pyfunc.save_model(str(root / "model"), python_model=str(root / "scorecard.py"), signature=signature)
-    return root / "model"
-
-
-def customers(n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame(
-        {
-            "visits": rng.integers(0, 40, n).astype(np.int64),
-            "plan": rng.choice(["gold", "basic", "free"], n),
-            "debt": np.round(rng.gamma(2.0, 30.0, n), 2),
-        }
-    )
+    return save_scorecard(tmp_path_factory.mktemp("scorecard"))
 
 
 @pytest.mark.parametrize("isolation", ["none", "process"])
@@ -268,7 +221,6 @@ def test_unknown_or_mistyped_params_are_refused(scorecard_model, sklearn_model):
 
 def test_params_from_the_shell(scorecard_model, tmp_path):
     """``ml-assets score --option params='{"k": 3}'`` reaches predict, validated."""
-    import mlflow
     import mlflow.pyfunc
     import pyarrow.parquet as pq
     from click.testing import CliRunner
@@ -278,19 +230,7 @@ def test_params_from_the_shell(scorecard_model, tmp_path):
     data = customers(500, seed=8)
     (tmp_path / "in").mkdir()
     pq.write_table(pa.Table.from_pandas(data, preserve_index=False), tmp_path / "in" / "part-0.parquet")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    try:
-        mlflow.set_experiment("card")
-        with mlflow.start_run():
-            mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(scorecard_model.parent / "scorecard.py"),
-                signature=mlflow.models.Model.load(str(scorecard_model)).signature,
-                registered_model_name="card",
-            )
-    finally:
-        mlflow.set_tracking_uri(None)
+    uri = register_scorecard(tmp_path / "registry")
     args = ["score", "models:/card/1", str(tmp_path / "in"), str(tmp_path / "out"), "--registry-uri", uri, "--quiet"]
     runner = CliRunner()
     done = runner.invoke(main, [*args, "--option", 'params={"k": 3}'])
