@@ -480,7 +480,17 @@ def webhook() -> None:
 @click.option(
     "--secret-env", default="MLFLOW_WEBHOOK_SECRET", show_default=True, help="Variable holding the webhook's secret."
 )
-def webhook_serve(inbox: str, host: str, port: int, secret_env: str) -> None:
+@click.option(
+    "--header-timeout", type=click.FloatRange(min=0.1, max=600), default=10.0, show_default=True,
+    help="Seconds a connection may take to send a complete request head; idle ones are closed.",
+)  # fmt: skip
+@click.option(
+    "--body-timeout", type=click.FloatRange(min=0.1, max=600), default=10.0, show_default=True,
+    help="Seconds a request may take to send its body (408 after).",
+)  # fmt: skip
+def webhook_serve(
+    inbox: str, host: str, port: int, secret_env: str, header_timeout: float, body_timeout: float
+) -> None:
     """Verify MLflow's HMAC-signed model_version_alias events and hand them to the promotion sensor."""
     import logging
     import os
@@ -491,12 +501,9 @@ def webhook_serve(inbox: str, host: str, port: int, secret_env: str) -> None:
     if not secret:
         raise click.ClickException(f"set {secret_env} to the secret the MLflow webhook was created with")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    server = serve(inbox, secret, host=host, port=port)
+    server = serve(inbox, secret, host=host, port=port, header_timeout_s=header_timeout, body_timeout_s=body_timeout)
     click.echo(f"receiving MLflow webhooks on http://{host}:{port}/ into {inbox}; Ctrl-C (or SIGTERM) stops")
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
+    server.serve_forever()
 
 
 if __name__ == "__main__":
