@@ -55,7 +55,8 @@ def main() -> None:
 @click.argument("input_uri")
 @click.argument("output_uri")
 @click.option("--partition", "partition", metavar="KEY=VALUE", help="Score one hive partition, e.g. date=2026-11-01.")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=65_536, show_default=True)
+# The bounds of ml_assets.scoring (DEFAULT_CHUNK_ROWS, MAX_CHUNK_ROWS), spelled out: importing it costs start-up.
+@click.option("--chunk-rows", type=click.IntRange(min=1, max=16_777_216), default=65_536, show_default=True)
 @click.option("--passthrough", metavar="COL,...", help="Input columns copied to the output.")
 @click.option("--registry", "registry_kind", default="mlflow", show_default=True, help="Registry name.")
 @click.option("--registry-uri", help="Registry location, e.g. sqlite:///mlflow.db (default: MLFLOW_TRACKING_URI).")
@@ -369,6 +370,10 @@ def models_promote(
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Free-form tag (repeatable).")
 @click.option("--alias", help="Point this alias at the new version.")
 @click.option("--stage", help="Move the new version into this stage.")
+@click.option(
+    "--follow-symlinks", is_flag=True,
+    help="Copy what symbolic links in PATH point to (refused by default: a link may point anywhere).",
+)  # fmt: skip
 @_registry_options
 def models_publish(
     name: str,
@@ -378,6 +383,7 @@ def models_publish(
     tags: tuple[str, ...],
     alias: str | None,
     stage: str | None,
+    follow_symlinks: bool,
     registry_kind: str,
     registry_uri: str | None,
     registry_options: tuple[str, ...],
@@ -392,8 +398,9 @@ def models_publish(
         if not hasattr(registry, "publish"):
             raise click.ClickException(f"the {registry_kind!r} registry does not publish models; use its own tools")
         published = registry.publish(
-            name, path, format=model_format, signature=signature, tags=dict(t.partition("=")[::2] for t in tags)
-        )
+            name, path, format=model_format, signature=signature, tags=dict(t.partition("=")[::2] for t in tags),
+            symlinks="copy_content" if follow_symlinks else "refuse",
+        )  # fmt: skip
         if alias or stage:
             published = registry.promote(name, published.version, alias=alias, stage=stage)
     except MlAssetsError as exc:
