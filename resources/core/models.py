@@ -121,6 +121,8 @@ class ModelVersion:
     tags: dict[str, str] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
     """Registry-specific facts a runtime may need (e.g. the model file inside the artifact)."""
+    verification: dict[str, str] = field(default_factory=dict)
+    """What the trust policy verified before loading (``ml_assets.resources.core.trust``); empty without one."""
 
     def __post_init__(self) -> None:
         # Versions and model files come from registries' metadata: they become cache folders and
@@ -156,6 +158,7 @@ class ModelVersion:
             facts["model_aliases"] = ",".join(self.aliases)
         if self.stage:
             facts["model_stage"] = self.stage
+        facts.update({f"model_{k}": v for k, v in self.verification.items()})
         return facts
 
 

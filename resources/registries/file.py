@@ -307,6 +307,7 @@ class FileRegistry:
         tags: Mapping[str, str] | None = None,
         version: str | None = None,
         symlinks: Literal["refuse", "copy_content"] = "refuse",
+        model_file: str | None = None,
     ) -> ModelVersion:
         """Adds a new version of ``name`` from a model file or folder; returns it.
 
@@ -314,7 +315,8 @@ class FileRegistry:
         manifest written last, so the version appears whole or not at all. ``format`` is
         detected from the files when not given. A symbolic link among the files (or the file
         itself) is refused: its target may be anything on this machine. ``symlinks="copy_content"``
-        copies what the links point to instead, and logs each one.
+        copies what the links point to instead, and logs each one. ``model_file`` names the model
+        file inside a folder (e.g. beside its ``model.sig``); the checksum is then that file's.
         """
         from ml_assets.resources.core.formats import detect_format
 
@@ -357,6 +359,13 @@ class FileRegistry:
         }
         if source.is_file():
             manifest["model_file"] = source.name
+        elif model_file is not None:
+            named = Path(safe_join(str(source), model_file, what=f"model_file of {name!r}"))
+            if not named.is_file():
+                msg = f"cannot publish {source}: model_file {model_file!r} is not a file in it"
+                raise ArtifactError(msg)
+            manifest["model_file"] = model_file
+            manifest["checksum"] = tree_checksum(named)
         with self._storage(f"publish a version of {name!r}"):
             if self.is_local:
                 os.makedirs(self._path(name), exist_ok=True)
