@@ -40,7 +40,7 @@ from urllib.parse import quote, urlsplit
 import pyarrow as pa
 
 from ml_assets.resources.core.errors import ModelLoadError, ModelRefError, SchemaMismatchError, ScoringError
-from ml_assets.resources.core.http import RetryPolicy, new_session, redact, retry_after
+from ml_assets.resources.core.http import RetryPolicy, join_url, new_session, redact, retry_after
 from ml_assets.resources.core.models import ColumnSpec, ModelRef, ModelVersion
 from ml_assets.resources.core.predictions import (
     LABEL,
@@ -218,7 +218,6 @@ class HttpRuntime:
         template = self.url_template if self.endpoint == "template" else _PATHS[self.endpoint]
         assert template is not None
         fields = {
-            "base": self.url.rstrip("/"),
             "name": quote(version.name, safe=""),
             "version": quote(str(version.version), safe=""),
         }
@@ -229,7 +228,7 @@ class HttpRuntime:
                 raise ModelLoadError(msg)
             fields["alias"] = quote(alias, safe="")
         try:
-            return template.format(**fields)
+            return join_url(self.url, template, **fields)  # the path goes before the url's query string
         except (KeyError, IndexError, ValueError) as exc:
             msg = f"url_template {template!r} is not valid: only {{base}}, {{name}}, {{version}}, {{alias}} are known"
             raise ModelLoadError(msg) from exc
