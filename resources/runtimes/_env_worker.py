@@ -8,7 +8,7 @@ core over an inherited socket with ``multiprocessing.connection`` framing:
 - per request (one Arrow IPC stream holding a batch of the model's input columns): ``ok`` + an
   Arrow IPC stream of the prediction columns, or ``er`` + the error; an empty request ends it.
 
-Usage: python -I _env_worker.py FD MODE(pyfunc|native) MODEL_DIR THREADS INPUT_DTYPE
+Usage: python -I _env_worker.py FD MODE(pyfunc|native) MODEL_DIR THREADS INPUT_DTYPE PARAMS_JSON
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def main(argv: list[str]) -> int:
     from multiprocessing.connection import Connection
 
     fd, mode, model_dir, threads, input_dtype = int(argv[1]), argv[2], argv[3], int(argv[4]), argv[5]
+    params = json.loads(argv[6]) or None
     conn = Connection(fd)
     try:
         import numpy as np
@@ -93,7 +94,9 @@ def main(argv: list[str]) -> int:
             ready = b""
 
             def predict(batch: Any) -> Any:
-                columns = _pyfunc_columns(model.predict(batch.to_pandas()), batch.num_rows)
+                frame = batch.to_pandas()
+                prediction = model.predict(frame, params=params) if params else model.predict(frame)
+                columns = _pyfunc_columns(prediction, batch.num_rows)
                 return pa.table({k: pa.array(v) for k, v in columns.items()})
 
     except Exception as exc:  # noqa: BLE001 - any load failure is reported to the parent, which raises

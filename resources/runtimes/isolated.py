@@ -17,9 +17,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 
@@ -67,6 +68,7 @@ class EnvWorker:
         threads: int,
         input_dtype: str,
         load_timeout_s: float,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
         parent, child = socket.socketpair()
         self.conn = Connection(parent.detach())
@@ -74,7 +76,7 @@ class EnvWorker:
         try:
             command = [str(environment.python), "-I", str(WORKER_SCRIPT), str(child.fileno()), predictor]
             popen = subprocess.Popen(
-                [*command, str(model_dir), str(threads), input_dtype],
+                [*command, str(model_dir), str(threads), input_dtype, json.dumps(dict(params or {}))],
                 pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,

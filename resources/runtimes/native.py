@@ -38,7 +38,7 @@ class NativeScorer:
         from ml_assets.resources.runtimes._flavors import NativeFlavorError, load_native
 
         self.version = version
-        self.input_schema, _ = _signature_schemas(model_dir, version)
+        self.input_schema, _, _ = _signature_schemas(model_dir, version)
         bad = [f"{f.name} ({f.type})" for f in self.input_schema if not _numeric(f.type)]
         if bad:
             msg = f"{version.describe()}: the native runtime takes numeric features only; not {', '.join(bad)}"
