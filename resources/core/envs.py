@@ -66,6 +66,21 @@ class IndexSettings:
     extra_index_urls: tuple[str, ...] = ()
     find_links: tuple[str, ...] = ()
 
+    @classmethod
+    def of(
+        cls,
+        index_url: str | None = None,
+        extra_index_urls: str | Sequence[str] = (),
+        find_links: str | Sequence[str] = (),
+    ) -> IndexSettings:
+        """From runtime options; a string (as the CLI's ``--option`` gives) may hold several URLs, comma-separated."""
+
+        def urls(value: str | Sequence[str]) -> tuple[str, ...]:
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(u.strip() for u in items if u and u.strip())
+
+        return cls(index_url or None, urls(extra_index_urls), urls(find_links))
+
     def arguments(self) -> list[str]:
         args: list[str] = []
         if self.index_url:
@@ -315,8 +330,9 @@ class EnvironmentStore:
                 env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_CONFIG": "1", "VIRTUAL_ENV": str(target)}
                 self._run([uv, "venv", "--quiet", "--python", str(interpreter), str(target)], env, spec, what=what)
                 python = str(target / "bin" / "python")
-                # Bytecode compiled once here, not by the first import in every worker that starts.
-                install = [uv, "pip", "install", "--compile-bytecode", "--python", python, "-r", str(requirements_file)]
+                # No --compile-bytecode: it compiles every module of every package (minutes); the first
+                # worker's imports write the bytecode of what is used, once, into the environment.
+                install = [uv, "pip", "install", "--python", python, "-r", str(requirements_file)]
                 self._run([*install, *self.index.arguments()], env, spec, what=what)
             else:
                 env = dict(os.environ)
