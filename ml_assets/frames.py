@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import pyarrow as pa
 
-from ml_assets.datasets import METADATA_KEY
+from ml_assets.datasets import METADATA_KEY, FileBatch
 from ml_assets.resources.core.errors import DatasetError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS, NullPolicy, _Lane, _pipeline, _Plan, check_chunk_rows
@@ -128,7 +128,7 @@ class ScoredBatches:
     def _run(self) -> Iterator[pa.RecordBatch]:
         started = time.perf_counter()
         plan = self._lane.plan
-        batches = _rechunk(self._source.read(plan.read_columns), self._chunk_rows)
+        batches = (FileBatch(b, None, 0) for b in _rechunk(self._source.read(plan.read_columns), self._chunk_rows))
         pipeline = _pipeline(
             batches,
             [self._lane],
