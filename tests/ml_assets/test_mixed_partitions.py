@@ -63,10 +63,11 @@ def double_lr(tmp_path_factory):
     y = (x[:, 0] / 100 + x[:, 1] + rng.normal(0, 0.3, 4_000) > 1.5).astype(int)
     model = LogisticRegression().fit(x, y)
     path = tmp_path_factory.mktemp("double") / "lr64.onnx"
-    path.write_bytes(to_onnx(model, x[:1], options={"zipmap": False}).SerializeToString())
+    path.write_bytes(to_onnx(model, x[:1]).SerializeToString())  # ZipMap: the graph names the classes
     v = version("lr64", "onnx")
     scorer = OnnxRuntime(features=["amount", "ratio"]).load(v, path)
     assert scorer.input_schema.types == [pa.float64(), pa.float64()]
+    assert scorer.output_schema.field("probability_1").type == pa.float64()
     return model, v, scorer
 
 
