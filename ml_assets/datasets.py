@@ -127,11 +127,39 @@ class ParquetDataset:
         return f"partition {self.partition_column or 'partition'}={partition} ({self.partition_uri(partition)})"
 
 
+@dataclass(frozen=True)
+class PartitionFile:
+    """One Parquet file of a partition, as its own footer describes it."""
+
+    path: str
+    """Its path on the reader's filesystem."""
+    name: str
+    """Its path relative to the partition: what messages call it."""
+    schema: pa.Schema
+    """Its own columns and types (never another file's)."""
+    num_rows: int
+    first_row: int
+    """The partition row number of its first row (files are read in this order)."""
+
+
+@dataclass(frozen=True)
+class FileBatch:
+    """Rows of one file, with that file's own column types, and where they come from."""
+
+    batch: pa.RecordBatch
+    file: str | None
+    """The ``PartitionFile.path`` the rows come from; None for a frame."""
+    file_row: int
+    """The row number, within its file, of the batch's first row."""
+
+
 class PartitionReader:
     """One partition's Parquet files, checked up front and read as chunks of at most ``chunk_rows``.
 
     Opening reads every file's footer: a corrupt file fails here, naming the file, before
-    anything is written; the total row count comes for free.
+    anything is written; the total row count and each file's own schema come for free. Each file
+    is read with its own schema (``FileBatch``): files written by different writers may differ in
+    column types, order and encodings, and each is cast to the model's types on its own terms.
     """
 
     def __init__(self, dataset: ParquetDataset, partition: str | None) -> None:
@@ -145,30 +173,38 @@ class PartitionReader:
             msg = f"{self.where}: not found"
             raise DatasetError(msg)
         try:
-            self._dataset = pads.dataset(self.path, filesystem=self.filesystem, format="parquet")
+            dataset_ = pads.dataset(self.path, filesystem=self.filesystem, format="parquet")
         except (pa.ArrowInvalid, OSError) as exc:
             msg = f"{self.where}: cannot open as Parquet: {exc}"
             raise DatasetError(msg) from exc
-        self.files = list(self._dataset.files)
-        if not self.files:
-            msg = f"{self.where}: holds no Parquet files"
-            raise DatasetError(msg)
+        self._fragments: dict[str, pads.ParquetFileFragment] = {}
+        self.files: list[PartitionFile] = []
         self.num_rows = 0
-        for fragment in self._dataset.get_fragments():
+        for fragment in dataset_.get_fragments():
+            name = fragment.path.removeprefix(f"{self.path.rstrip('/')}/")
+            if name == fragment.path:
+                name = fragment.path.rsplit("/", 1)[-1]
             try:
-                self.num_rows += fragment.metadata.num_rows
+                metadata = fragment.metadata
+                schema = fragment.physical_schema
             except (pa.ArrowInvalid, OSError) as exc:
                 msg = f"{self.where}: file {fragment.path} is not readable Parquet: {exc}"
                 raise DatasetError(msg) from exc
+            self._fragments[fragment.path] = fragment
+            self.files.append(PartitionFile(fragment.path, name, schema, metadata.num_rows, self.num_rows))
+            self.num_rows += metadata.num_rows
+        if not self.files:
+            msg = f"{self.where}: holds no Parquet files"
+            raise DatasetError(msg)
 
-    @property
-    def schema(self) -> pa.Schema:
-        return self._dataset.schema
+    def name_of(self, path: str | None) -> str | None:
+        """What messages call the file at ``path``."""
+        return next((f.name for f in self.files if f.path == path), path)
 
     def null_counts(self, columns: list[str]) -> dict[str, int]:
         """Nulls per column from the footers' statistics, without reading data (0 where none recorded)."""
         counts = dict.fromkeys(columns, 0)
-        for fragment in self._dataset.get_fragments():
+        for fragment in self._fragments.values():
             metadata = fragment.metadata
             names = metadata.schema.names
             for i in range(metadata.num_row_groups):
@@ -180,37 +216,47 @@ class PartitionReader:
                             counts[name] += stats.null_count
         return counts
 
-    def row_groups(self) -> list[tuple[str, int, int]]:
-        """``(file, row group index, rows)`` in read order: units of work for a distributed engine."""
-        return [
-            (fragment.path, i, fragment.metadata.row_group(i).num_rows)
-            for fragment in self._dataset.get_fragments()
-            for i in range(fragment.metadata.num_row_groups)
-        ]
+    def row_groups(self) -> list[tuple[str, int, int, int]]:
+        """``(file, row group index, rows, its first row within the file)`` in read order: units of
+        work for a distributed engine."""
+        groups = []
+        for path, fragment in self._fragments.items():
+            file_row = 0
+            for i in range(fragment.metadata.num_row_groups):
+                rows = fragment.metadata.row_group(i).num_rows
+                groups.append((path, i, rows, file_row))
+                file_row += rows
+        return groups
 
-    def batches(self, columns: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
-        """Chunks in file order. Read-ahead is bounded so memory follows chunk size, not partition size."""
-        scanner = self._dataset.scanner(
-            columns=columns,
-            batch_size=chunk_rows,
-            batch_readahead=4,
-            fragment_readahead=2,
-            use_threads=True,
-            # pre_buffer caches every column chunk it read until the file is closed: memory would
-            # grow with the file. Without it, Arrow reads row group by row group.
-            fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False),
-        )
+    def batches(self, columns: list[str], chunk_rows: int) -> Iterator[FileBatch]:
+        """Chunks in file order, each of one file and in that file's own types (of ``columns``, those the
+        file has). Read-ahead is bounded so memory follows chunk size, not partition size."""
         rows = 0
-        try:
-            for batch in scanner.to_batches():
-                if batch.num_rows:
-                    rows += batch.num_rows
-                    yield batch
-        except Exception as exc:
-            if not is_storage_error(exc):
-                raise
-            msg = f"{self.where}: reading failed after {rows} rows: {_storage_message(exc)}"
-            raise DatasetError(msg) from exc
+        for file in self.files:
+            file_row = 0
+            scanner = self._fragments[file.path].to_batches(
+                columns=[c for c in columns if c in file.schema.names],
+                batch_size=chunk_rows,
+                batch_readahead=4,
+                use_threads=True,
+                # pre_buffer caches every column chunk it read until the file is closed: memory would
+                # grow with the file. Without it, Arrow reads row group by row group.
+                fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False),
+            )
+            try:
+                for batch in scanner:
+                    if batch.num_rows:
+                        yield FileBatch(batch, file.path, file_row)
+                        rows += batch.num_rows
+                        file_row += batch.num_rows
+            except Exception as exc:
+                if not is_storage_error(exc):
+                    raise
+                msg = (
+                    f"{self.where}: reading failed after {rows} rows, in file {file.name} at its row {file_row}: "
+                    f"{_storage_message(exc)}"
+                )
+                raise DatasetError(msg) from exc
 
 
 class AtomicPartitionWriter:
