@@ -96,6 +96,8 @@ class ChecksConfig(dg.Resolvable, dg.Model):
     drift_severity: Literal["warn", "error"] = "warn"
     min_agreement: float = 0.0
     max_mean_abs_diff: float = 1.0
+    # Default: a binary classifier's last class (e.g. probability_1), every class of a multiclass model.
+    score_column: str | None = None
 
 
 # The YAML key is `model`. Pydantic warns that the field shadows Resolvable.model(), a classmethod;
