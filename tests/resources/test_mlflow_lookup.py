@@ -83,7 +83,8 @@ def test_fast_and_mlflow_resolution_describe_the_same_version(models, monkeypatc
     monkeypatch.setattr("ml_assets.resources.registries.mlflow.lookup_for", lambda *a, **kw: None)
     slow = [MlflowRegistry(models.tracking_uri).resolve(ref) for ref in ("models:/fraud@champion", "models:/fraud/2")]
     assert fast == slow
-    assert fast[0].signature is not None and fast[0].signature.input_names[:2] == ["amount", "hour_of_day"]
+    assert fast[0].signature is not None
+    assert fast[0].signature.input_names[:2] == ["amount", "hour_of_day"]
     with pytest.raises(ModelNotFoundError, match=r"no alias 'nope'.*aliases: .*champion"):
         MlflowRegistry(models.tracking_uri).resolve("models:/fraud@nope")
 
