@@ -172,9 +172,10 @@ def build_scoring_asset(
             ]
         except MlAssetsError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
-        yield _materialization(main_key, results)
+        yield _materialization(main_key, results, scorer=scorer)
         if challenger_key is not None:
-            yield _materialization(challenger_key, [r.challengers[0] for r in results], champion=results)
+            challenged = [r.challengers[0] for r in results]
+            yield _materialization(challenger_key, challenged, champion=results, scorer=contenders[0].scorer)
         if checks is not None:
             classes = getattr(scorer, "classes", None)
             per_partition = [
@@ -246,7 +247,7 @@ def scoring_metadata(
 
 
 def _materialization(
-    key: dg.AssetKey, results: list[ScoringResult], champion: list[ScoringResult] | None = None
+    key: dg.AssetKey, results: list[ScoringResult], champion: list[ScoringResult] | None = None, *, scorer: Any = None
 ) -> dg.MaterializeResult:
     first = results[0]
     version = first.version
@@ -258,6 +259,9 @@ def _materialization(
         chunks=sum(r.chunks for r in results),
         summaries={r.partition: r.summary for r in results},
     )
+    note = getattr(scorer, "output_note", "")
+    if note:  # how the runtime's outputs map to the prediction contract (e.g. a documented fallback)
+        metadata["prediction_outputs"] = dg.MetadataValue.text(note)
     if len(results) == 1:
         metadata["output"] = dg.MetadataValue.path(first.output_uri)
         metadata["score_summary"] = dg.MetadataValue.md(first.summary.as_markdown())

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from ml_assets.resources.core.errors import ModelRefError
+from ml_assets.resources.core.paths import check_relative, check_segment
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -120,6 +121,16 @@ class ModelVersion:
     tags: dict[str, str] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
     """Registry-specific facts a runtime may need (e.g. the model file inside the artifact)."""
+    verification: dict[str, str] = field(default_factory=dict)
+    """What the trust policy verified before loading (``ml_assets.resources.core.trust``); empty without one."""
+
+    def __post_init__(self) -> None:
+        # Versions and model files come from registries' metadata: they become cache folders and
+        # paths inside the artifact, so they cross the one validating function here.
+        check_segment(self.version, what=f"version of model {self.name!r}")
+        model_file = self.extra.get("model_file")
+        if model_file is not None:
+            check_relative(model_file, what=f"model_file of {self.describe()}")
 
     @property
     def uri(self) -> str:
@@ -147,6 +158,7 @@ class ModelVersion:
             facts["model_aliases"] = ",".join(self.aliases)
         if self.stage:
             facts["model_stage"] = self.stage
+        facts.update({f"model_{k}": v for k, v in self.verification.items()})
         return facts
 
 
@@ -187,14 +199,13 @@ class Scorer(Protocol):
     run at once from different threads (more than 1 only where the runtime releases the
     GIL or keeps its own worker pool).
 
-    Output column names carry meaning for the checks and comparisons:
-    ``probability_<class>`` (floats in [0, 1]; ``probability_1`` is the positive class of a
-    binary classifier) get a histogram and drive drift and champion/challenger checks;
-    ``label``/``prediction``/``predict``/``class`` or ``*_label`` (integers or strings) are the
-    predicted class, counted and compared for agreement; any other float column (a regressor's
-    ``prediction``, ``variable``) gets moments (count, mean, std, min, max).
-    An optional ``classes`` attribute (the model's class labels) lets the health check flag
-    labels the model does not have.
+    Output columns follow the prediction contract (``ml_assets.resources.core.predictions``):
+    a classifier gives ``label`` (typed like the classes) and ``probability_<class>`` per class,
+    in the model's order; a regressor ``prediction``; a multi-output model ``prediction_<name>``
+    (``naming="native"`` keeps a runtime's own names). Checks, drift and champion/challenger read
+    ``score_columns``: a binary classifier's last class, every class of a multiclass model. Optional
+    attributes: ``classes`` (the model's class labels; the health check flags labels outside them)
+    and ``output_note`` (how the outputs were named, e.g. a documented fallback or "labels only").
     """
 
     concurrency: int
