@@ -89,3 +89,7 @@ class UnsafePathError(MlAssetsError):
 class ModelVerificationError(ArtifactError):
     """A model version refused by the trust policy: unsigned, signed by another key, modified after
     signing, or holding a pickle that calls dangerous globals."""
+
+
+class EnvironmentBuildError(MlAssetsError):
+    """A model's environment could not be built; the message names the requirement that failed."""
