@@ -18,6 +18,7 @@ from ml_assets.checks import (
 )
 from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource, RayEngineResource
 from ml_assets.datasets import ParquetDataset, PartitionReader
+from ml_assets.reconcile import NumericStrings
 from ml_assets.resources.core.errors import MlAssetsError
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS, Challenger, NullPolicy, Progress, ScoringResult, score_partition
@@ -42,6 +43,7 @@ def build_scoring_asset(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     passthrough: Sequence[str] = (),
     nulls: NullPolicy = "error",
+    numeric_strings: NumericStrings = "error",
     version_column: str | None = None,
     checks: CheckSettings | None = DEFAULT_CHECKS,
     challenger: str | None = None,
@@ -69,7 +71,7 @@ def build_scoring_asset(
             ``partition_column``, or a path template such as ``s3://b/scores/{date}.parquet``).
         partitions_def: e.g. ``DailyPartitionsDefinition(...)`` or ``StaticPartitionsDefinition``;
             each key is the value of ``partition_column``. None scores the whole dataset.
-        chunk_rows / passthrough / nulls / version_column: see ``score_partition``.
+        chunk_rows / passthrough / nulls / numeric_strings / version_column: see ``score_partition``.
         checks: asset checks (signature, blocking; prediction health; score drift; and with a
             challenger, champion/challenger agreement) with their thresholds; None for none.
         challenger: a second ref (``models:/fraud@challenger``) scored in the same pass over the
@@ -145,7 +147,12 @@ def build_scoring_asset(
             if checks is not None:
                 # Blocking: every partition's input is checked before any output is written.
                 for partition in partitions:
-                    outcome = check_signature(PartitionReader(source, partition), scorer.input_schema, nulls=nulls)
+                    outcome = check_signature(
+                        PartitionReader(source, partition),
+                        scorer.input_schema,
+                        nulls=nulls,
+                        numeric_strings=numeric_strings,
+                    )
                     if not outcome.passed:
                         yield _check_result(main_key, outcome, {"partition": partition})
                         where = source.describe(partition)
@@ -162,6 +169,7 @@ def build_scoring_asset(
                     chunk_rows=chunk_rows,
                     passthrough=passthrough,
                     nulls=nulls,
+                    numeric_strings=numeric_strings,
                     version_column=version_column,
                     challengers=contenders,
                     on_progress=_progress_logger(context, partition),

@@ -174,6 +174,9 @@ with warnings.catch_warnings():
         chunk_rows: int = DEFAULT_CHUNK_ROWS
         passthrough: list[str] = Field(default_factory=list)
         nulls: Literal["error", "pass"] = "error"
+        numeric_strings: Literal["error", "parse"] = Field(
+            default="error", description="parse: text columns feed numeric model inputs (see README, Schema rules)."
+        )
         version_column: str | None = None
         checks: ChecksConfig | None = Field(default_factory=ChecksConfig, description="null: no asset checks.")
         challenger: ChallengerConfig | None = None
@@ -203,6 +206,7 @@ with warnings.catch_warnings():
                 chunk_rows=self.chunk_rows,
                 passthrough=self.passthrough,
                 nulls=self.nulls,
+                numeric_strings=self.numeric_strings,
                 version_column=self.version_column,
                 checks=checks,
                 challenger=self.challenger.model if self.challenger else None,
