@@ -106,9 +106,10 @@ def make_models() -> dict[str, tuple[Path, object]]:
         if not (path / "MLmodel").exists():
             flavor = {"rf": mlflow.sklearn, "lgbm": mlflow.lightgbm, "xgb": mlflow.xgboost}[name]
             extra = {"skops_trusted_types": ["sklearn.tree._tree.Tree"]} if name == "rf" else {}
-            flavor.save_model(
-                model, str(path), signature=infer_signature(x, model.predict(x)), pip_requirements=[], **extra
-            )
+            library = {"rf": "scikit-learn==1.9.0", "lgbm": "lightgbm==4.7.0", "xgb": "xgboost-cpu==3.2.0"}[name]
+            requirements = ["mlflow==3.17.2", "numpy==2.4.6", "pandas==3.1.1", "scikit-learn==1.9.0", library]
+            signature = infer_signature(x, model.predict(x))
+            flavor.save_model(model, str(path), signature=signature, pip_requirements=sorted(set(requirements)), **extra)
         models[name] = (path, model)
     return models
 
