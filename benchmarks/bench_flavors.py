@@ -109,7 +109,8 @@ def make_models() -> dict[str, tuple[Path, object]]:
             library = {"rf": "scikit-learn==1.9.0", "lgbm": "lightgbm==4.7.0", "xgb": "xgboost-cpu==3.2.0"}[name]
             requirements = ["mlflow==3.17.2", "numpy==2.4.6", "pandas==3.1.1", "scikit-learn==1.9.0", library]
             signature = infer_signature(x, model.predict(x))
-            flavor.save_model(model, str(path), signature=signature, pip_requirements=sorted(set(requirements)), **extra)
+            pins = sorted(set(requirements))
+            flavor.save_model(model, str(path), signature=signature, pip_requirements=pins, **extra)
         models[name] = (path, model)
     return models
 
