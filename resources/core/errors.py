@@ -49,3 +49,16 @@ class DatasetError(MlAssetsError):
 
 class MissingDependencyError(MlAssetsError, ImportError):
     """An optional package is not installed; the message names the extra that installs it."""
+
+
+class RowsRejectedError(ScoringError):
+    """The model raised on these rows, or a remote server refused them (HTTP 4xx): something in the rows,
+    not the service. With ``on_row_error="quarantine"`` the chunk is narrowed to the rows by bisection."""
+
+    def __init__(self, message: str, *, stage: str = "model") -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+class ErrorBudgetExceededError(ScoringError):
+    """More rows could not be scored than the error budget allows; nothing was committed."""

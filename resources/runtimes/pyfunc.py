@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from ml_assets.resources.core.errors import ModelLoadError, ScoringError
+from ml_assets.resources.core.errors import ModelLoadError, RowsRejectedError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.resources.core.signals import ignore_stop_signals
 from ml_assets.resources.runtimes._common import available_cores, empty_batch
@@ -294,7 +294,7 @@ class PyfuncScorer:
                 return self._local.predict_batch(batch)
             except Exception as exc:
                 msg = f"{self.version.describe()}: predict failed on a batch of {batch.num_rows} rows: {exc}"
-                raise ScoringError(msg) from exc
+                raise RowsRejectedError(msg) from exc
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, batch.schema) as writer:
             writer.write_batch(batch)
@@ -318,7 +318,7 @@ class PyfuncScorer:
             if reply.startswith(b"er"):
                 reason = reply[2:].decode()
                 msg = f"{self.version.describe()}: predict failed on a batch of {batch.num_rows} rows: {reason}"
-                raise ScoringError(msg)
+                raise RowsRejectedError(msg)
             table = pa.ipc.open_stream(reply[2:]).read_all()
             return {name: table.column(name).combine_chunks() for name in table.column_names}
 
