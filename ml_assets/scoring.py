@@ -410,7 +410,7 @@ def score_partition(
             for item in scored:
                 for writer, output in zip(writers, item.outputs, strict=True):
                     writer.write(output)
-                for errors, tally, outcome in zip(error_writers, tallies, item.outcomes, strict=True):
+                for errors, tally, outcome in zip(error_writers, tallies, item.outcomes if budget else [], strict=True):
                     if outcome.failures.num_rows:
                         tally.add(outcome.failures, reader.where)
                         errors.write(_error_batch(item.chunk, outcome.failures, positions, errors.schema))
