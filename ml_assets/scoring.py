@@ -468,7 +468,7 @@ def _error_batch(
 ) -> pa.RecordBatch:
     """The errors dataset's rows for one chunk's failures: passthrough columns, file and row, stage, column, message."""
     rows = failures.column("row").to_numpy()
-    passthrough = chunk.passthrough.take(pa.array(rows))
+    passthrough = _rows_of(chunk.passthrough, rows)
     file, row = positions.locate(rows + chunk.first_row)
     columns = [
         *passthrough.columns,
@@ -566,7 +566,14 @@ def _kept(chunk: _Chunk, keep: np.ndarray | None) -> _Chunk:
     """The chunk's rows that were scored (all of them without quarantine)."""
     if keep is None:
         return chunk
-    return _Chunk(chunk.index, chunk.first_row, int(keep.sum()), chunk.passthrough.filter(pa.array(keep)))
+    return _Chunk(chunk.index, chunk.first_row, int(keep.sum()), _rows_of(chunk.passthrough, keep))
+
+
+def _rows_of(batch: pa.RecordBatch, rows: np.ndarray) -> pa.RecordBatch:
+    """``batch`` filtered by a mask or taken at positions; a batch of no columns (no passthrough) stays one."""
+    if not batch.num_columns:
+        return batch
+    return batch.filter(pa.array(rows)) if rows.dtype == np.bool_ else batch.take(pa.array(rows))
 
 
 def _scored_elsewhere(
