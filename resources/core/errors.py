@@ -51,6 +51,16 @@ class MissingDependencyError(MlAssetsError, ImportError):
     """An optional package is not installed; the message names the extra that installs it."""
 
 
+class UnsafePathError(MlAssetsError):
+    """A name from outside (partition value, manifest entry, version, alias) that would make a path
+    outside its root."""
+
+
+class ModelVerificationError(ArtifactError):
+    """A model version refused by the trust policy: unsigned, signed by another key, modified after
+    signing, or holding a pickle that calls dangerous globals."""
+
+
 class RowsRejectedError(ScoringError):
     """The model raised on these rows, or a remote server refused them (HTTP 4xx): something in the rows,
     not the service. With ``on_row_error="quarantine"`` the chunk is narrowed to the rows by bisection."""
