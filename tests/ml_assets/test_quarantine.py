@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import signal
+import subprocess
+import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +24,7 @@ import onnxruntime as ort
 import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
@@ -425,3 +431,89 @@ def test_a_remote_server_down_is_not_quarantined(picky_server, tmp_path):
     assert not isinstance(failed.value, ErrorBudgetExceededError)
     assert files_under(tmp_path / "out") == []
     assert files_under(tmp_path / "out_errors") == []
+
+
+# -- SIGKILL at each point of the two commits ------------------------------------------------------
+
+QUARANTINE_WRITER = Path(__file__).with_name("quarantine_writer.py")
+
+
+def run_quarantine_writer(spec: dict, *, pause_at: str | None, tmp_path: Path) -> None:
+    """Runs the writer to completion, or until it reaches ``pause_at``, and SIGKILLs it there."""
+    marker = tmp_path / f"reached-{time.monotonic_ns()}"
+    spec = {**spec, "pause_at": pause_at, "marker": str(marker)}
+    process = subprocess.Popen([sys.executable, str(QUARANTINE_WRITER), json.dumps(spec)], stderr=subprocess.PIPE)
+    if pause_at is None:
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err.decode()
+        return
+    deadline = time.monotonic() + 120
+    try:
+        while not marker.exists():
+            assert process.poll() is None, f"the writer exited before {pause_at}: {process.stderr.read().decode()}"
+            assert time.monotonic() < deadline, f"the writer did not reach {pause_at} within 120s"
+            time.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+def readers_of(root: Path) -> dict[str, Any]:
+    """pyarrow datasets, Polars (folder and glob) and DuckDB (glob): the transaction ids each sees."""
+
+    def ids(read: Any) -> list[int] | None:
+        try:
+            table = read()
+        except Exception:  # noqa: BLE001 -- each reader has its own "no files found" error
+            return None
+        return sorted(table.column("transaction_id").to_pylist()) if table.num_rows or table.num_columns else None
+
+    return {
+        "pyarrow.dataset": ids(lambda: pads.dataset(root, partitioning="hive").to_table()),
+        "polars directory": ids(lambda: pl.scan_parquet(f"{root}/").collect().to_arrow()),
+        "polars glob": ids(lambda: pl.scan_parquet(f"{root}/**/*.parquet").collect().to_arrow()),
+        "duckdb glob": ids(lambda: duckdb.sql(f"select * from read_parquet('{root}/**/*.parquet')").to_arrow_table()),
+    }
+
+
+@pytest.mark.slow
+def test_killed_at_each_commit_point_no_reader_sees_a_new_output_without_its_errors(models, tmp_path):
+    source, out = tmp_path / "in", tmp_path / "scores"
+    spec = {"input": str(source), "output": str(out), "partition": DAY, "model": str(models.lr_onnx)}
+
+    def write_input(poisoned: list[int]) -> tuple[set[int], set[int]]:
+        """The input of one run: its poisoned rows; returns (ids the output holds, ids the errors hold)."""
+        shutil.rmtree(source, ignore_errors=True)
+        table = poisoned_transactions(source, nulls=dict.fromkeys(poisoned, "amount"), uncastable=[])
+        ids = table["transaction_id"].to_numpy()
+        bad = {int(ids[row]) for row in poisoned}
+        return {int(i) for i in ids} - bad, bad
+
+    def seen() -> list[tuple[str, frozenset[int] | None, frozenset[int] | None]]:
+        outputs, errors = readers_of(out), readers_of(tmp_path / "scores_errors")
+        return [
+            (name, None if outputs[name] is None else frozenset(outputs[name]),
+             None if errors[name] is None else frozenset(errors[name]))
+            for name in outputs
+        ]  # fmt: skip
+
+    old_output, old_errors = write_input([1, 2, 3])
+    run_quarantine_writer(spec, pause_at=None, tmp_path=tmp_path)
+    assert all((o, e) == (old_output, old_errors) for _, o, e in seen())
+    new_output, new_errors = write_input([10, 20, 30, 40])
+    assert new_output != old_output
+    # Killed before the errors' commit; between the two commits; after both.
+    expected = {
+        "before-1": (old_output, old_errors),
+        "after-1": (old_output, new_errors),
+        "after-2": (new_output, new_errors),
+    }
+    for point, (output, errors) in expected.items():
+        run_quarantine_writer(spec, pause_at=point, tmp_path=tmp_path)
+        for name, seen_output, seen_errors in seen():
+            assert (seen_output, seen_errors) == (output, errors), f"{name} after a kill at {point}"
+            # The invariant the README states: a new output is never visible without its errors.
+            assert seen_output != new_output or seen_errors == new_errors, name
+    # The last run swept what the killed ones left in both staging folders.
+    assert files_under(tmp_path / ".scores.ml-assets-staging") == []
+    assert files_under(tmp_path / ".scores_errors.ml-assets-staging") == []
