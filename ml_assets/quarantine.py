@@ -156,9 +156,9 @@ def screen(
             ]
             found.append(_failures(rows[fresh], "cast", f.name, messages))
             bad[rows] = True
-        _check_limit(int(bad.sum()), limit, found)
-    if not bad.any():
+    if not found:
         return batch, None, no_failures()
+    _check_limit(int(bad.sum()), limit, found)
     keep = ~bad
     return batch.filter(pa.array(keep)), keep, pa.concat_tables(found)
 
