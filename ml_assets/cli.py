@@ -75,6 +75,13 @@ def main() -> None:
 @click.option("--features", metavar="COL,...", help="Feature columns when the registry records no signature.")
 @click.option("--outputs", metavar="COL,...", help="Prediction columns to keep (default: all).")
 @click.option("--nulls", type=click.Choice(["error", "pass"]), default="error", show_default=True)
+@click.option(
+    "--numeric-strings",
+    type=click.Choice(["error", "parse"]),
+    default="error",
+    show_default=True,
+    help="parse: text columns feed numeric model inputs (text that is not a number is an error naming its row).",
+)
 @click.option("--version-column", help="Add a column holding the model version.")
 @click.option(
     "--on-row-error",
@@ -203,6 +210,7 @@ def _score(
     features: str | None,
     outputs: str | None,
     nulls: str,
+    numeric_strings: str,
     version_column: str | None,
     on_row_error: str,
     max_error_rate: float | None,
@@ -298,6 +306,7 @@ def _score(
                     chunk_rows=chunk_rows,
                     passthrough=_split(passthrough),
                     nulls=nulls,  # type: ignore[arg-type]
+                    numeric_strings=numeric_strings,  # type: ignore[arg-type]
                     version_column=version_column,
                     on_progress=show,
                     engine=ray_engine,

@@ -1,7 +1,8 @@
 """Rows that cannot be scored, set aside instead of failing the partition (``on_row_error="quarantine"``).
 
 Each chunk is screened before the model sees it: rows with a null in a feature (``nulls="error"``) or a
-value that does not cast safely to the model's type leave the chunk with a row-level mask. If the model
+value that the file's conversion rules (``ml_assets.reconcile``, the same ones that fail a ``fail`` run)
+refuse leave the chunk with a row-level mask. If the model
 raises on the rest, or a remote server answers 400/422, the chunk is narrowed to the offending rows by
 bisection: ``2·k·log2(n)`` calls at most for ``k`` bad rows in ``n``, and never more than the error budget
 needs to be exceeded. Good rows are scored as usual and keep their input order.
@@ -23,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ml_assets.datasets import ParquetDataset
+from ml_assets.reconcile import Conversion, ValueRefused, cast
 from ml_assets.resources.core.errors import ErrorBudgetExceededError, MlAssetsError, RowsRejectedError
 
 OnRowError = Literal["fail", "quarantine"]
@@ -130,37 +132,56 @@ def no_failures() -> pa.Table:
 
 
 def screen(
-    batch: pa.RecordBatch, inputs: pa.Schema, *, nulls: Literal["error", "pass"], limit: int
+    batch: pa.RecordBatch,
+    inputs: pa.Schema,
+    conversions: Sequence[Conversion],
+    *,
+    nulls: Literal["error", "pass"],
+    limit: int,
 ) -> tuple[pa.RecordBatch, np.ndarray | None, pa.Table]:
-    """``batch`` without the rows the model cannot take: a null in a feature (``nulls="error"``) or a value
-    that does not cast safely to the feature's type. Returns (kept rows, mask of kept rows or None when all
-    are kept, failures). A row's first problem, in feature order, is the one recorded."""
+    """``batch`` (rows of one file) without the rows the model cannot take: a null in a feature
+    (``nulls="error"``) or a value that ``conversions`` (the file's rules, ``ml_assets.reconcile``) do
+    not let become the model's type. Returns (kept rows, mask of kept rows or None when all are kept,
+    failures). A row's first problem, in feature order, is the one recorded. A clean column costs
+    what scoring costs anyway: its null count and one cast."""
     n = batch.num_rows
     bad = np.zeros(n, dtype=bool)
     found: list[pa.Table] = []
-    for f in inputs:
+    for f, rule in zip(inputs, conversions, strict=True):
         column = batch.column(f.name)
         if nulls == "error" and column.null_count:
             rows = np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False) & ~bad)
             message = f"null in feature {f.name!r}; the model expects a value (nulls='pass' hands it over as missing)"
             found.append(_failures(rows, "null", f.name, [message] * len(rows)))
             bad[rows] = True
-        if column.type != f.type and not _casts(column, f.type):
-            failed = _bisect(n, lambda lo, hi, c=column, t=f.type: _cast_error(c.slice(lo, hi - lo), t), limit=limit)
-            rows = np.array([row for row, _ in failed], dtype=np.int64)
-            fresh = ~bad[rows] if len(rows) else np.zeros(0, dtype=bool)
-            messages = [
-                f"{f.name!r} ({column.type}) does not cast safely to {f.type}: {_short(exc)}"
-                for (_, exc), new in zip(failed, fresh, strict=True)
-                if new
-            ]
-            found.append(_failures(rows[fresh], "cast", f.name, messages))
+        if rule.kind != "same":
+            refused = _refused_values(column, rule, limit=limit)
+            fresh = [(row, detail) for row, detail in refused if not bad[row]]
+            rows = np.array([row for row, _ in fresh], dtype=np.int64)
+            messages = [f"{f.name!r} ({rule.found}) does not cast safely to {rule.expected}: {d}" for _, d in fresh]
+            found.append(_failures(rows, "cast", f.name, messages))
             bad[rows] = True
-    if not found:
+    if not bad.any():
         return batch, None, no_failures()
     _check_limit(int(bad.sum()), limit, found)
     keep = ~bad
     return batch.filter(pa.array(keep)), keep, pa.concat_tables(found)
+
+
+def _refused_values(column: pa.Array, rule: Conversion, *, limit: int) -> list[tuple[int, str]]:
+    """(row, why) of each value of ``column`` that ``rule`` refuses. ``reconcile.cast`` names the first
+    refused value of what it is given: cast the rest after it, at most ``limit + 1`` times."""
+    refused: list[tuple[int, str]] = []
+    start = 0
+    while start < len(column) and len(refused) <= limit:
+        try:
+            cast(column.slice(start), rule)
+        except ValueRefused as exc:
+            refused.append((start + exc.row, exc.detail))
+            start += exc.row + 1
+            continue
+        break
+    return refused
 
 
 def score_rows(
@@ -305,19 +326,6 @@ class RowErrorReport:
         }
 
 
-class FilePositions:
-    """Maps a row of the partition (in read order) to its file and its row in that file."""
-
-    def __init__(self, files: Sequence[tuple[str, int]]) -> None:
-        self.names = pa.array([name for name, _ in files], pa.string())
-        self.starts = np.concatenate([[0], np.cumsum([rows for _, rows in files], dtype=np.int64)])
-
-    def locate(self, rows: np.ndarray) -> tuple[pa.Array, pa.Array]:
-        index = np.searchsorted(self.starts, rows, side="right") - 1
-        file = pa.DictionaryArray.from_arrays(pa.array(index, pa.int32()), self.names)
-        return file, pa.array(rows - self.starts[index], pa.int64())
-
-
 def _bisect(
     n: int, attempt: Callable[[int, int], BaseException | None], *, limit: int
 ) -> list[tuple[int, BaseException]]:
@@ -344,18 +352,6 @@ def _bisect(
 
     visit(0, n)
     return failed
-
-
-def _casts(column: pa.Array, to: pa.DataType) -> bool:
-    return _cast_error(column, to) is None
-
-
-def _cast_error(column: pa.Array, to: pa.DataType) -> BaseException | None:
-    try:
-        pc.cast(column, to, safe=True)
-    except pa.ArrowInvalid as exc:
-        return exc
-    return None
 
 
 def _check_limit(rows: int, limit: int, found: list[pa.Table]) -> None:

@@ -12,6 +12,7 @@ from ml_assets.airflow.hooks import DEFAULT_CONN_ID, ModelRegistryHook
 from ml_assets.datasets import ParquetDataset
 from ml_assets.promotion import stale_partitions
 from ml_assets.quarantine import OnRowError, error_budget
+from ml_assets.reconcile import NumericStrings
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS, NullPolicy, Progress, score_partition
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class ScorePartitionOperator(BaseOperator):
         runtime_options: Mapping[str, Any] | None = None,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         nulls: NullPolicy = "error",
+        numeric_strings: NumericStrings = "error",
         version_column: str | None = None,
         registry_conn_id: str = DEFAULT_CONN_ID,
         storage_options: Mapping[str, Any] | None = None,
@@ -85,6 +87,7 @@ class ScorePartitionOperator(BaseOperator):
         self.runtime_options = dict(runtime_options or {})
         self.chunk_rows = chunk_rows
         self.nulls = nulls
+        self.numeric_strings = numeric_strings
         self.version_column = version_column
         self.registry_conn_id = registry_conn_id
         self.storage_options = dict(storage_options or {})
@@ -111,6 +114,7 @@ class ScorePartitionOperator(BaseOperator):
                 chunk_rows=self.chunk_rows,
                 passthrough=self.passthrough,
                 nulls=self.nulls,
+                numeric_strings=self.numeric_strings,
                 version_column=self.version_column,
                 on_progress=self._progress_logger(),
                 extra_metadata={"airflow": _run_facts(context)},

@@ -20,6 +20,7 @@ from ml_assets.checks import (
 from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource, RayEngineResource
 from ml_assets.datasets import ParquetDataset, PartitionReader
 from ml_assets.quarantine import OnRowError, error_budget
+from ml_assets.reconcile import NumericStrings
 from ml_assets.resources.core.errors import ErrorBudgetExceededError, MlAssetsError
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS, Challenger, NullPolicy, Progress, ScoringResult, score_partition
@@ -44,6 +45,7 @@ def build_scoring_asset(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     passthrough: Sequence[str] = (),
     nulls: NullPolicy = "error",
+    numeric_strings: NumericStrings = "error",
     version_column: str | None = None,
     checks: CheckSettings | None = DEFAULT_CHECKS,
     challenger: str | None = None,
@@ -74,7 +76,7 @@ def build_scoring_asset(
             ``partition_column``, or a path template such as ``s3://b/scores/{date}.parquet``).
         partitions_def: e.g. ``DailyPartitionsDefinition(...)`` or ``StaticPartitionsDefinition``;
             each key is the value of ``partition_column``. None scores the whole dataset.
-        chunk_rows / passthrough / nulls / version_column: see ``score_partition``.
+        chunk_rows / passthrough / nulls / numeric_strings / version_column: see ``score_partition``.
         checks: asset checks (signature, blocking; prediction health; score drift; and with a
             challenger, champion/challenger agreement) with their thresholds; None for none.
         challenger: a second ref (``models:/fraud@challenger``) scored in the same pass over the
@@ -160,7 +162,10 @@ def build_scoring_asset(
                 for partition in partitions:
                     # Quarantine sets rows with nulls aside one by one: they do not block the partition.
                     outcome = check_signature(
-                        PartitionReader(source, partition), scorer.input_schema, nulls="pass" if quarantine else nulls
+                        PartitionReader(source, partition),
+                        scorer.input_schema,
+                        nulls="pass" if quarantine else nulls,
+                        numeric_strings=numeric_strings,
                     )
                     if not outcome.passed:
                         yield _check_result(main_key, outcome, {"partition": partition})
@@ -178,6 +183,7 @@ def build_scoring_asset(
                     chunk_rows=chunk_rows,
                     passthrough=passthrough,
                     nulls=nulls,
+                    numeric_strings=numeric_strings,
                     version_column=version_column,
                     challengers=contenders,
                     on_progress=_progress_logger(context, partition),
@@ -195,9 +201,10 @@ def build_scoring_asset(
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
         except MlAssetsError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
-        yield _materialization(main_key, results)
+        yield _materialization(main_key, results, scorer=scorer)
         if challenger_key is not None:
-            yield _materialization(challenger_key, [r.challengers[0] for r in results], champion=results)
+            challenged = [r.challengers[0] for r in results]
+            yield _materialization(challenger_key, challenged, champion=results, scorer=contenders[0].scorer)
         if checks is not None:
             classes = getattr(scorer, "classes", None)
             per_partition = [
@@ -269,7 +276,7 @@ def scoring_metadata(
 
 
 def _materialization(
-    key: dg.AssetKey, results: list[ScoringResult], champion: list[ScoringResult] | None = None
+    key: dg.AssetKey, results: list[ScoringResult], champion: list[ScoringResult] | None = None, *, scorer: Any = None
 ) -> dg.MaterializeResult:
     first = results[0]
     version = first.version
@@ -281,6 +288,9 @@ def _materialization(
         chunks=sum(r.chunks for r in results),
         summaries={r.partition: r.summary for r in results},
     )
+    note = getattr(scorer, "output_note", "")
+    if note:  # how the runtime's outputs map to the prediction contract (e.g. a documented fallback)
+        metadata["prediction_outputs"] = dg.MetadataValue.text(note)
     if len(results) == 1:
         metadata["output"] = dg.MetadataValue.path(first.output_uri)
         metadata["score_summary"] = dg.MetadataValue.md(first.summary.as_markdown())

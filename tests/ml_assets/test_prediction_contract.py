@@ -106,6 +106,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
     from sklearn2pmml import sklearn2pmml
     from sklearn2pmml.pipeline import PMMLPipeline
@@ -113,10 +114,15 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     root = tmp_path_factory.mktemp("contract")
     train = features(4_000, seed=7)
     y = train["binary"].astype(int).to_numpy()
-    encode = ColumnTransformer([("enum", OneHotEncoder(), ENUMS)], remainder="passthrough")
-    pipeline = PMMLPipeline([("encode", encode), ("model", LogisticRegression(max_iter=500))])
-    pipeline.fit(train[FEATURES], y)
-    sklearn2pmml(pipeline, str(root / "lr.pmml"))
+
+    def steps() -> list[tuple[str, Any]]:
+        encode = ColumnTransformer([("enum", OneHotEncoder(), ENUMS)], remainder="passthrough")
+        return [("encode", encode), ("model", LogisticRegression(max_iter=500))]
+
+    # The same pipeline fitted twice (deterministic): sklearn2pmml needs its own PMMLPipeline class,
+    # skl2onnx and MLflow a plain scikit-learn one.
+    pipeline = Pipeline(steps()).fit(train[FEATURES], y)
+    sklearn2pmml(PMMLPipeline(steps()).fit(train[FEATURES], y), str(root / "lr.pmml"))
     initial = [(c, FloatTensorType([None, 1])) for c in NUMERIC] + [(c, StringTensorType([None, 1])) for c in ENUMS]
     onnx_model = convert_sklearn(pipeline, initial_types=initial, options={"zipmap": False})
     (root / "lr.onnx").write_bytes(onnx_model.SerializeToString())

@@ -179,6 +179,9 @@ with warnings.catch_warnings():
         )
         max_error_rate: float | None = Field(default=None, description="Error budget: at most this fraction of rows.")
         max_error_rows: int | None = Field(default=None, description="Error budget: at most this many rows.")
+        numeric_strings: Literal["error", "parse"] = Field(
+            default="error", description="parse: text columns feed numeric model inputs (see README, Schema rules)."
+        )
         version_column: str | None = None
         checks: ChecksConfig | None = Field(default_factory=ChecksConfig, description="null: no asset checks.")
         challenger: ChallengerConfig | None = None
@@ -208,6 +211,7 @@ with warnings.catch_warnings():
                 chunk_rows=self.chunk_rows,
                 passthrough=self.passthrough,
                 nulls=self.nulls,
+                numeric_strings=self.numeric_strings,
                 version_column=self.version_column,
                 checks=checks,
                 challenger=self.challenger.model if self.challenger else None,
