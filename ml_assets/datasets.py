@@ -11,7 +11,9 @@ import os
 import string
 import sys
 import uuid
+from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
@@ -372,6 +374,9 @@ class AtomicPartitionWriter:
 
     # Small chunks make small row groups; buffering to this many rows keeps reads of the output fast.
     ROW_GROUP_ROWS = 262_144
+    # Row groups handed to the encoding thread and not yet written: the scoring side runs ahead by
+    # at most this many, so memory stays bounded when the disk is the slower side.
+    ENCODE_AHEAD = 2
 
     def __init__(
         self,
@@ -393,14 +398,15 @@ class AtomicPartitionWriter:
                 dataset, self.uri, staging_uri or dataset.staging_uri or dataset.default_staging_uri(), self.where
             )
         self.filesystem, self.final_path = self._sink.filesystem, self._sink.final_path
-        dictionary_columns = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type)]
         try:
-            self._writer = pq.ParquetWriter(
-                self._sink.stream, self.schema, use_dictionary=dictionary_columns or False, compression="snappy"
-            )
+            self._writer = pq.ParquetWriter(self._sink.stream, self.schema, **output_encoding(schema))
         except BaseException:
             self._sink.abort()
             raise
+        # Encoding and compression run here, off the thread that collects the scored chunks:
+        # pyarrow releases the GIL while it encodes, so writing overlaps reading and scoring.
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ml-assets-encode")
+        self._encoding: deque[Future[None]] = deque()
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._committed = False
@@ -417,17 +423,27 @@ class AtomicPartitionWriter:
         self.rows += batch.num_rows
         if self._pending_rows >= self.ROW_GROUP_ROWS:
             with self._storage("writing"):
-                self._flush()
+                self._hand_over()
+                while len(self._encoding) > self.ENCODE_AHEAD:
+                    self._encoding.popleft().result()  # re-raises the encoding thread's failure
 
-    def _flush(self) -> None:
+    def _hand_over(self) -> None:
+        """The pending chunks become one row group, queued for the encoding thread (in order: one worker)."""
         if self._pending:
             table = pa.Table.from_batches(self._pending, schema=self.schema)
-            self._writer.write_table(table, row_group_size=max(self._pending_rows, 1))
+            self._encoding.append(self._encoder.submit(self._writer.write_table, table, row_group_size=len(table)))
             self._pending, self._pending_rows = [], 0
+
+    def _flush(self) -> None:
+        """Everything written so far is in the file (or has failed) when this returns."""
+        self._hand_over()
+        while self._encoding:
+            self._encoding.popleft().result()
 
     def commit(self) -> str:
         with self._storage("committing"):
             self._flush()
+            self._encoder.shutdown(wait=True)
             self._writer.close()
             self._sink.commit()
         self._committed = True
@@ -449,10 +465,34 @@ class AtomicPartitionWriter:
         committed output stays (a run that fails after committing one of several outputs keeps it)."""
         if self._committed:
             return
+        for future in self._encoding:
+            future.cancel()
+        self._encoder.shutdown(wait=True)  # a row group being encoded finishes before the file goes
+        self._encoding.clear()
         # Closing may fail again after a failed write; the sink removes its traces either way.
         with contextlib.suppress(OSError, pa.ArrowException):
             self._writer.close()
         self._sink.abort()
+
+
+def output_encoding(schema: pa.Schema) -> dict[str, Any]:
+    """How output columns are encoded and compressed, chosen by measurement (``benchmarks/bench_columnar.py
+    --encodings``; docs/outputs.md has the table): zstd level 1; integers delta-encoded, floats byte-stream-split
+    (both cheaper to compress and smaller than plain); dictionaries only for strings, where values repeat.
+    Dictionary encoding of unique floats or keys is what made pyarrow's default ~6x slower to write."""
+    dictionary = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type)]
+    encodings = {}
+    for f in schema:
+        if pa.types.is_integer(f.type):
+            encodings[f.name] = "DELTA_BINARY_PACKED"
+        elif pa.types.is_float32(f.type) or pa.types.is_float64(f.type):
+            encodings[f.name] = "BYTE_STREAM_SPLIT"
+    return {
+        "use_dictionary": dictionary or False,
+        "column_encoding": encodings or None,
+        "compression": "zstd",
+        "compression_level": 1,
+    }
 
 
 class _Sink(Protocol):

@@ -17,8 +17,8 @@ from ml_assets.resources.core.paths import check_relative, check_segment
 if TYPE_CHECKING:
     import pyarrow as pa
 
-ModelFormat = Literal["onnx", "pmml", "h2o_mojo", "pyfunc", "remote"]
-MODEL_FORMATS: tuple[str, ...] = ("onnx", "pmml", "h2o_mojo", "pyfunc", "remote")
+ModelFormat = Literal["onnx", "pmml", "h2o_mojo", "pyfunc", "native", "remote"]
+MODEL_FORMATS: tuple[str, ...] = ("onnx", "pmml", "h2o_mojo", "pyfunc", "native", "remote")
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
 _REGISTRY_REF = re.compile(rf"^(?:models:/)?(?P<name>{_NAME})(?:@(?P<alias>{_NAME})|/(?P<selector>[A-Za-z0-9_\-]+))$")
