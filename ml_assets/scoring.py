@@ -520,7 +520,8 @@ def score_partition(
         with contextlib.closing(scored):
             for item in scored:
                 for writer, output in zip(writers, item.outputs, strict=True):
-                    writer.write(output)
+                    if output.num_rows:  # a chunk all quarantined leaves nothing to write
+                        writer.write(output)
                 for errors, tally, outcome in zip(error_writers, tallies, item.outcomes if budget else [], strict=True):
                     if outcome.failures.num_rows:
                         tally.add(outcome.failures, reader.where)
