@@ -127,10 +127,14 @@ def validated_params(params: Mapping[str, Any] | None, schema: Any, version: Mod
             shape = "" if spec.shape is None else f" of shape {list(spec.shape)}"
             msg = (
                 f"{version.describe()}: param {name!r} = {value!r} ({type(value).__name__}) does not fit the "
-                f"model's ParamSchema: expected {spec.dtype}{shape} ({exc.message})"
+                f"model's ParamSchema: expected {_dtype(spec)}{shape} ({exc.message})"
             )
             raise ModelLoadError(msg) from None
     return checked
+
+
+def _dtype(spec: Any) -> str:
+    return str(getattr(spec.dtype, "name", spec.dtype))
 
 
 def _signature_schemas(model_dir: Path, version: ModelVersion) -> tuple[pa.Schema, pa.Schema | None, Any]:
@@ -171,6 +175,9 @@ def _signature_schemas(model_dir: Path, version: ModelVersion) -> tuple[pa.Schem
         shape = getattr(spec, "shape", None) or (-1,)
         if arrow_type is not None and len(shape) == 1:
             outputs = pa.schema([pa.field("prediction", arrow_type)])
+        elif arrow_type is not None and len(shape) == 2 and shape[1] > 0:
+            # A [N, k] tensor (e.g. predict_proba): the columns are known without a probe row.
+            outputs = pa.schema([pa.field(f"prediction_{j}", arrow_type) for j in range(shape[1])])
     return pa.schema(fields), outputs, signature.params
 
 
@@ -544,8 +551,8 @@ class PyfuncRuntime:
         env_path: str | None = None,
         env_dir: str | None = None,
         index_url: str | None = None,
-        extra_index_urls: tuple[str, ...] | list[str] = (),
-        find_links: tuple[str, ...] | list[str] = (),
+        extra_index_urls: str | Sequence[str] = (),
+        find_links: str | Sequence[str] = (),
         params: Mapping[str, Any] | None = None,
         classes: Sequence[Any] | None = None,
         naming: Naming = "contract",
@@ -576,7 +583,7 @@ class PyfuncRuntime:
         self.env_manager = env_manager
         self.env_path = env_path
         self.env_dir = env_dir
-        self.index = IndexSettings(index_url, tuple(extra_index_urls), tuple(find_links))
+        self.index = IndexSettings.of(index_url, extra_index_urls, find_links)
 
     def load(self, version: ModelVersion, path: Path) -> PyfuncScorer:
         model_dir = Path(path)
