@@ -6,7 +6,9 @@
   of float rounding), classes the model does not have, rows in = rows out, from the streaming summary;
 - drift: PSI and KS between score histograms (this partition vs the previous partition, and vs
   the previous model version on the same partition);
-- agreement: champion vs challenger on the same rows.
+- agreement: champion vs challenger on the same rows;
+- row errors (``on_row_error="quarantine"``): warns when rows were quarantined within the budget
+  (over it the run fails and the check with it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ml_assets.resources.core.predictions import PROBABILITY, score_columns
 from ml_assets.summary import PROBABILITY_EPSILON, Comparison, ScoreSummary
 
 if TYPE_CHECKING:
+    from ml_assets.quarantine import RowErrorReport
     from ml_assets.scoring import ScoringResult
 
 Severity = Literal["warn", "error"]
@@ -294,7 +297,8 @@ def evaluate_checks(
         ),
         check_prediction_health(
             result.summary,
-            rows_in=result.rows_in,
+            # Quarantined rows are accounted for in the errors dataset (and the row_errors check).
+            rows_in=result.rows_in - (result.row_errors.rows if result.row_errors else 0),
             rows_out=result.rows_out,
             classes=classes,
             max_null_rate=settings.max_null_rate,
@@ -326,7 +330,31 @@ def evaluate_checks(
                 columns=columns,
             )
         )
+    if result.row_errors is not None:
+        outcomes.append(check_row_errors(result.row_errors))
     return outcomes
+
+
+def check_row_errors(report: RowErrorReport) -> CheckOutcome:
+    """Passes when no row was quarantined; warns when some were, within the budget (over it the run failed)."""
+    metrics = {
+        "row_errors": report.rows,
+        "row_error_rate": round(report.rate, 6),
+        "row_errors_allowed": report.allowed,
+        "errors_uri": report.uri,
+    }
+    if not report.rows:
+        return CheckOutcome("row_errors", True, f"no row quarantined ({report.budget.describe()})", metrics=metrics)
+    description = (
+        f"{report.rows:,} of {report.rows_total:,} rows ({report.rate:.3%}) quarantined to {report.uri}, within the "
+        f"budget ({report.budget.describe()}: {report.allowed:,} rows). Top: {'; '.join(report.top_reasons[:3])}"
+    )
+    return CheckOutcome("row_errors", False, description, severity="warn", metrics=metrics)
+
+
+def budget_exceeded(message: str) -> CheckOutcome:
+    """The row_errors outcome of a run that failed over its error budget."""
+    return CheckOutcome("row_errors", False, message, severity="error")
 
 
 def worst(outcomes: Sequence[CheckOutcome]) -> CheckOutcome:

@@ -20,6 +20,7 @@ import contextlib
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +31,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ml_assets.datasets import AtomicPartitionWriter, FileBatch, ParquetDataset, PartitionReader
+from ml_assets.quarantine import (
+    OnRowError,
+    RowErrorReport,
+    RowErrorTally,
+    Screened,
+    error_budget,
+    errors_dataset,
+    errors_schema,
+    no_failures,
+    score_rows,
+    screen,
+)
 from ml_assets.reconcile import Conversion, NumericStrings, ValueRefused, cast, conversion, schema_problems
 from ml_assets.resources.core.errors import CastError, DatasetError, MlAssetsError, SchemaMismatchError, ScoringError
 from ml_assets.resources.core.models import ModelVersion, Scorer
@@ -63,8 +76,11 @@ class ScoringResult:
     chunks: int
     summary: ScoreSummary = field(repr=False)
     prediction_schema: pa.Schema | None = field(default=None, repr=False)
+    row_errors: RowErrorReport | None = None
     challengers: list[ScoringResult] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
+    reader: str = ""
+    """The Parquet decoder that read the input (``polars``, or ``pyarrow: <why not Polars>``)."""
 
     @property
     def rows_per_second(self) -> float:
@@ -77,6 +93,9 @@ class _Chunk:
     first_row: int
     num_rows: int
     passthrough: pa.RecordBatch
+    # Where the chunk's rows come from: one file (None for a frame) and the row, in it, of the first.
+    file: str | None = None
+    file_row: int = 0
 
     @property
     def rows(self) -> str:
@@ -117,6 +136,7 @@ class _Plan:
         self.version = version
         self.nulls = nulls
         self.version_column = version_column
+        self.numeric_strings = numeric_strings
         self.inputs = scorer.input_schema
         if isinstance(reader, PartitionReader):
             files: list[tuple[str | None, pa.Schema]] = [(f.path, f.schema) for f in reader.files]
@@ -201,12 +221,18 @@ class _Plan:
     def _cast(
         self, piece: FileBatch, column: pa.Array, name: str, rule: Conversion, index: int, first_row: int, what: str
     ) -> pa.Array:
+        found = rule.found  # the file's own type, as its footer says: what messages name
+        if column.type != found:
+            # The reader's layout of the footer's type (Polars hands text as large_string): same values, same rule.
+            rule = conversion(column.type, rule.expected, numeric_strings=self.numeric_strings)
+            if rule.kind == "same":
+                return column
         try:
             return cast(column, rule)
         except ValueRefused as exc:
             file = self._names.get(piece.file)
             msg = (
-                f"{self._at(piece, index, first_row)}: column {name!r} ({rule.found}) cannot be cast safely to "
+                f"{self._at(piece, index, first_row)}: column {name!r} ({found}) cannot be cast safely to "
                 f"{rule.expected}, {what}: the first value that does not fit is at "
                 f"{self._row(piece, exc.row, first_row)}: {exc.detail}"
             )
@@ -216,9 +242,20 @@ class _Plan:
                 column=name,
                 row=first_row + exc.row,
                 file_row=piece.file_row + exc.row,
-                found=str(rule.found),
+                found=str(found),
                 expected=str(rule.expected),
             ) from None
+
+    def conversions(self, piece: FileBatch) -> list[Conversion]:
+        """How each model input of ``piece`` becomes the model's type: its file's rules, for the layout
+        the reader handed the columns in (as ``_cast`` does)."""
+        batch = piece.batch
+        return [
+            rule
+            if batch.column(f.name).type == rule.found
+            else conversion(batch.column(f.name).type, rule.expected, numeric_strings=self.numeric_strings)
+            for f, rule in zip(self.inputs, self._rules[piece.file], strict=True)
+        ]
 
     def features(self, piece: FileBatch, index: int, first_row: int) -> pa.RecordBatch:
         """The model's input columns of one file's batch, cast from that file's types to the model's.
@@ -238,7 +275,7 @@ class _Plan:
                     "score them as missing values)"
                 )
                 raise SchemaMismatchError(msg)
-            if rule.kind != "same":
+            if rule.kind != "same" or column.type != rule.found:
                 column = self._cast(piece, column, f.name, rule, index, first_row, "the model's type")
             columns.append(column)
         return pa.RecordBatch.from_arrays(columns, schema=self.inputs)
@@ -247,7 +284,7 @@ class _Plan:
         batch = piece.batch
         columns = [
             self._cast(piece, batch.column(n), n, rule, index, first_row, "the column's type in the output")
-            if rule.kind != "same"
+            if rule.kind != "same" or batch.column(n).type != rule.found
             else batch.column(n)
             for n, rule in zip(self.passthrough, self._passthrough_rules[piece.file], strict=True)
         ]
@@ -300,16 +337,63 @@ class _Lane:
     version: ModelVersion
     plan: _Plan
     summary: ScoreSummary = field(default_factory=ScoreSummary)
+    # With on_row_error="quarantine": the most rows of the partition that may fail (the error budget).
+    quarantine_limit: int | None = None
+
+    def submit(self, pool: ThreadPoolExecutor, piece: FileBatch, index: int, first_row: int) -> Future[Any]:
+        """Start scoring one chunk: the model's predictions, or with quarantine a ``Screened`` chunk."""
+        if self.quarantine_limit is None:
+            return pool.submit(self.scorer.score, self.plan.features(piece, index, first_row))
+        limit = self.quarantine_limit
+        batch = piece.batch
+        try:
+            kept, keep, failures = screen(
+                batch, self.plan.inputs, self.plan.conversions(piece), nulls=self.plan.nulls, limit=limit
+            )
+        except MlAssetsError as exc:
+            rows = f"rows {first_row}-{first_row + batch.num_rows - 1}"
+            raise type(exc)(f"{self.plan.where}, chunk {index} ({rows}): {exc}") from exc
+        features = self.plan.features(FileBatch(kept, piece.file, piece.file_row), index, first_row)
+        return pool.submit(self._screened, features, keep, failures, limit - failures.num_rows)
+
+    def _screened(self, features: pa.RecordBatch, keep: np.ndarray | None, failures: pa.Table, limit: int) -> Screened:
+        predictions, scored, model_failures = score_rows(
+            self.scorer.score, features, self.scorer.output_schema, limit=limit
+        )
+        if scored is None:
+            return Screened(predictions, keep, failures)
+        kept_rows = np.arange(len(scored)) if keep is None else np.flatnonzero(keep)
+        model_failures = model_failures.set_column(
+            0, "row", pa.array(kept_rows[model_failures.column("row").to_numpy()], pa.int64())
+        )
+        if keep is None:
+            keep = np.ones(len(scored), dtype=bool)
+        keep = keep.copy()
+        keep[kept_rows[~scored]] = False
+        every = pa.concat_tables([failures, model_failures]).sort_by("row")
+        return Screened(predictions, keep, every)
+
+    def outcome(self, chunk: _Chunk, future: Future[Any]) -> Screened:
+        """One chunk's predictions (checked), which rows they are of and the failures of the others."""
+        if self.quarantine_limit is None:
+            return Screened(self.predictions(chunk, future), None, no_failures())
+        screened: Screened = self._result(chunk, future)
+        return Screened(self._checked(chunk, screened.predictions), screened.keep, screened.failures)
 
     def predictions(self, chunk: _Chunk, future: Future[pa.RecordBatch]) -> pa.RecordBatch:
+        return self._checked(chunk, self._result(chunk, future))
+
+    def _result(self, chunk: _Chunk, future: Future[Any]) -> Any:
         where = f"{self.plan.where}, chunk {chunk.index} ({chunk.rows})"
         try:
-            predictions = future.result()
+            return future.result()
         except MlAssetsError as exc:
             raise type(exc)(f"{where}: {exc}") from exc
         except Exception as exc:  # a runtime's own error type: keep it, name the chunk
             msg = f"{where}: {self.version.describe()} failed: {exc}"
             raise ScoringError(msg) from exc
+
+    def _checked(self, chunk: _Chunk, predictions: pa.RecordBatch) -> pa.RecordBatch:
         if predictions.schema != self.scorer.output_schema:
             predictions = _conform(predictions, self.scorer.output_schema, self.plan, chunk)
         return predictions
@@ -322,6 +406,19 @@ class _Scored:
     chunk: _Chunk
     predictions: list[pa.RecordBatch]
     outputs: list[pa.RecordBatch]
+    # Per lane, with quarantine: which rows of the chunk were scored and why the others were not.
+    outcomes: list[Screened] = field(default_factory=list)
+
+    def compared(self, lane: int) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        """The champion's and lane ``lane``'s predictions of the rows both scored."""
+        first, other = self.predictions[0], self.predictions[lane]
+        if not self.outcomes or (self.outcomes[0].keep is None and self.outcomes[lane].keep is None):
+            return first, other
+        n = self.chunk.num_rows
+        keep_first = self.outcomes[0].keep if self.outcomes[0].keep is not None else np.ones(n, dtype=bool)
+        keep_other = self.outcomes[lane].keep if self.outcomes[lane].keep is not None else np.ones(n, dtype=bool)
+        both = keep_first & keep_other
+        return first.filter(pa.array(both[keep_first])), other.filter(pa.array(both[keep_other]))
 
 
 def score_partition(
@@ -341,6 +438,9 @@ def score_partition(
     on_progress: Callable[[Progress], None] | None = None,
     extra_metadata: dict[str, Any] | None = None,
     engine: RayEngine | None = None,
+    on_row_error: OnRowError = "fail",
+    max_error_rate: float | None = None,
+    max_error_rows: int | None = None,
 ) -> ScoringResult:
     """Score one partition of ``source`` with ``scorer`` and commit the output to ``dest``.
 
@@ -358,14 +458,24 @@ def score_partition(
         engine: None reads and scores in this process; a ``RayEngine`` reads and scores on Ray actors
             (each loads ``version``, pinned) and streams the results back, in order, to this process's
             writer: the same plan, atomic commit, lineage and summaries.
+        on_row_error: ``fail`` fails the run on the first row that cannot be scored; ``quarantine`` sets such
+            rows aside in the errors dataset beside each output (``<root>_errors``, same partitioning and
+            lineage, committed before the output) and scores the rest, within the error budget.
+        max_error_rate, max_error_rows: the error budget of ``quarantine`` (either or both): at most this
+            fraction of the partition's rows, at most this many rows. Over it the run fails, nothing committed.
     """
     check_chunk_rows(chunk_rows)
+    budget = error_budget(on_row_error, max_error_rate=max_error_rate, max_error_rows=max_error_rows)
+    if budget is not None and engine is not None:
+        msg = "on_row_error='quarantine' scores in this process; the Ray engine does not quarantine rows"
+        raise ValueError(msg)
     started = time.perf_counter()
     reader = PartitionReader(source, partition)
     if reader.num_rows == 0:
         msg = f"{reader.where}: the partition is empty (0 rows in {len(reader.files)} file(s)); nothing to score"
         raise DatasetError(msg)
     models = [(scorer, version, dest), *((c.scorer, c.version, c.dest) for c in challengers)]
+    limit = None if budget is None else budget.allowed(reader.num_rows)
     lanes = [
         _Lane(
             s,
@@ -379,12 +489,17 @@ def score_partition(
                 numeric_strings=numeric_strings,
                 version_column=version_column,
             ),
+            quarantine_limit=limit,
         )
         for s, v, _ in models
     ]
     comparisons = [Comparison(lane.version) for lane in lanes[1:]]
     read_columns = list(dict.fromkeys(c for lane in lanes for c in lane.plan.read_columns))
     writers: list[AtomicPartitionWriter] = []
+    # With quarantine, per output: its errors' writer and tally. Their commits come first.
+    error_writers: list[AtomicPartitionWriter] = []
+    tallies = [] if budget is None else [RowErrorTally(budget, reader.num_rows) for _ in lanes]
+    commit_id = uuid.uuid4().hex
     chunks = 0
     try:
         for lane, (_, lane_version, lane_dest) in zip(lanes, models, strict=True):
@@ -394,6 +509,15 @@ def score_partition(
                 "input": reader.where,
                 **(extra_metadata or {}),
             }
+            if budget is not None:
+                errors = AtomicPartitionWriter(
+                    errors_dataset(lane_dest),
+                    partition,
+                    errors_schema(lane.plan.passthrough_schema),
+                    {**metadata, "commit_id": commit_id, "errors_of": lane_dest.partition_uri(partition)},
+                )
+                error_writers.append(errors)
+                metadata = {**metadata, "commit_id": commit_id, "errors_uri": errors.uri}
             writers.append(AtomicPartitionWriter(lane_dest, partition, lane.plan.output_schema, metadata))
         if engine is None:
             batches = reader.batches(read_columns, chunk_rows)
@@ -403,18 +527,30 @@ def score_partition(
         with contextlib.closing(scored):
             for item in scored:
                 for writer, output in zip(writers, item.outputs, strict=True):
-                    writer.write(output)
-                for comparison, predictions in zip(comparisons, item.predictions[1:], strict=True):
-                    comparison.update(item.predictions[0], predictions)
+                    if output.num_rows:  # a chunk all quarantined leaves nothing to write
+                        writer.write(output)
+                for errors, tally, outcome in zip(error_writers, tallies, item.outcomes if budget else [], strict=True):
+                    if outcome.failures.num_rows:
+                        tally.add(outcome.failures, reader.where)
+                        errors.write(_error_batch(item.chunk, outcome.failures, errors.schema))
+                for lane_index, comparison in enumerate(comparisons, start=1):
+                    comparison.update(*item.compared(lane_index))
                 chunks += 1
                 if on_progress is not None:
                     on_progress(Progress(chunks, writers[0].rows, reader.num_rows))
-        if writers[0].rows != reader.num_rows:
-            msg = f"{reader.where}: wrote {writers[0].rows} rows but the partition has {reader.num_rows}"
-            raise ScoringError(msg)
+        for index, writer in enumerate(writers):
+            quarantined = tallies[index].rows if tallies else 0
+            if writer.rows + quarantined != reader.num_rows:
+                msg = (
+                    f"{reader.where}: wrote {writer.rows} rows and quarantined {quarantined} "
+                    f"but the partition has {reader.num_rows}"
+                )
+                raise ScoringError(msg)
+        # Errors first: whoever sees a new output can also see its errors (README, "Quarantine").
+        errors_uris = [errors.commit() for errors in error_writers]
         uris = [writer.commit() for writer in writers]
     except BaseException:
-        for writer in writers:
+        for writer in [*writers, *error_writers]:
             writer.abort()
         raise
     seconds = time.perf_counter() - started
@@ -429,12 +565,30 @@ def score_partition(
             chunks=chunks,
             summary=lane.summary,
             prediction_schema=lane.scorer.output_schema,
+            row_errors=tallies[index].report(errors_uris[index]) if tallies else None,
+            reader=reader.reader_description if engine is None else "pyarrow: Ray actors read their row groups",
         )
-        for lane, writer, uri in zip(lanes, writers, uris, strict=True)
+        for index, (lane, writer, uri) in enumerate(zip(lanes, writers, uris, strict=True))
     ]
     results[0].challengers = results[1:]
     results[0].comparisons = comparisons
     return results[0]
+
+
+def _error_batch(chunk: _Chunk, failures: pa.Table, schema: pa.Schema) -> pa.RecordBatch:
+    """The errors dataset's rows for one chunk's failures: passthrough columns, file and row, stage, column, message."""
+    rows = failures.column("row").to_numpy()
+    passthrough = _rows_of(chunk.passthrough, rows)
+    file = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(rows), np.int32)), pa.array([chunk.file], pa.string()))
+    columns = [
+        *passthrough.columns,
+        file,
+        pa.array(rows + chunk.file_row, pa.int64()),
+        failures.column("stage").combine_chunks().dictionary_encode(),
+        failures.column("column").combine_chunks(),
+        failures.column("message").combine_chunks(),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=schema.remove_metadata())
 
 
 def check_chunk_rows(chunk_rows: int) -> None:
@@ -483,11 +637,9 @@ def _pipeline(
                 for piece in batches:
                     if stop.is_set():
                         return
-                    futures = [
-                        pool.submit(lane.scorer.score, lane.plan.features(piece, index, first_row)) for lane in lanes
-                    ]
+                    futures = [lane.submit(pool, piece, index, first_row) for lane in lanes]
                     passthrough = lanes[0].plan.passthrough_batch(piece, index, first_row)
-                    chunk = _Chunk(index, first_row, piece.batch.num_rows, passthrough)
+                    chunk = _Chunk(index, first_row, piece.batch.num_rows, passthrough, piece.file, piece.file_row)
                     if not put((chunk, futures)):
                         return
                     index += 1
@@ -506,12 +658,12 @@ def _pipeline(
         reader.start()
         while (item := in_flight.get()) is not _END:
             chunk, futures = item
-            predictions = [lane.predictions(chunk, future) for lane, future in zip(lanes, futures, strict=True)]
+            outcomes = [lane.outcome(chunk, future) for lane, future in zip(lanes, futures, strict=True)]
             outputs = []
-            for lane, lane_predictions in zip(lanes, predictions, strict=True):
-                outputs.append(lane.plan.output_batch(chunk, lane_predictions))
-                lane.summary.update(lane_predictions)
-            yield _Scored(chunk, predictions, outputs)
+            for lane, outcome in zip(lanes, outcomes, strict=True):
+                outputs.append(lane.plan.output_batch(_kept(chunk, outcome.keep), outcome.predictions))
+                lane.summary.update(outcome.predictions)
+            yield _Scored(chunk, [o.predictions for o in outcomes], outputs, outcomes)
         if failure:
             raise failure[0]
     finally:
@@ -519,6 +671,20 @@ def _pipeline(
         _drain(in_flight)  # wakes a read-ahead blocked on a full queue
         reader.join()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _kept(chunk: _Chunk, keep: np.ndarray | None) -> _Chunk:
+    """The chunk's rows that were scored (all of them without quarantine)."""
+    if keep is None:
+        return chunk
+    return _Chunk(chunk.index, chunk.first_row, int(keep.sum()), _rows_of(chunk.passthrough, keep), chunk.file)
+
+
+def _rows_of(batch: pa.RecordBatch, rows: np.ndarray) -> pa.RecordBatch:
+    """``batch`` filtered by a mask or taken at positions; a batch of no columns (no passthrough) stays one."""
+    if not batch.num_columns:
+        return batch
+    return batch.filter(pa.array(rows)) if rows.dtype == np.bool_ else batch.take(pa.array(rows))
 
 
 def _scored_elsewhere(

@@ -11,6 +11,7 @@ from airflow.sdk import BaseOperator
 from ml_assets.airflow.hooks import DEFAULT_CONN_ID, ModelRegistryHook
 from ml_assets.datasets import ParquetDataset
 from ml_assets.promotion import stale_partitions
+from ml_assets.quarantine import OnRowError, error_budget
 from ml_assets.reconcile import NumericStrings
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS, NullPolicy, Progress, score_partition
 
@@ -41,6 +42,9 @@ class ScorePartitionOperator(BaseOperator):
             ``{"threads": 2}`` (the connection's per-runtime options are the defaults).
         registry_conn_id: an ``ml_assets_registry`` connection.
         storage_options: fsspec options for both datasets (e.g. an S3 endpoint).
+        on_row_error / max_error_rate / max_error_rows: ``quarantine`` sets rows that cannot be scored
+            aside in ``<output root>_errors`` within the budget (see ``score_partition``); the XCom and
+            the asset events then carry the count, rate, top reasons and the errors location.
     """
 
     template_fields: Sequence[str] = ("model", "input_dataset", "output_dataset", "partition")
@@ -63,9 +67,16 @@ class ScorePartitionOperator(BaseOperator):
         version_column: str | None = None,
         registry_conn_id: str = DEFAULT_CONN_ID,
         storage_options: Mapping[str, Any] | None = None,
+        on_row_error: OnRowError = "fail",
+        max_error_rate: float | None = None,
+        max_error_rows: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        error_budget(on_row_error, max_error_rate=max_error_rate, max_error_rows=max_error_rows)  # fails the parse
+        self.on_row_error = on_row_error
+        self.max_error_rate = max_error_rate
+        self.max_error_rows = max_error_rows
         self.model = model
         self.input_dataset = input_dataset
         self.output_dataset = output_dataset
@@ -107,6 +118,9 @@ class ScorePartitionOperator(BaseOperator):
                 version_column=self.version_column,
                 on_progress=self._progress_logger(),
                 extra_metadata={"airflow": _run_facts(context)},
+                on_row_error=self.on_row_error,
+                max_error_rate=self.max_error_rate,
+                max_error_rows=self.max_error_rows,
             )
         summary = {
             "model_name": version.name,
@@ -117,6 +131,7 @@ class ScorePartitionOperator(BaseOperator):
             "seconds": round(result.seconds, 3),
             "rows_per_second": round(result.rows_per_second, 1),
             "output": result.output_uri,
+            **(result.row_errors.metadata() if result.row_errors else {}),
         }
         self.log.info(
             "scored %s rows of %s in %.2f s (%.0f rows/s) -> %s",

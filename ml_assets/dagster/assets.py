@@ -12,14 +12,16 @@ from ml_assets.checks import (
     CheckOutcome,
     CheckSettings,
     DriftReference,
+    budget_exceeded,
     check_signature,
     evaluate_checks,
     worst,
 )
 from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource, RayEngineResource
 from ml_assets.datasets import ParquetDataset, PartitionReader
+from ml_assets.quarantine import OnRowError, error_budget
 from ml_assets.reconcile import NumericStrings
-from ml_assets.resources.core.errors import MlAssetsError
+from ml_assets.resources.core.errors import ErrorBudgetExceededError, MlAssetsError
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS, Challenger, NullPolicy, Progress, ScoringResult, score_partition
 from ml_assets.sensors.promotion import MODEL_NAME_TAG, MODEL_VERSION_TAG
@@ -60,6 +62,9 @@ def build_scoring_asset(
     engine: Literal["local", "ray"] = "local",
     engine_key: str = "ray_engine",
     pool: str | None = None,
+    on_row_error: OnRowError = "fail",
+    max_error_rate: float | None = None,
+    max_error_rows: int | None = None,
 ) -> dg.AssetsDefinition:
     """An asset whose materialization scores the input partition named by the partition key.
 
@@ -84,7 +89,11 @@ def build_scoring_asset(
         pool: Dagster concurrency pool of the asset: with a pool limit on the instance, a backfill
             (e.g. ``BackfillPolicy.multi_run(max_partitions_per_run=N)``) never runs more than that
             many scoring steps at once, so it cannot overload a model server or a cluster.
+        on_row_error / max_error_rate / max_error_rows: see ``score_partition``. With ``quarantine`` the
+            materialization records the quarantined rows (count, rate, top reasons, errors location) and
+            a ``row_errors`` check warns when there are some, and fails with the run over the budget.
     """
+    quarantine = error_budget(on_row_error, max_error_rate=max_error_rate, max_error_rows=max_error_rows) is not None
     source = _as_dataset(input_dataset, partition_column)
     dest = _as_dataset(output_dataset, partition_column)
     prefix = [key_prefix] if isinstance(key_prefix, str) else list(key_prefix or [])
@@ -106,6 +115,10 @@ def build_scoring_asset(
             dg.AssetCheckSpec("prediction_health", asset=main_key, description="No null/NaN or out-of-range scores."),
             dg.AssetCheckSpec("score_drift", asset=main_key, description="PSI/KS vs previous partition and version."),
         ]
+        if quarantine:
+            check_specs.append(
+                dg.AssetCheckSpec("row_errors", asset=main_key, description="Rows quarantined, within the budget.")
+            )
         if challenger_key is not None:
             check_specs.append(
                 dg.AssetCheckSpec("champion_challenger", asset=challenger_key, description="Agreement with champion.")
@@ -147,10 +160,11 @@ def build_scoring_asset(
             if checks is not None:
                 # Blocking: every partition's input is checked before any output is written.
                 for partition in partitions:
+                    # Quarantine sets rows with nulls aside one by one: they do not block the partition.
                     outcome = check_signature(
                         PartitionReader(source, partition),
                         scorer.input_schema,
-                        nulls=nulls,
+                        nulls="pass" if quarantine else nulls,
                         numeric_strings=numeric_strings,
                     )
                     if not outcome.passed:
@@ -175,9 +189,16 @@ def build_scoring_asset(
                     on_progress=_progress_logger(context, partition),
                     extra_metadata={"dagster_run_id": context.run_id, "asset": main_key.to_user_string()},
                     engine=ray_engine,
+                    on_row_error=on_row_error,
+                    max_error_rate=max_error_rate,
+                    max_error_rows=max_error_rows,
                 )
                 for partition in partitions
             ]
+        except ErrorBudgetExceededError as exc:
+            if checks is not None:
+                yield _check_result(main_key, budget_exceeded(str(exc)))
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
         except MlAssetsError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
         yield _materialization(main_key, results, scorer=scorer)
@@ -270,6 +291,8 @@ def _materialization(
     note = getattr(scorer, "output_note", "")
     if note:  # how the runtime's outputs map to the prediction contract (e.g. a documented fallback)
         metadata["prediction_outputs"] = dg.MetadataValue.text(note)
+    if first.reader:
+        metadata["reader"] = dg.MetadataValue.text(first.reader)
     if len(results) == 1:
         metadata["output"] = dg.MetadataValue.path(first.output_uri)
         metadata["score_summary"] = dg.MetadataValue.md(first.summary.as_markdown())
@@ -278,6 +301,18 @@ def _materialization(
         metadata["score_summary"] = dg.MetadataValue.md(
             "\n\n".join(f"**{r.partition}**\n\n{r.summary.as_markdown()}" for r in results)
         )
+    reports = [r.row_errors for r in results if r.row_errors is not None]
+    if reports:
+        rows_in = sum(r.rows_in for r in results)
+        quarantined = sum(r.rows for r in reports)
+        metadata["row_errors"] = dg.MetadataValue.int(quarantined)
+        metadata["row_error_rate"] = dg.MetadataValue.float(round(quarantined / rows_in if rows_in else 0.0, 6))
+        metadata["row_error_budget"] = dg.MetadataValue.text(reports[0].budget.describe())
+        metadata["row_error_top_reasons"] = dg.MetadataValue.json([r for rep in reports for r in rep.top_reasons][:5])
+        if len(reports) == 1:
+            metadata["errors"] = dg.MetadataValue.path(reports[0].uri)
+        else:
+            metadata["errors"] = dg.MetadataValue.json({r.partition: r.row_errors.uri for r in results if r.row_errors})
     if champion is not None:
         comparisons = [r.comparisons[0] for r in champion]
         metadata["champion_version"] = dg.MetadataValue.text(champion[0].version.version)

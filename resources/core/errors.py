@@ -93,3 +93,16 @@ class ModelVerificationError(ArtifactError):
 
 class EnvironmentBuildError(MlAssetsError):
     """A model's environment could not be built; the message names the requirement that failed."""
+
+
+class RowsRejectedError(ScoringError):
+    """The model raised on these rows, or a remote server refused them (HTTP 4xx): something in the rows,
+    not the service. With ``on_row_error="quarantine"`` the chunk is narrowed to the rows by bisection."""
+
+    def __init__(self, message: str, *, stage: str = "model") -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+class ErrorBudgetExceededError(ScoringError):
+    """More rows could not be scored than the error budget allows; nothing was committed."""

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from ml_assets.resources.core.envs import ENV_MANAGERS, EnvManager, IndexSettings, ModelEnvironment, model_environment
-from ml_assets.resources.core.errors import ModelLoadError, ScoringError
+from ml_assets.resources.core.errors import ModelLoadError, RowsRejectedError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.resources.core.predictions import Naming, OutputMap, bare_matrix_map, check_naming, identity_map
 from ml_assets.resources.core.signals import ignore_stop_signals
@@ -112,7 +112,7 @@ def validated_params(params: Mapping[str, Any] | None, schema: Any, version: Mod
 
     specs = {spec.name: spec for spec in schema.params}
     known = ", ".join(
-        f"{n} ({s.dtype}{'' if s.shape is None else f', shape {list(s.shape)}'})" for n, s in specs.items()
+        f"{n} ({_dtype(s)}{'' if s.shape is None else f', shape {list(s.shape)}'})" for n, s in specs.items()
     )
     unknown = sorted(set(params) - set(specs))
     if unknown:
@@ -127,10 +127,14 @@ def validated_params(params: Mapping[str, Any] | None, schema: Any, version: Mod
             shape = "" if spec.shape is None else f" of shape {list(spec.shape)}"
             msg = (
                 f"{version.describe()}: param {name!r} = {value!r} ({type(value).__name__}) does not fit the "
-                f"model's ParamSchema: expected {spec.dtype}{shape} ({exc.message})"
+                f"model's ParamSchema: expected {_dtype(spec)}{shape} ({exc.message})"
             )
             raise ModelLoadError(msg) from None
     return checked
+
+
+def _dtype(spec: Any) -> str:
+    return str(getattr(spec.dtype, "name", spec.dtype))
 
 
 def _signature_schemas(model_dir: Path, version: ModelVersion) -> tuple[pa.Schema, pa.Schema | None, Any]:
@@ -171,6 +175,9 @@ def _signature_schemas(model_dir: Path, version: ModelVersion) -> tuple[pa.Schem
         shape = getattr(spec, "shape", None) or (-1,)
         if arrow_type is not None and len(shape) == 1:
             outputs = pa.schema([pa.field("prediction", arrow_type)])
+        elif arrow_type is not None and len(shape) == 2 and shape[1] > 0:
+            # A [N, k] tensor (e.g. predict_proba): the columns are known without a probe row.
+            outputs = pa.schema([pa.field(f"prediction_{j}", arrow_type) for j in range(shape[1])])
     return pa.schema(fields), outputs, signature.params
 
 
@@ -398,7 +405,7 @@ class PyfuncScorer:
                 return self._local.predict_batch(batch)
             except Exception as exc:
                 msg = f"{self.version.describe()}: predict failed on a batch of {batch.num_rows} rows: {exc}"
-                raise ScoringError(msg) from exc
+                raise RowsRejectedError(msg) from exc
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, batch.schema) as writer:
             writer.write_batch(batch)
@@ -422,7 +429,7 @@ class PyfuncScorer:
             if reply.startswith(b"er"):
                 reason = reply[2:].decode()
                 msg = f"{self.version.describe()}: predict failed on a batch of {batch.num_rows} rows: {reason}"
-                raise ScoringError(msg)
+                raise RowsRejectedError(msg)
             table = pa.ipc.open_stream(reply[2:]).read_all()
             return {name: table.column(name).combine_chunks() for name in table.column_names}
 

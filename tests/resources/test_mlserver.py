@@ -72,7 +72,8 @@ def served_model(mlserver_bin: Path, tmp_path_factory: pytest.TempPathFactory) -
 
     train = training(2_000, seed=0)
     y = np.where(train["x0"] - train["x1"] + (train["color"] == "red") > 0.3, "yes", "no")
-    encode = ColumnTransformer([("enum", OneHotEncoder(), ["color"])], remainder="passthrough")
+    # handle_unknown="ignore": the one-row probe at load sends an empty string as the color.
+    encode = ColumnTransformer([("enum", OneHotEncoder(handle_unknown="ignore"), ["color"])], remainder="passthrough")
     pipeline = Pipeline([("encode", encode), ("model", LogisticRegression())]).fit(train[FEATURES], y)
     root = tmp_path_factory.mktemp("mlserver")
     (root / "lr").mkdir()

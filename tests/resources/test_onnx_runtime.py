@@ -205,3 +205,34 @@ def test_lightgbm_through_onnxmltools(table, tmp_path):
     assert np.mean(out["label"].to_numpy() == model.predict(x)) > 0.995
     maps = reference(path, x)[1]  # onnxmltools adds a ZipMap: one {class: probability} per row
     np.testing.assert_array_equal(out["probability_1"].to_numpy(), np.array([m[1] for m in maps], np.float32))
+
+
+def test_column_transformer_with_one_input_per_column(tmp_path):
+    """skl2onnx's ColumnTransformer pipeline, a strict OneHotEncoder (unknown levels are errors, so the
+    load-time probe row cannot run: the outputs come from the graph's declared types)."""
+    import pandas as pd
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import StringTensorType
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"amount": rng.gamma(2.0, 20.0, 2_000).astype(np.float32), "age": rng.integers(18, 90, 2_000)})
+    df["age"] = df["age"].astype(np.float32)
+    df["channel"] = rng.choice(["web", "store", "phone"], 2_000)
+    y = np.where((df["amount"] > 40) & (df["channel"] != "store"), "fraud", "ok")
+    encode = ColumnTransformer([("enum", OneHotEncoder(), ["channel"])], remainder="passthrough")
+    pipeline = Pipeline([("encode", encode), ("model", LogisticRegression(max_iter=500))]).fit(df, y)
+    initial = [("amount", FloatTensorType([None, 1])), ("age", FloatTensorType([None, 1]))]
+    initial.append(("channel", StringTensorType([None, 1])))
+    path = tmp_path / "ct.onnx"
+    path.write_bytes(convert_sklearn(pipeline, initial_types=initial).SerializeToString())
+    scorer = OnnxRuntime(threads=1).load(version(None), path)
+    assert scorer.input_schema.names == ["amount", "age", "channel"]
+    assert scorer.output_schema.names == ["label", "probability_fraud", "probability_ok"]
+    batch = pa.RecordBatch.from_pandas(df, schema=scorer.input_schema, preserve_index=False)
+    out = scorer.score(batch)
+    assert out["label"].to_pylist() == list(pipeline.predict(df))
+    np.testing.assert_allclose(out["probability_fraud"].to_numpy(), pipeline.predict_proba(df)[:, 0], atol=1e-5)

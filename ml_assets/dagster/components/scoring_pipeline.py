@@ -174,6 +174,11 @@ with warnings.catch_warnings():
         chunk_rows: int = DEFAULT_CHUNK_ROWS
         passthrough: list[str] = Field(default_factory=list)
         nulls: Literal["error", "pass"] = "error"
+        on_row_error: Literal["fail", "quarantine"] = Field(
+            default="fail", description="quarantine: rows that cannot be scored go to <output root>_errors."
+        )
+        max_error_rate: float | None = Field(default=None, description="Error budget: at most this fraction of rows.")
+        max_error_rows: int | None = Field(default=None, description="Error budget: at most this many rows.")
         numeric_strings: Literal["error", "parse"] = Field(
             default="error", description="parse: text columns feed numeric model inputs (see README, Schema rules)."
         )
@@ -220,6 +225,9 @@ with warnings.catch_warnings():
                 engine=self.engine.kind,
                 engine_key=engine_key,
                 pool=self.pool,
+                on_row_error=self.on_row_error,
+                max_error_rate=self.max_error_rate,
+                max_error_rows=self.max_error_rows,
             )
             main_key = next(iter(asset.keys_by_output_name.values())) if asset.keys else None
             sensors, schedules = [], []
