@@ -5,16 +5,18 @@ and writing a partition's output so that readers see the old file or the new one
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import string
+import sys
 import uuid
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -36,6 +38,18 @@ LEGACY_TEMP_PREFIX = "_inprogress-"
 _STORAGE_ERROR_MODULES = frozenset({"aiohttp", "aiobotocore", "botocore", "s3fs", "gcsfs", "adlfs", "fsspec"})
 # Schemes whose objects appear whole when an upload completes, and never before.
 OBJECT_STORE_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+
+ReaderChoice = Literal["auto", "polars", "pyarrow"]
+# s3fs's storage options and the names Polars' object store gives the same settings.
+_POLARS_S3_OPTIONS = {
+    "endpoint_url": "aws_endpoint_url",
+    "key": "aws_access_key_id",
+    "secret": "aws_secret_access_key",
+    "token": "aws_session_token",
+    "region_name": "aws_region",
+}
+# fsspec's own caching knobs: nothing to translate.
+_FSSPEC_ONLY_OPTIONS = frozenset({"skip_instance_cache", "use_listings_cache", "listings_expiry_time"})
 
 
 def is_storage_error(exc: BaseException) -> bool:
@@ -73,12 +87,17 @@ class ParquetDataset:
         staging_uri: where unfinished output is staged on filesystems with a rename (default: the
             hidden sibling ``.{root}.ml-assets-staging`` of the dataset root, on the same filesystem).
             Object stores need none: they upload the final key directly.
+        reader: which Parquet decoder reads the input. ``auto``: Polars' (about twice pyarrow's speed)
+            where it can serve: installed (extra ``polars``), local files or ``s3://`` with storage options
+            it has an equivalent for; pyarrow otherwise. ``polars`` insists (an error says why it cannot);
+            ``pyarrow`` never uses Polars. The result's ``reader`` says which one read and why.
     """
 
     uri: str
     partition_column: str | None = None
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     staging_uri: str | None = None
+    reader: ReaderChoice = "auto"
 
     @property
     def root(self) -> str:
@@ -198,6 +217,19 @@ class PartitionReader:
         if not self.files:
             msg = f"{self.where}: holds no Parquet files"
             raise DatasetError(msg)
+        self._polars_options, why_not = _polars_options(uri, self.filesystem, dataset.storage_options)
+        if dataset.reader == "pyarrow" or why_not:
+            if dataset.reader == "polars":
+                msg = f"{self.where}: reader='polars' asked for, but {why_not}"
+                raise DatasetError(msg)
+            self._polars_options = None
+        #: ``polars`` or ``pyarrow``: the decoder that reads the files, and why when it is not Polars.
+        self.reader = "pyarrow" if self._polars_options is None else "polars"
+        self.reader_note = "asked for (reader='pyarrow')" if dataset.reader == "pyarrow" else why_not
+
+    @property
+    def reader_description(self) -> str:
+        return self.reader if not self.reader_note else f"{self.reader}: {self.reader_note}"
 
     def name_of(self, path: str | None) -> str | None:
         """What messages call the file at ``path``."""
@@ -232,12 +264,31 @@ class PartitionReader:
 
     def batches(self, columns: list[str], chunk_rows: int) -> Iterator[FileBatch]:
         """Chunks in file order, each of one file and in that file's own types (of ``columns``, those the
-        file has). Read-ahead is bounded so memory follows chunk size, not partition size."""
+        file has; Polars hands text as ``large_string``, which the cast treats as ``string``). Only those
+        columns are decoded, and read-ahead is bounded so memory follows chunk size, not partition size."""
         rows = 0
         for file in self.files:
             file_row = 0
-            scanner = self._fragments[file.path].to_batches(
-                columns=[c for c in columns if c in file.schema.names],
+            wanted = [c for c in columns if c in file.schema.names]
+            try:
+                for batch in self._read_file(file, wanted, chunk_rows):
+                    if batch.num_rows:
+                        yield FileBatch(batch, file.path, file_row)
+                        rows += batch.num_rows
+                        file_row += batch.num_rows
+            except Exception as exc:
+                if not (is_storage_error(exc) or type(exc).__module__.split(".")[0] == "polars"):
+                    raise
+                msg = (
+                    f"{self.where}: reading failed after {rows} rows, in file {file.name} at its row {file_row}: "
+                    f"{_storage_message(exc)}"
+                )
+                raise DatasetError(msg) from exc
+
+    def _read_file(self, file: PartitionFile, columns: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        if self._polars_options is None:
+            yield from self._fragments[file.path].to_batches(
+                columns=columns,
                 batch_size=chunk_rows,
                 batch_readahead=4,
                 use_threads=True,
@@ -245,20 +296,58 @@ class PartitionReader:
                 # grow with the file. Without it, Arrow reads row group by row group.
                 fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False),
             )
-            try:
-                for batch in scanner:
-                    if batch.num_rows:
-                        yield FileBatch(batch, file.path, file_row)
-                        rows += batch.num_rows
-                        file_row += batch.num_rows
-            except Exception as exc:
-                if not is_storage_error(exc):
-                    raise
-                msg = (
-                    f"{self.where}: reading failed after {rows} rows, in file {file.name} at its row {file_row}: "
-                    f"{_storage_message(exc)}"
-                )
-                raise DatasetError(msg) from exc
+            return
+        import polars as pl
+
+        local = isinstance(self.filesystem, pafs.LocalFileSystem)
+        source = file.path if local else f"s3://{file.path}"
+        # One file at a time, with its own schema (a scan of several would unify them); only the
+        # columns asked for are decoded. Its streaming engine keeps about a chunk per thread in memory.
+        lazy = pl.scan_parquet(
+            source,
+            storage_options=self._polars_options or None,
+            hive_partitioning=False,
+            glob=False,
+        ).select(columns)
+        for frame in lazy.collect_batches(chunk_size=chunk_rows, maintain_order=True):
+            yield from frame.to_arrow().to_batches()  # zero-copy, but for text (large_string)
+
+
+def _installed(package: str) -> bool:
+    """Whether ``package`` can be imported, without importing it (a None in sys.modules blocks it)."""
+    if package in sys.modules:
+        return sys.modules[package] is not None
+    return importlib.util.find_spec(package) is not None
+
+
+def _polars_options(
+    uri: str, filesystem: pafs.FileSystem, storage_options: Mapping[str, Any]
+) -> tuple[dict[str, str] | None, str]:
+    """Polars' storage options for ``uri`` (``{}`` for local files), or None and why Polars cannot read it."""
+    if not _installed("polars"):
+        return None, "polars is not installed (pip install 'dagster-ml-assets[polars]')"
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return {}, ""
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme not in {"s3", "s3a"}:
+        return None, f"{scheme}:// is read through fsspec"
+    options: dict[str, str] = {}
+    for key, value in storage_options.items():
+        if key in _FSSPEC_ONLY_OPTIONS:
+            continue
+        if key == "client_kwargs" and isinstance(value, Mapping) and set(value) <= {"region_name", "endpoint_url"}:
+            options.update({_POLARS_S3_OPTIONS[k]: str(v) for k, v in value.items()})
+        elif key == "anon" and value is True:
+            options["aws_skip_signature"] = "true"
+        elif key in _POLARS_S3_OPTIONS and isinstance(value, str):
+            options[_POLARS_S3_OPTIONS[key]] = value
+        else:
+            return None, f"the storage option {key!r} has no Polars equivalent"
+    if options.get("aws_endpoint_url", "").startswith("http://"):
+        options["aws_allow_http"] = "true"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    options.setdefault("aws_region", region)
+    return options, ""
 
 
 class AtomicPartitionWriter:

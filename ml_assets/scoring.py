@@ -79,6 +79,8 @@ class ScoringResult:
     row_errors: RowErrorReport | None = None
     challengers: list[ScoringResult] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
+    reader: str = ""
+    """The Parquet decoder that read the input (``polars``, or ``pyarrow: <why not Polars>``)."""
 
     @property
     def rows_per_second(self) -> float:
@@ -134,6 +136,7 @@ class _Plan:
         self.version = version
         self.nulls = nulls
         self.version_column = version_column
+        self.numeric_strings = numeric_strings
         self.inputs = scorer.input_schema
         if isinstance(reader, PartitionReader):
             files: list[tuple[str | None, pa.Schema]] = [(f.path, f.schema) for f in reader.files]
@@ -218,12 +221,18 @@ class _Plan:
     def _cast(
         self, piece: FileBatch, column: pa.Array, name: str, rule: Conversion, index: int, first_row: int, what: str
     ) -> pa.Array:
+        found = rule.found  # the file's own type, as its footer says: what messages name
+        if column.type != found:
+            # The reader's layout of the footer's type (Polars hands text as large_string): same values, same rule.
+            rule = conversion(column.type, rule.expected, numeric_strings=self.numeric_strings)
+            if rule.kind == "same":
+                return column
         try:
             return cast(column, rule)
         except ValueRefused as exc:
             file = self._names.get(piece.file)
             msg = (
-                f"{self._at(piece, index, first_row)}: column {name!r} ({rule.found}) cannot be cast safely to "
+                f"{self._at(piece, index, first_row)}: column {name!r} ({found}) cannot be cast safely to "
                 f"{rule.expected}, {what}: the first value that does not fit is at "
                 f"{self._row(piece, exc.row, first_row)}: {exc.detail}"
             )
@@ -233,13 +242,20 @@ class _Plan:
                 column=name,
                 row=first_row + exc.row,
                 file_row=piece.file_row + exc.row,
-                found=str(rule.found),
+                found=str(found),
                 expected=str(rule.expected),
             ) from None
 
     def conversions(self, piece: FileBatch) -> list[Conversion]:
-        """How each model input of ``piece``'s file becomes the model's type."""
-        return self._rules[piece.file]
+        """How each model input of ``piece`` becomes the model's type: its file's rules, for the layout
+        the reader handed the columns in (as ``_cast`` does)."""
+        batch = piece.batch
+        return [
+            rule
+            if batch.column(f.name).type == rule.found
+            else conversion(batch.column(f.name).type, rule.expected, numeric_strings=self.numeric_strings)
+            for f, rule in zip(self.inputs, self._rules[piece.file], strict=True)
+        ]
 
     def features(self, piece: FileBatch, index: int, first_row: int) -> pa.RecordBatch:
         """The model's input columns of one file's batch, cast from that file's types to the model's.
@@ -259,7 +275,7 @@ class _Plan:
                     "score them as missing values)"
                 )
                 raise SchemaMismatchError(msg)
-            if rule.kind != "same":
+            if rule.kind != "same" or column.type != rule.found:
                 column = self._cast(piece, column, f.name, rule, index, first_row, "the model's type")
             columns.append(column)
         return pa.RecordBatch.from_arrays(columns, schema=self.inputs)
@@ -268,7 +284,7 @@ class _Plan:
         batch = piece.batch
         columns = [
             self._cast(piece, batch.column(n), n, rule, index, first_row, "the column's type in the output")
-            if rule.kind != "same"
+            if rule.kind != "same" or batch.column(n).type != rule.found
             else batch.column(n)
             for n, rule in zip(self.passthrough, self._passthrough_rules[piece.file], strict=True)
         ]
@@ -511,7 +527,8 @@ def score_partition(
         with contextlib.closing(scored):
             for item in scored:
                 for writer, output in zip(writers, item.outputs, strict=True):
-                    writer.write(output)
+                    if output.num_rows:  # a chunk all quarantined leaves nothing to write
+                        writer.write(output)
                 for errors, tally, outcome in zip(error_writers, tallies, item.outcomes if budget else [], strict=True):
                     if outcome.failures.num_rows:
                         tally.add(outcome.failures, reader.where)
@@ -549,6 +566,7 @@ def score_partition(
             summary=lane.summary,
             prediction_schema=lane.scorer.output_schema,
             row_errors=tallies[index].report(errors_uris[index]) if tallies else None,
+            reader=reader.reader_description if engine is None else "pyarrow: Ray actors read their row groups",
         )
         for index, (lane, writer, uri) in enumerate(zip(lanes, writers, uris, strict=True))
     ]

@@ -291,6 +291,8 @@ def _materialization(
     note = getattr(scorer, "output_note", "")
     if note:  # how the runtime's outputs map to the prediction contract (e.g. a documented fallback)
         metadata["prediction_outputs"] = dg.MetadataValue.text(note)
+    if first.reader:
+        metadata["reader"] = dg.MetadataValue.text(first.reader)
     if len(results) == 1:
         metadata["output"] = dg.MetadataValue.path(first.output_uri)
         metadata["score_summary"] = dg.MetadataValue.md(first.summary.as_markdown())

@@ -66,6 +66,21 @@ class IndexSettings:
     extra_index_urls: tuple[str, ...] = ()
     find_links: tuple[str, ...] = ()
 
+    @classmethod
+    def of(
+        cls,
+        index_url: str | None = None,
+        extra_index_urls: str | Sequence[str] = (),
+        find_links: str | Sequence[str] = (),
+    ) -> IndexSettings:
+        """From runtime options; a string (as the CLI's ``--option`` gives) may hold several URLs, comma-separated."""
+
+        def urls(value: str | Sequence[str]) -> tuple[str, ...]:
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(u.strip() for u in items if u and u.strip())
+
+        return cls(index_url or None, urls(extra_index_urls), urls(find_links))
+
     def arguments(self) -> list[str]:
         args: list[str] = []
         if self.index_url:
@@ -293,7 +308,6 @@ class EnvironmentStore:
                 "built_by_pid": os.getpid(),
                 "built_at": time.time(),
             }
-            (target / "requirements.txt").write_text("\n".join(spec.requirements) + "\n")
             (target / MARKER).write_text(json.dumps(facts, indent=2))
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
@@ -303,28 +317,27 @@ class EnvironmentStore:
         return ModelEnvironment(path=target, python=python, key=spec.key, built=True, build_seconds=seconds)
 
     def _install(self, target: Path, spec: EnvironmentSpec, interpreter: Path, *, what: str) -> None:
-        requirements_file = target.parent / f"{target.name}.requirements.txt"
-        requirements_file.write_text("\n".join(spec.requirements) + "\n")
-        try:
-            if self.manager == "uv" and uv_binary() is None:
-                logger.warning("%s: uv is not installed; building its environment with venv and pip", what)
-            if self.manager == "uv" and uv_binary() is not None:
-                uv = str(uv_binary())
-                # Never download an interpreter (the host's own, or the fallback chosen above); no uv.toml
-                # of the working directory: the index settings are this store's.
-                env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_CONFIG": "1", "VIRTUAL_ENV": str(target)}
-                self._run([uv, "venv", "--quiet", "--python", str(interpreter), str(target)], env, spec, what=what)
-                python = str(target / "bin" / "python")
-                # Bytecode compiled once here, not by the first import in every worker that starts.
-                install = [uv, "pip", "install", "--compile-bytecode", "--python", python, "-r", str(requirements_file)]
-                self._run([*install, *self.index.arguments()], env, spec, what=what)
-            else:
-                env = dict(os.environ)
-                self._run([str(interpreter), "-m", "venv", str(target)], env, spec, what=what)
-                pip = [str(target / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-                self._run([*pip, "-r", str(requirements_file), *self.index.arguments()], env, spec, what=what)
-        finally:
-            requirements_file.unlink(missing_ok=True)
+        requirements_file = target / "requirements.txt"  # inside the folder: deleted with it if the build fails
+        python = str(target / "bin" / "python")
+        if self.manager == "uv" and uv_binary() is None:
+            logger.warning("%s: uv is not installed; building its environment with venv and pip", what)
+        if self.manager == "uv" and uv_binary() is not None:
+            uv = str(uv_binary())
+            # Never download an interpreter (the host's own, or the fallback chosen above); no uv.toml
+            # of the working directory: the index settings are this store's. No --compile-bytecode: it
+            # compiles every module of every package (minutes); the first worker's imports write the
+            # bytecode of what they use, once, into the environment.
+            env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_CONFIG": "1", "VIRTUAL_ENV": str(target)}
+            self._run([uv, "venv", "--quiet", "--python", str(interpreter), str(target)], env, spec, what=what)
+            requirements_file.write_text("\n".join(spec.requirements) + "\n")
+            install = [uv, "pip", "install", "--python", python, "-r", str(requirements_file)]
+            self._run([*install, *self.index.arguments()], env, spec, what=what)
+        else:
+            env = dict(os.environ)
+            self._run([str(interpreter), "-m", "venv", str(target)], env, spec, what=what)
+            requirements_file.write_text("\n".join(spec.requirements) + "\n")
+            pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "-q", "-r", str(requirements_file)]
+            self._run([*pip, *self.index.arguments()], env, spec, what=what)
 
     def _run(self, command: list[str], env: dict[str, str], spec: EnvironmentSpec, *, what: str) -> None:
         try:

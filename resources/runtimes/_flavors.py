@@ -11,7 +11,6 @@ multi-output regressors ``prediction_<k>``. Each column is what the flavor's own
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -251,10 +250,9 @@ def _sklearn(model_dir: str, dtype: Any, threads: int) -> NativePredictor:
 
     model = mlflow.sklearn.load_model(model_dir)
     # n_jobs stays the model's own: a forest summed by more threads differs in the last bits. The
-    # core scores chunks in parallel instead (sklearn's predict releases the GIL). A matrix has no
-    # column names: the columns are put in the fitted order, so sklearn's warning says nothing here.
-    warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
+    # core scores chunks in parallel instead (sklearn's predict releases the GIL).
     names = [str(n) for n in getattr(model, "feature_names_in_", [])] or None
+    _forget_feature_names(model)
     # sklearn's trees compute in float32: the matrix is built in it, sparing sklearn a second copy.
     matrix_dtype = np.float32 if isinstance(model, (ForestClassifier, ForestRegressor, BaseDecisionTree)) else dtype
     if is_classifier(model) and hasattr(model, "predict_proba"):
@@ -277,6 +275,19 @@ def _sklearn(model_dir: str, dtype: Any, threads: int) -> NativePredictor:
     # DataFrame does (column-major), so BLAS sums in the same order and the results are the same bits.
     predictor.order = "C" if matrix_dtype == np.float32 else "F"
     return predictor
+
+
+def _forget_feature_names(model: Any) -> None:
+    """A matrix has no column names; its columns are put in the fitted order (``feature_names``), so
+    this loaded copy drops the names it would check them against (and warn about on every chunk)."""
+    from sklearn.compose import ColumnTransformer
+
+    steps = [step for _, step in getattr(model, "steps", [])] or [model]
+    if any(isinstance(step, ColumnTransformer) for step in steps):
+        msg = "a ColumnTransformer selects its columns by name from a DataFrame; score it with the pyfunc runtime"
+        raise NativeFlavorError(msg)
+    for step in [model, *steps]:
+        vars(step).pop("feature_names_in_", None)
 
 
 def _own_label_index(model: Any, classes: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:

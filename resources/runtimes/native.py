@@ -13,6 +13,7 @@ flavor's libraries.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,8 +102,8 @@ class NativeRuntime:
         env_path: str | None = None,
         env_dir: str | None = None,
         index_url: str | None = None,
-        extra_index_urls: tuple[str, ...] | list[str] = (),
-        find_links: tuple[str, ...] | list[str] = (),
+        extra_index_urls: str | Sequence[str] = (),
+        find_links: str | Sequence[str] = (),
         workers: int = 1,
         on_worker_failure: Literal["fail", "retry"] = "fail",
         max_retries: int = 1,
@@ -119,7 +120,7 @@ class NativeRuntime:
         self.env_manager = env_manager
         self.env_path = env_path
         self.env_dir = env_dir
-        self.index = IndexSettings(index_url, tuple(extra_index_urls), tuple(find_links))
+        self.index = IndexSettings.of(index_url, extra_index_urls, find_links)
         self.workers = workers
         self.on_worker_failure = on_worker_failure
         self.max_retries = max_retries

@@ -112,7 +112,7 @@ def validated_params(params: Mapping[str, Any] | None, schema: Any, version: Mod
 
     specs = {spec.name: spec for spec in schema.params}
     known = ", ".join(
-        f"{n} ({s.dtype}{'' if s.shape is None else f', shape {list(s.shape)}'})" for n, s in specs.items()
+        f"{n} ({_dtype(s)}{'' if s.shape is None else f', shape {list(s.shape)}'})" for n, s in specs.items()
     )
     unknown = sorted(set(params) - set(specs))
     if unknown:
@@ -551,8 +551,8 @@ class PyfuncRuntime:
         env_path: str | None = None,
         env_dir: str | None = None,
         index_url: str | None = None,
-        extra_index_urls: tuple[str, ...] | list[str] = (),
-        find_links: tuple[str, ...] | list[str] = (),
+        extra_index_urls: str | Sequence[str] = (),
+        find_links: str | Sequence[str] = (),
         params: Mapping[str, Any] | None = None,
         classes: Sequence[Any] | None = None,
         naming: Naming = "contract",
@@ -583,7 +583,7 @@ class PyfuncRuntime:
         self.env_manager = env_manager
         self.env_path = env_path
         self.env_dir = env_dir
-        self.index = IndexSettings(index_url, tuple(extra_index_urls), tuple(find_links))
+        self.index = IndexSettings.of(index_url, extra_index_urls, find_links)
 
     def load(self, version: ModelVersion, path: Path) -> PyfuncScorer:
         model_dir = Path(path)

@@ -108,6 +108,30 @@ def test_registry_uri_password_is_masked_in_task_logs(dags_folder, connect, mode
     assert "0 partition(s)" in log
 
 
+def test_the_connection_carries_a_trust_policy(registry_uri, tmp_path):
+    from airflow.sdk import Connection
+
+    from ml_assets.airflow.hooks import service_for
+    from ml_assets.resources.core.errors import PluginNotFoundError
+    from ml_assets.resources.core.trust import TrustPolicy
+
+    key = tmp_path / "team.pub"
+    key.write_text("-----BEGIN PUBLIC KEY-----\n")  # only its existence is checked up front
+    trust = {"signatures": "key", "public_key": str(key), "pickles": "scan"}
+    conn = Connection(
+        conn_id="t", conn_type="ml_assets_registry", host=registry_uri, extra=json.dumps({"trust": trust})
+    )
+    with service_for(conn) as service:
+        assert service.trust == TrustPolicy(signatures="key", public_key=str(key), pickles="scan")
+    bad = Connection(
+        conn_id="bad", conn_type="ml_assets_registry", host=registry_uri, extra='{"trust": {"signatures": "key"}}'
+    )
+    with pytest.raises(
+        PluginNotFoundError, match="extra field 'trust': trust policy: signatures='key' needs public_key"
+    ):
+        service_for(bad)
+
+
 def test_operator_passes_pyfunc_params(connect, tmp_path):
     """``runtime_options={"params": {"k": 3}}`` on the operator reaches predict; a wrong one is refused."""
     import mlflow.pyfunc

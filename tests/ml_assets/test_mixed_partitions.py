@@ -6,7 +6,9 @@ compared with the models' own predictions."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ml_assets.checks import check_signature
-from ml_assets.datasets import ParquetDataset, PartitionReader
+from ml_assets.datasets import ParquetDataset, PartitionReader, ReaderChoice
 from ml_assets.reconcile import conversion
-from ml_assets.resources.core.errors import CastError, SchemaMismatchError
+from ml_assets.resources.core.errors import CastError, DatasetError, SchemaMismatchError
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.resources.runtimes.onnx import OnnxRuntime
 from ml_assets.scoring import Challenger, score_partition
@@ -116,8 +118,11 @@ def frame(seed: int, rows: int = ROWS, *, first_id: int = 0) -> pd.DataFrame:
     )
 
 
-def hive(root: Path) -> ParquetDataset:
-    return ParquetDataset(str(root), partition_column="date")
+READERS = ["polars", "pyarrow"]
+
+
+def hive(root: Path, reader: ReaderChoice = "auto") -> ParquetDataset:
+    return ParquetDataset(str(root), partition_column="date", reader=reader)
 
 
 def partition(tmp_path: Path) -> Path:
@@ -133,7 +138,8 @@ def model_inputs(df: pd.DataFrame) -> pd.DataFrame:
     ]
 
 
-def test_one_partition_from_pandas_polars_and_duckdb(double_lr, mixed_pyfunc, tmp_path):
+@pytest.mark.parametrize("reader", READERS)
+def test_one_partition_from_pandas_polars_and_duckdb(double_lr, mixed_pyfunc, tmp_path, reader):
     """Mixed widths (float32/float64, int16/int32/int64), orders, dictionary and large strings, extra
     columns: scored by both models in one pass, each equal to its own toolchain's predictions."""
     import duckdb
@@ -166,18 +172,20 @@ def test_one_partition_from_pandas_polars_and_duckdb(double_lr, mixed_pyfunc, tm
         pl.col("count").cast(pl.Int32),
         pl.col("id").cast(pl.Int32),
     ).write_parquet(folder / "polars.parquet")
-    reader = PartitionReader(hive(tmp_path / "in"), DAY)
-    assert len(reader.files) == 3
-    assert len({str(f.schema.field("amount").type) for f in reader.files}) == 2  # float in one, double in two
-    assert any(pa.types.is_dictionary(f.schema.field("kind").type) for f in reader.files)
-    outcome = check_signature(reader, py_scorer.input_schema, nulls="error")
+    partition_reader = PartitionReader(hive(tmp_path / "in", reader), DAY)
+    assert partition_reader.reader == reader
+    assert len(partition_reader.files) == 3
+    files = partition_reader.files
+    assert len({str(f.schema.field("amount").type) for f in files}) == 2  # float in one, double in two
+    assert any(pa.types.is_dictionary(f.schema.field("kind").type) for f in files)
+    outcome = check_signature(partition_reader, py_scorer.input_schema, nulls="error")
     assert outcome.passed, outcome.description
     assert outcome.metrics["files"] == 3
 
     result = score_partition(
         lr_scorer,
         lr_version,
-        hive(tmp_path / "in"),
+        hive(tmp_path / "in", reader),
         hive(tmp_path / "lr"),
         partition=DAY,
         chunk_rows=700,
@@ -185,11 +193,12 @@ def test_one_partition_from_pandas_polars_and_duckdb(double_lr, mixed_pyfunc, tm
         challengers=[Challenger(py_scorer, py_version, hive(tmp_path / "py"))],
     )
     assert result.rows_out == 3 * ROWS
+    assert result.reader.split(":")[0] == reader
     # What each writer stored, read back as the toolchains would see it (the float32 values stay float32).
     stored = pd.concat(
         [
             pq.read_table(f.path).to_pandas().astype({"kind": "str"}).astype({"amount": "float64", "ratio": "float64"})
-            for f in reader.files
+            for f in files
         ]
     ).set_index("id")
     lr_out = pq.read_table(result.output_uri).to_pandas().set_index("id").loc[stored.index]
@@ -221,11 +230,13 @@ def lr_table(df: pd.DataFrame, width: pa.DataType) -> pa.Table:
     return pa.table({"id": df["id"], "amount": pa.array(df["amount"]).cast(width), "ratio": df["ratio"]})
 
 
-def test_a_float32_file_never_narrows_the_float64_file_after_it(double_lr, tmp_path):
+@pytest.mark.parametrize("reader", READERS)
+def test_a_float32_file_never_narrows_the_float64_file_after_it(double_lr, tmp_path, reader):
     lr, v, scorer = double_lr
     first, second = frame(4), frame(5, first_id=ROWS)
-    source = two_files(tmp_path, lr_table(first, pa.float32()), lr_table(second, pa.float64()))
+    source = replace(two_files(tmp_path, lr_table(first, pa.float32()), lr_table(second, pa.float64())), reader=reader)
     result = score_partition(scorer, v, source, hive(tmp_path / "out"), partition=DAY, passthrough=["id"])
+    assert result.reader.split(":")[0] == reader
     out = pq.read_table(result.output_uri)
     x = np.concatenate(
         [
@@ -252,13 +263,15 @@ def test_int32_then_int64_beyond_2_31_for_a_model_that_takes_long(mixed_pyfunc, 
     np.testing.assert_array_equal(out.column(0).to_numpy(), reference)
 
 
-def test_int64_values_that_overflow_an_integer_input_name_file_column_types_and_row(mixed_pyfunc, tmp_path):
+@pytest.mark.parametrize("reader", READERS)
+def test_int64_values_that_overflow_an_integer_input_name_file_column_types_and_row(mixed_pyfunc, tmp_path, reader):
     _, v, scorer = mixed_pyfunc
     first, second = frame(8), frame(9, first_id=ROWS)
     second.loc[1_234, "small"] = 2**31  # one past int32
     source = two_files(
         tmp_path, pa.Table.from_pandas(first, preserve_index=False), pa.Table.from_pandas(second, preserve_index=False)
     )
+    source = replace(source, reader=reader)
     with pytest.raises(CastError) as caught:
         score_partition(scorer, v, source, hive(tmp_path / "out"), partition=DAY, chunk_rows=500)
     error = caught.value
@@ -362,3 +375,60 @@ def test_rules_for_widths_encodings_and_timestamps():
     with pytest.raises(ValueRefused) as caught:
         cast(pa.array([0, 1, 2, 1]), conversion(pa.int64(), pa.bool_()))
     assert caught.value.row == 2
+
+
+# -- the decoder: Polars where it can serve, pyarrow where it cannot, and the result says which ----------
+
+
+def test_polars_reads_s3_through_the_datasets_storage_options(double_lr, s3_server, tmp_path):
+    """A mixed partition on a real S3 server (moto): Polars reads it with the s3fs options translated; the
+    output equals pyarrow's read of the same partition, row for row."""
+    import s3fs
+
+    lr, v, scorer = double_lr
+    fs = s3fs.S3FileSystem(**s3_server, skip_instance_cache=True)
+    bucket = f"mixed-{tmp_path.name.lower().replace('_', '-')[:40]}"
+    fs.mkdir(bucket)
+    first, second = frame(14), frame(15, first_id=ROWS)
+    for name, table in (
+        ("part-0.parquet", lr_table(first, pa.float32())),
+        ("part-1.parquet", lr_table(second, pa.float64())),
+    ):
+        with fs.open(f"{bucket}/in/date={DAY}/{name}", "wb") as f:
+            pq.write_table(table, f)
+    outputs = {}
+    for reader in ("auto", "pyarrow"):
+        source = ParquetDataset(f"s3://{bucket}/in", partition_column="date", storage_options=s3_server, reader=reader)
+        dest = ParquetDataset(f"s3://{bucket}/out-{reader}", partition_column="date", storage_options=s3_server)
+        result = score_partition(scorer, v, source, dest, partition=DAY, passthrough=["id"], chunk_rows=900)
+        assert result.reader == ("polars" if reader == "auto" else "pyarrow: asked for (reader='pyarrow')")
+        with fs.open(result.output_uri.removeprefix("s3://"), "rb") as f:
+            outputs[reader] = pq.read_table(f)
+    assert outputs["auto"].equals(outputs["pyarrow"])
+    x = np.concatenate(
+        [
+            np.column_stack([first["amount"].astype(np.float32).astype(np.float64), first["ratio"]]),
+            np.column_stack([second["amount"], second["ratio"]]),
+        ]
+    )
+    probabilities = outputs["auto"]["probability_1"].to_numpy()
+    np.testing.assert_allclose(probabilities, lr.predict_proba(x)[:, 1], rtol=0, atol=1e-12)
+    # An s3fs option Polars has no equivalent for: pyarrow reads, and says why; insisting on Polars fails.
+    options = {**s3_server, "config_kwargs": {"read_timeout": 5}}
+    auto = PartitionReader(ParquetDataset(f"s3://{bucket}/in", partition_column="date", storage_options=options), DAY)
+    assert auto.reader_description == "pyarrow: the storage option 'config_kwargs' has no Polars equivalent"
+    with pytest.raises(DatasetError, match=r"reader='polars' asked for, but the storage option 'config_kwargs'"):
+        PartitionReader(
+            ParquetDataset(f"s3://{bucket}/in", partition_column="date", storage_options=options, reader="polars"), DAY
+        )
+
+
+def test_without_polars_pyarrow_reads_and_says_so(double_lr, tmp_path, monkeypatch):
+    _, v, scorer = double_lr
+    source = two_files(tmp_path, lr_table(frame(16), pa.float32()), lr_table(frame(17, first_id=ROWS), pa.float64()))
+    monkeypatch.setitem(sys.modules, "polars", None)  # as if not installed
+    result = score_partition(scorer, v, source, hive(tmp_path / "out"), partition=DAY)
+    assert result.reader == "pyarrow: polars is not installed (pip install 'dagster-ml-assets[polars]')"
+    assert result.rows_out == 2 * ROWS
+    with pytest.raises(DatasetError, match=r"reader='polars' asked for, but polars is not installed"):
+        PartitionReader(replace(source, reader="polars"), DAY)

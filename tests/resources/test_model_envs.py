@@ -84,7 +84,8 @@ def tree_models() -> Path:
 
 
 def score(tree_models: Path, tmp_path: Path, model: str, runtime: str) -> tuple[pa.Table, object]:
-    options = {runtime: {"env_manager": "uv", "env_dir": str(ENV_DIR)}}
+    # A first worker in a fresh environment writes the bytecode of everything it imports: minutes on a loaded host.
+    options = {runtime: {"env_manager": "uv", "env_dir": str(ENV_DIR), "load_timeout_s": 1200}}
     tracking = f"sqlite:///{tree_models / 'mlflow.db'}"
     with ModelService.from_uri("mlflow", tracking, runtime=runtime, runtime_options=options) as service:
         loaded = service.open(f"models:/{model}/1")
@@ -221,3 +222,34 @@ def test_requirement_lines_that_are_pip_options_are_refused(tmp_path):
     (tmp_path / "requirements.txt").write_text("mlflow==3.17.2 # pinned\nlightgbm==4.7.0\n")
     (tmp_path / "python_env.yaml").write_text("python: 3.11.7\nbuild_dependencies:\n- pip\n")
     assert model_requirements(tmp_path, what="m") == (["mlflow==3.17.2", "lightgbm==4.7.0"], "3.11")
+
+
+def test_a_prebuilt_environment_is_used_as_is(tree_models, tmp_path):
+    from ml_assets.resources.registries.mlflow import MlflowRegistry
+    from ml_assets.resources.runtimes.native import NativeRuntime
+
+    registry = MlflowRegistry(f"sqlite:///{tree_models / 'mlflow.db'}", cache_dir=tmp_path / "cache")
+    version = registry.resolve("models:/lgbm/1")
+    model_dir = registry.fetch(version)
+    built = EnvironmentStore(ENV_DIR).for_model(model_dir, what="lgbm")  # the one the tests above built
+    scorer = NativeRuntime(env_path=str(built.python), env_dir=str(tmp_path / "never-used")).load(version, model_dir)
+    try:
+        data = pq.read_table(tree_models / "data" / f"date={PARTITION}").cast(scorer.input_schema)
+        output = scorer.score(data.to_batches()[0])
+    finally:
+        scorer.close()
+    reference = pq.read_table(tree_models / "reference.parquet")["lgbm_probability_1"].to_numpy()[: output.num_rows]
+    assert np.array_equal(output.column("probability_1").to_numpy(), reference)
+    assert not (tmp_path / "never-used").exists()
+
+
+def test_index_credentials_never_reach_the_error(tmp_path):
+    from ml_assets.resources.core.envs import IndexSettings
+
+    index = IndexSettings.of("http://builder:s3cret@127.0.0.1:9/simple", "http://127.0.0.1:9/a, http://127.0.0.1:9/b")
+    assert index.extra_index_urls == ("http://127.0.0.1:9/a", "http://127.0.0.1:9/b")
+    store = EnvironmentStore(tmp_path / "envs", index=index, build_timeout_s=300)
+    with pytest.raises(EnvironmentBuildError) as failed:
+        store.ensure(["ml-assets-no-such-package-zq==1.0"], what="model 'private' version 1")
+    assert "s3cret" not in str(failed.value)
+    assert "model 'private' version 1: uv could not install" in str(failed.value)

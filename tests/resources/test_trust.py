@@ -263,3 +263,30 @@ def test_the_policy_refuses_incomplete_configuration(tmp_path):
     code, out = _cli("score", "models:/x/1", tmp_path, tmp_path / "o", "--verify-model", "sha:abc")
     assert code == 2
     assert "expected key:PEM or certificate:PEM" in out
+
+
+def test_the_component_yaml_carries_the_policy_and_refuses_a_foreign_signature(pki, data, tmp_path):
+    from tests.conftest import component_defs
+
+    tx, onnx_file, _ = data
+    _publish(tmp_path / "registry", onnx_file, "--sign-key", pki["other_key"])
+    attributes = {
+        "name": "trusted_scores",
+        "model": "models:/fraud/1",
+        "registry": {"kind": "file", "uri": str(tmp_path / "registry"),
+                     "trust": {"signatures": "key", "public_key": str(pki["team_pub"])}},
+        "runtime": {"options": {"onnx": {"threads": 1}}},
+        "input": {"uri": str(tx), "partition_column": "date"},
+        "output": {"uri": str(tmp_path / "scores")},
+        "partitions": {"static": [DAY]},
+    }  # fmt: skip
+    with component_defs(attributes) as (_, defs):
+        registry = defs.resources["trusted_scores_model_registry"]
+        assert registry.trust_policy == TrustPolicy(signatures="key", public_key=str(pki["team_pub"]))
+        job = defs.resolve_implicit_global_asset_job_def()
+        with dg.instance_for_test() as instance:
+            result = job.execute_in_process(instance=instance, partition_key=DAY, raise_on_error=False)
+    assert not result.success
+    failure = json.dumps([str(e.event_specific_data) for e in result.all_events if e.is_failure])
+    assert "version 1 is refused by the trust policy: it is signed by another key" in failure
+    assert not (tmp_path / "scores").exists()
