@@ -18,9 +18,7 @@ NULLS = {3: "amount", 4_000: "amount"}
 
 QUARANTINE_DAG = textwrap.dedent(
     """
-    import importlib.util
-import textwrap
-from pathlib import Path
+    from datetime import datetime
 
     from airflow.sdk import Asset, dag
 
