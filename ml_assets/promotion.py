@@ -28,7 +28,9 @@ from ml_assets.webhooks import PromotionInbox
 # Registry calls run here so a hung call cannot hold a check past its budget.
 _resolver_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ml-assets-promotion")
 # Stands for the partition key while a dataset's path is turned into a glob.
-_KEY = "\x00partition\x00"
+# Stands for "any partition" in a path built by ParquetDataset.partition_uri, then globbed as "*":
+# a valid partition value (partition values cross the path validation), never a real one.
+_KEY = "__ml_assets_any_partition__"
 
 
 @dataclass
