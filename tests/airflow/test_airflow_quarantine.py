@@ -3,7 +3,9 @@ carry the count, rate, top reasons and errors location; over the budget the task
 
 from __future__ import annotations
 
-from datetime import datetime
+import importlib.util
+import textwrap
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -14,20 +16,37 @@ from tests.ml_assets.test_quarantine import DAY, ROWS, files_under, poisoned_tra
 NULLS = {3: "amount", 4_000: "amount"}
 
 
-def quarantine_dag(source: str, out: str, max_error_rows: int):
+QUARANTINE_DAG = textwrap.dedent(
+    """
+    from datetime import datetime
+
     from airflow.sdk import Asset, dag
 
     from ml_assets.airflow import ScorePartitionOperator
 
-    @dag(dag_id=f"quarantine_{max_error_rows}", schedule=None, start_date=datetime(2026, 11, 1))
-    def quarantine() -> None:
-        ScorePartitionOperator(
-            task_id="score", model="models:/af@champion", input_dataset=source, output_dataset=out, partition=DAY,
-            passthrough=["transaction_id"], on_row_error="quarantine", max_error_rows=max_error_rows,
-            outlets=[Asset(f"file://{out}")],
-        )  # fmt: skip
 
-    return quarantine()
+    @dag(dag_id="quarantine_{budget}", schedule=None, start_date=datetime(2026, 11, 1))
+    def quarantine():
+        ScorePartitionOperator(
+            task_id="score", model="models:/af@champion", input_dataset="{source}", output_dataset="{out}",
+            partition="{day}", passthrough=["transaction_id"], on_row_error="quarantine", max_error_rows={budget},
+            outlets=[Asset("file://{out}")],
+        )
+
+
+    quarantine_dag = quarantine()
+    """
+)
+
+
+def quarantine_dag(dags_folder: Path, source: str, out: str, budget: int):
+    """The DAG written to the DAGs folder (dag.test() runs serialized DAGs only) and loaded from there."""
+    path = dags_folder / f"quarantine_{budget}.py"
+    path.write_text(QUARANTINE_DAG.format(budget=budget, source=source, out=out, day=DAY))
+    spec = importlib.util.spec_from_file_location(f"quarantine_{budget}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.quarantine_dag
 
 
 def test_operator_quarantines_and_reports_in_xcom_and_asset_event(
@@ -38,12 +57,12 @@ def test_operator_quarantines_and_reports_in_xcom_and_asset_event(
     poisoned_transactions(tmp_path / "in", nulls=NULLS, uncastable=[])
     connect("ml_assets_default", registry_uri)
     source, out = str(tmp_path / "in"), str(tmp_path / "scores")
-    over = quarantine_dag(source, out, 1).test()
+    over = quarantine_dag(dags_folder, source, out, 1).test()
     assert over.state == DagRunState.FAILED
     assert files_under(tmp_path / "scores") == []
     assert files_under(tmp_path / "scores_errors") == []
 
-    run = quarantine_dag(source, out, 2).test()
+    run = quarantine_dag(dags_folder, source, out, 2).test()
     assert run.state == DagRunState.SUCCESS
     (summary,) = xcoms(run, "score")
     errors = str(tmp_path / f"scores_errors/date={DAY}/part-0.parquet")
