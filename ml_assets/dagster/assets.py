@@ -243,6 +243,7 @@ def build_scoring_asset(
         except MlAssetsError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
         partitioned = partitions_def is not None
+        references = _with_this_runs_partitions(context, partitions_def, references, results)
         yield _materialization(context, main_key, results, references, partitioned=partitioned)
         if challenger_key is not None:
             challenged = [r.challengers[0] for r in results]
@@ -484,6 +485,30 @@ def _reference_histograms(
                 break
         references[partition] = found
     return references
+
+
+def _with_this_runs_partitions(
+    context: AssetExecutionContext,
+    partitions_def: dg.PartitionsDefinition | None,
+    references: dict[str | None, list[DriftReference]],
+    results: list[ScoringResult],
+) -> dict[str | None, list[DriftReference]]:
+    """In a ranged run, a partition's previous partition is the one this run just scored, not what an
+    earlier run stored for it."""
+    if partitions_def is None or len(results) < 2:
+        return references
+    keys = partitions_def.get_partition_keys(dynamic_partitions_store=context.instance)
+    order = {k: i for i, k in enumerate(keys)}
+    scored = {r.partition: r for r in results}
+    updated = dict(references)
+    for result in results:
+        index = order.get(result.partition or "")
+        previous = keys[index - 1] if index else None
+        if previous in scored:
+            fresh = DriftReference.from_summary("previous_partition", previous, scored[previous].summary.as_dict())
+            others = [r for r in references.get(result.partition, []) if r.kind != "previous_partition"]
+            updated[result.partition] = [fresh, *others]
+    return updated
 
 
 def _stored_summary(materialization: dg.AssetMaterialization, partition: str | None) -> Any:
