@@ -26,6 +26,7 @@ from ml_assets.dagster.models import model_asset_key, model_observation, observe
 from ml_assets.dagster.plots import score_histogram
 from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource, RayEngineResource
 from ml_assets.datasets import ParquetDataset, PartitionReader
+from ml_assets.openlineage import LineageRun, ScoringLineage, run_id_for
 from ml_assets.resources.core.errors import MlAssetsError
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS, Challenger, NullPolicy, Progress, ScoringResult, score_partition
@@ -222,24 +223,41 @@ def build_scoring_asset(
                         msg = f"{where}: the input does not fit {version.describe()}: {outcome.description}"
                         raise dg.Failure(description=msg, allow_retries=False)
             references = _reference_histograms(context, main_key, partitions_def, partitions, version.version)
-            results = [
-                score_partition(
-                    scorer,
-                    version,
-                    source,
-                    dest,
-                    partition=partition,
-                    chunk_rows=chunk_rows,
-                    passthrough=passthrough,
-                    nulls=nulls,
-                    version_column=version_column,
-                    challengers=contenders,
-                    on_progress=_progress_logger(context, partition),
-                    extra_metadata={"dagster_run_id": context.run_id, "asset": main_key.to_user_string()},
-                    engine=ray_engine,
-                )
-                for partition in partitions
-            ]
+            lineage = ScoringLineage(
+                source,
+                dest,
+                version,
+                input_schema=scorer.input_schema,
+                output_schema=scorer.output_schema,
+                extra_outputs=[challenger_dest] if challenger_dest is not None else (),
+            )
+            lineage_run = LineageRun.begin(main_key.to_user_string(), lineage, run_id=run_id_for(context.run_id))
+            try:
+                results = [
+                    score_partition(
+                        scorer,
+                        version,
+                        source,
+                        dest,
+                        partition=partition,
+                        chunk_rows=chunk_rows,
+                        passthrough=passthrough,
+                        nulls=nulls,
+                        version_column=version_column,
+                        challengers=contenders,
+                        on_progress=_progress_logger(context, partition),
+                        extra_metadata={"dagster_run_id": context.run_id, "asset": main_key.to_user_string()},
+                        engine=ray_engine,
+                    )
+                    for partition in partitions
+                ]
+            except BaseException as exc:
+                lineage_run.fail(exc)
+                raise
+            rows = {dest.uri: sum(r.rows_out for r in results)}
+            if challenger_dest is not None:
+                rows[challenger_dest.uri] = rows[dest.uri]
+            lineage_run.complete(rows)
         except MlAssetsError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
         partitioned = partitions_def is not None

@@ -118,6 +118,8 @@ def test_a_ranged_run_records_each_partition_and_each_check_names_it(graph):
             probabilities = pq.read_table(meta["output"], columns=["probability_1"]).column(0).to_numpy()
             assert abs(meta["score_mean"] - probabilities.mean()) < 1e-5
         assert len(outputs) == 2
+        # The commits left no empty staging folder beside the output root.
+        assert not (graph["out"].parent / ".scores.ml-assets-staging").exists()
         # The stored records agree with what the run returned (what the UI and its plots read).
         for day in DATES[:2]:
             (record,) = instance.fetch_materializations(
