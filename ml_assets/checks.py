@@ -2,8 +2,8 @@
 
 - signature: the input against the model's inputs (missing columns, incompatible types, nulls
   from the Parquet footers' statistics) before a row is read;
-- prediction health: null/NaN rate, probabilities outside [0, 1], classes the model does not
-  have, rows in = rows out, from the streaming summary;
+- prediction health: null/NaN rate, probabilities outside [0, 1] (beyond ``PROBABILITY_EPSILON``
+  of float rounding), classes the model does not have, rows in = rows out, from the streaming summary;
 - drift: PSI and KS between score histograms (this partition vs the previous partition, and vs
   the previous model version on the same partition);
 - agreement: champion vs challenger on the same rows.
@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from ml_assets.datasets import PartitionReader
-from ml_assets.summary import Comparison, ScoreSummary, score_column
+from ml_assets.resources.core.predictions import PROBABILITY, score_columns
+from ml_assets.summary import PROBABILITY_EPSILON, Comparison, ScoreSummary
 
 if TYPE_CHECKING:
     from ml_assets.scoring import ScoringResult
@@ -100,8 +101,13 @@ def check_prediction_health(
         metrics[f"{name}.null_nan_rate"] = rate
         if rate > max_null_rate:
             problems.append(f"{name}: {rate:.2%} null/NaN (allowed {max_null_rate:.2%})")
-        if name.startswith("probability") and column.count and (column.minimum < 0.0 or column.maximum > 1.0):
-            problems.append(f"{name}: values in [{column.minimum:.4g}, {column.maximum:.4g}], outside [0, 1]")
+        if name.startswith(PROBABILITY) and column.count:
+            metrics[f"{name}.out_of_range"] = column.out_of_range
+            if column.out_of_range:
+                problems.append(
+                    f"{name}: {column.out_of_range:,} of {column.count:,} values outside [0, 1] (tolerance "
+                    f"{PROBABILITY_EPSILON:g}); min {column.minimum!r}, max {column.maximum!r}"
+                )
     if classes is not None:
         known = {str(c) for c in classes}
         for name, counts in summary.value_counts.items():
@@ -138,36 +144,43 @@ def _shares(counts: Sequence[float]) -> np.ndarray:
 
 
 def check_drift(
-    column: str | None,
-    current: Sequence[int] | None,
-    references: Mapping[str, Sequence[int] | None],
+    current: Mapping[str, Sequence[int] | None],
+    references: Mapping[str, Mapping[str, Sequence[int] | None]],
     *,
     psi_threshold: float = 0.2,
     ks_threshold: float = 0.1,
     severity: Severity = "warn",
 ) -> CheckOutcome:
-    """``references``: label -> histogram (e.g. 'previous partition 2026-11-01', 'previous version 3')."""
-    if column is None or current is None:
+    """``current``: score column -> histogram (one column for a binary classifier or a regressor,
+    every class of a multiclass model); ``references``: label (e.g. 'previous partition 2026-11-01',
+    'previous version 3') -> the same columns' histograms there."""
+    scored = {c: h for c, h in current.items() if h is not None}
+    if not scored:
         return CheckOutcome("score_drift", True, "no probability column with a histogram to compare", severity)
-    metrics: dict[str, Any] = {"column": column}
+    several = len(scored) > 1
+    metrics: dict[str, Any] = {"column": ", ".join(scored)}
     problems: list[str] = []
     compared: list[str] = []
-    for label, reference in references.items():
-        if reference is None or len(reference) != len(current) or not sum(reference):
-            continue
-        p, k = psi(current, reference), ks(current, reference)
+    for label, histograms in references.items():
         key = label.split(" ")[1] if " " in label else label
-        metrics[f"psi_vs_{key}"], metrics[f"ks_vs_{key}"] = p, k
-        compared.append(label)
-        if p > psi_threshold or k > ks_threshold:
-            problems.append(
-                f"{column} vs {label}: PSI {p:.3f} (limit {psi_threshold}), KS {k:.3f} (limit {ks_threshold})"
-            )
+        for column, histogram in scored.items():
+            reference = histograms.get(column)
+            if reference is None or len(reference) != len(histogram) or not sum(reference):
+                continue
+            p, k = psi(histogram, reference), ks(histogram, reference)
+            prefix = f"{column}." if several else ""
+            metrics[f"{prefix}psi_vs_{key}"], metrics[f"{prefix}ks_vs_{key}"] = p, k
+            if label not in compared:
+                compared.append(label)
+            if p > psi_threshold or k > ks_threshold:
+                problems.append(
+                    f"{column} vs {label}: PSI {p:.3f} (limit {psi_threshold}), KS {k:.3f} (limit {ks_threshold})"
+                )
     if not compared:
         return CheckOutcome(
             "score_drift", True, "nothing to compare with yet (first partition and version)", severity, metrics
         )
-    description = "; ".join(problems) or f"{column} stable vs {', '.join(compared)}"
+    description = "; ".join(problems) or f"{', '.join(scored)} stable vs {', '.join(compared)}"
     return CheckOutcome("score_drift", not problems, description, severity, metrics)
 
 
@@ -178,9 +191,13 @@ def check_agreement(
     challenger_histogram: Sequence[int] | None,
     min_agreement: float = 0.0,
     max_mean_abs_diff: float = 1.0,
+    columns: Sequence[str] | None = None,
 ) -> CheckOutcome:
-    """Champion vs challenger on the same rows; passes unless limits are set and crossed."""
-    agreement, diff = comparison.agreement, comparison.mean_abs_diff
+    """Champion vs challenger on the same rows; passes unless limits are set and crossed.
+    ``columns``: the champion's score columns the score difference is averaged over (default: the
+    comparison's own, ``score_columns`` of the champion)."""
+    agreement = comparison.agreement
+    diff = comparison.mean_abs_diff_of(list(columns)) if columns is not None else comparison.mean_abs_diff
     metrics: dict[str, Any] = {"rows": comparison.rows, "agreement": agreement, "mean_abs_diff": diff}
     if champion_histogram is not None and challenger_histogram is not None:
         metrics["psi"] = psi(challenger_histogram, champion_histogram)
@@ -209,6 +226,10 @@ class CheckSettings:
             partition and against the previous model version on the same partition.
         drift_severity: ``warn`` reports a drifting score; ``error`` makes it a failure.
         min_agreement / max_mean_abs_diff: champion vs challenger limits (defaults never fail).
+        score_column: the prediction column drift and champion/challenger compare. Default: a
+            binary classifier's positive class (the last class in the model's order, e.g.
+            ``probability_1``), every ``probability_<class>`` of a multiclass model, a
+            regressor's ``prediction``.
     """
 
     max_null_rate: float = 0.0
@@ -217,6 +238,7 @@ class CheckSettings:
     drift_severity: Severity = "warn"
     min_agreement: float = 0.0
     max_mean_abs_diff: float = 1.0
+    score_column: str | None = None
 
 
 DEFAULT_CHECKS = CheckSettings()
@@ -264,8 +286,10 @@ def evaluate_checks(
 
     Returns, in order: ``signature`` (passed: the pass validated every chunk), ``prediction_health``,
     ``score_drift`` (against ``references``) and, when ``result`` has a challenger,
-    ``champion_challenger``. Drift and comparisons look at ``summary.score_column`` of the
-    predictions: ``probability_1``, else the last ``probability_*`` column, else the first float.
+    ``champion_challenger``. Drift and comparisons look at the score columns of the predictions
+    (``ml_assets.resources.core.predictions.score_columns``, or ``settings.score_column``): a binary
+    classifier's positive class (the last class in model order), every class of a multiclass model,
+    a regressor's ``prediction``; the same for every runtime, since all follow one contract.
     """
     rows = result.rows_in
     outcomes = [
@@ -283,13 +307,13 @@ def evaluate_checks(
             max_null_rate=settings.max_null_rate,
         ),
     ]
-    column = score_column(result.prediction_schema) if result.prediction_schema is not None else None
-    current = _histogram_of(result.summary, column)
+    chosen = settings.score_column
+    columns = score_columns(result.prediction_schema, score_column=chosen) if result.prediction_schema else []
+    current = {c: _histogram_of(result.summary, c) for c in columns}
     outcomes.append(
         check_drift(
-            column,
             current,
-            {ref.description: ref.histograms.get(column) if column else None for ref in references},
+            {ref.description: ref.histograms for ref in references},
             psi_threshold=settings.psi_threshold,
             ks_threshold=settings.ks_threshold,
             severity=settings.drift_severity,
@@ -297,14 +321,16 @@ def evaluate_checks(
     )
     if result.challengers:
         contender = result.challengers[0]
-        other = score_column(contender.prediction_schema) if contender.prediction_schema is not None else None
+        theirs = score_columns(contender.prediction_schema, score_column=chosen) if contender.prediction_schema else []
+        single = len(columns) == 1 and len(theirs) == 1
         outcomes.append(
             check_agreement(
                 result.comparisons[0],
-                champion_histogram=current,
-                challenger_histogram=_histogram_of(contender.summary, other),
+                champion_histogram=_histogram_of(result.summary, columns[0]) if single else None,
+                challenger_histogram=_histogram_of(contender.summary, theirs[0]) if single else None,
                 min_agreement=settings.min_agreement,
                 max_mean_abs_diff=settings.max_mean_abs_diff,
+                columns=columns,
             )
         )
     return outcomes

@@ -55,7 +55,8 @@ def main() -> None:
 @click.argument("input_uri")
 @click.argument("output_uri")
 @click.option("--partition", "partition", metavar="KEY=VALUE", help="Score one hive partition, e.g. date=2026-11-01.")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=65_536, show_default=True)
+# The bounds of ml_assets.scoring (DEFAULT_CHUNK_ROWS, MAX_CHUNK_ROWS), spelled out: importing it costs start-up.
+@click.option("--chunk-rows", type=click.IntRange(min=1, max=16_777_216), default=65_536, show_default=True)
 @click.option("--passthrough", metavar="COL,...", help="Input columns copied to the output.")
 @click.option("--registry", "registry_kind", default="mlflow", show_default=True, help="Registry name.")
 @click.option("--registry-uri", help="Registry location, e.g. sqlite:///mlflow.db (default: MLFLOW_TRACKING_URI).")
@@ -86,6 +87,14 @@ def main() -> None:
 @click.option("--ray-address", help="Ray cluster to join (auto, ray://head:10001); default: start a local Ray.")
 @click.option("--actors", default="1,2", show_default=True, metavar="MIN,MAX", help="Ray actor pool size.")
 @click.option("--cpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option(
+    "--verify-model", metavar="key:PEM | certificate:PEM[,PEM]",
+    help="Refuse the model unless its files carry a model-signing signature (model.sig) by this public key, "
+    "or by a certificate chaining to these CA certificates (extra: trust).",
+)  # fmt: skip
+@click.option(
+    "--scan-pickles", is_flag=True, help="Refuse pickle files (.pkl, .joblib, ...) that call dangerous globals."
+)
 @click.option(
     "--pipes",
     type=click.Choice(["auto", "on", "off"]),
@@ -171,6 +180,8 @@ def _score(
     ray_address: str | None,
     actors: str,
     cpus_per_actor: float,
+    verify_model: str | None,
+    scan_pickles: bool,
 ) -> Any:
     from tqdm import tqdm
 
@@ -192,10 +203,12 @@ def _score(
         options["outputs"] = _split(outputs)
     secrets = {k: os.environ.get(f"ML_ASSETS_{k.upper()}") for k in SECRET_OPTIONS}
     parsed_registry_options = _key_values(registry_options, "--registry-option")
+    trust = _trust_policy(verify_model, scan_pickles)
     try:
         service = ModelService.from_uri(
-            registry_kind, registry_uri, registry_options=parsed_registry_options, runtime=runtime, secrets=secrets
-        )
+            registry_kind, registry_uri, registry_options=parsed_registry_options, runtime=runtime, secrets=secrets,
+            trust=trust,
+        )  # fmt: skip
         version = service.resolve(model_ref)
         click.echo(f"{model_ref} -> {version.describe()} ({version.format}, {version.uri})", err=True)
         service.runtime_options[service.runtime_for(version)] = options
@@ -210,6 +223,7 @@ def _score(
                 runtime=runtime,
                 runtime_options=service.runtime_options,
                 secrets=secrets,
+                trust=trust,
             )
             low, _, high = actors.partition(",")
             try:
@@ -267,6 +281,24 @@ def _score(
     return result
 
 
+def _trust_policy(verify_model: str | None, scan_pickles: bool) -> Any:
+    from ml_assets.resources.core.trust import TrustPolicy
+
+    options: dict[str, Any] = {"pickles": "scan" if scan_pickles else "off"}
+    if verify_model:
+        mode, _, files = verify_model.partition(":")
+        if mode not in ("key", "certificate") or not files:
+            raise click.BadParameter(
+                f"expected key:PEM or certificate:PEM[,PEM], got {verify_model!r}", param_hint="--verify-model"
+            )
+        options["signatures"] = mode
+        options["public_key" if mode == "key" else "certificate_chain"] = files if mode == "key" else _split(files)
+    try:
+        return TrustPolicy.from_options(options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--verify-model") from None
+
+
 @main.command()
 @click.option("--root", type=click.Path(file_okay=False), help="Where to put the demo (default: ./.demo).")
 @click.option("--days", type=click.IntRange(min=1), default=3, show_default=True)
@@ -304,6 +336,15 @@ def _registry_options(fn: Any) -> Any:
         help="Registry location: MLflow tracking URI, registry folder/URL, or HTTP index URL.",
     )(fn)
     return click.option("--registry", "registry_kind", default="mlflow", show_default=True, help="Registry name.")(fn)
+
+
+def _signing_options(fn: Any) -> Any:
+    fn = click.option("--sign-chain", multiple=True, type=click.Path(exists=True, dir_okay=False),
+                      help="Certificates between the signing certificate and the root (repeatable).")(fn)  # fmt: skip
+    fn = click.option("--sign-certificate", type=click.Path(exists=True, dir_okay=False),
+                      help="Sign with this certificate (and --sign-key, its private key).")(fn)  # fmt: skip
+    return click.option("--sign-key", type=click.Path(exists=True, dir_okay=False),
+                        help="Sign with this EC private key (PEM): writes model.sig among the files.")(fn)  # fmt: skip
 
 
 def _open_registry(kind: str, uri: str | None, raw_options: tuple[str, ...]) -> Any:
@@ -383,6 +424,11 @@ def models_promote(
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Free-form tag (repeatable).")
 @click.option("--alias", help="Point this alias at the new version.")
 @click.option("--stage", help="Move the new version into this stage.")
+@click.option(
+    "--follow-symlinks", is_flag=True,
+    help="Copy what symbolic links in PATH point to (refused by default: a link may point anywhere).",
+)  # fmt: skip
+@_signing_options
 @_registry_options
 def models_publish(
     name: str,
@@ -392,11 +438,19 @@ def models_publish(
     tags: tuple[str, ...],
     alias: str | None,
     stage: str | None,
+    follow_symlinks: bool,
+    sign_key: str | None,
+    sign_certificate: str | None,
+    sign_chain: tuple[str, ...],
     registry_kind: str,
     registry_uri: str | None,
     registry_options: tuple[str, ...],
 ) -> None:
-    """Publish PATH (a model file or folder) as a new version of NAME in a file registry."""
+    """Publish PATH (a model file or folder) as a new version of NAME in a file registry; with
+    --sign-key, signed (model.sig, OpenSSF model-signing) as it is registered."""
+    import tempfile
+    from pathlib import Path
+
     signature = None
     if inputs:
         pairs = [item.partition(":") for item in _split(inputs)]
@@ -405,14 +459,66 @@ def models_publish(
         registry = _open_registry(registry_kind, registry_uri, registry_options)
         if not hasattr(registry, "publish"):
             raise click.ClickException(f"the {registry_kind!r} registry does not publish models; use its own tools")
-        published = registry.publish(
-            name, path, format=model_format, signature=signature, tags=dict(t.partition("=")[::2] for t in tags)
-        )
+        symlinks = "copy_content" if follow_symlinks else "refuse"
+        with tempfile.TemporaryDirectory(prefix="ml-assets-sign-") as staging:
+            source, model_file = Path(path), None
+            if sign_key:
+                source, model_file = _signed_copy(
+                    Path(path), Path(staging), key=sign_key, certificate=sign_certificate, chain=sign_chain,
+                    symlinks=symlinks,
+                )  # fmt: skip
+            published = registry.publish(
+                name, source, format=model_format, signature=signature, tags=dict(t.partition("=")[::2] for t in tags),
+                symlinks=symlinks, model_file=model_file,
+            )  # fmt: skip
         if alias or stage:
             published = registry.promote(name, published.version, alias=alias, stage=stage)
     except MlAssetsError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(_version_line(published))
+
+
+def _signed_copy(
+    source: Any, staging: Any, *, key: str, certificate: str | None, chain: tuple[str, ...], symlinks: str
+) -> tuple[Any, str | None]:
+    """A copy of ``source`` in ``staging``, signed; and the model file's name when ``source`` is one file."""
+    import shutil
+
+    from ml_assets.resources.core.trust import sign_model
+
+    folder = staging / "model"
+    if source.is_symlink() and symlinks == "refuse":
+        raise click.ClickException(f"cannot publish {source}: it is a symbolic link; pass --follow-symlinks")
+    if source.is_dir():
+        links = [p for p in source.rglob("*") if p.is_symlink()]
+        if links and symlinks == "refuse":
+            raise click.ClickException(
+                f"cannot publish {source}: {links[0]} is a symbolic link; pass --follow-symlinks"
+            )
+        shutil.copytree(source, folder, symlinks=False)
+        model_file = None
+    else:
+        folder.mkdir()
+        shutil.copyfile(source, folder / source.name)
+        model_file = source.name
+    sign_model(folder, private_key=key, certificate=certificate, certificate_chain=chain)
+    return folder, model_file
+
+
+@models.command("sign")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="EC private key (PEM).")
+@click.option("--certificate", type=click.Path(exists=True, dir_okay=False), help="Signing certificate (PEM).")
+@click.option("--chain", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Chain certificates.")
+def models_sign(folder: str, key: str, certificate: str | None, chain: tuple[str, ...]) -> None:
+    """Sign the model in FOLDER (writes FOLDER/model.sig), e.g. before logging it to MLflow."""
+    from ml_assets.resources.core.trust import sign_model
+
+    try:
+        written = sign_model(folder, private_key=key, certificate=certificate, certificate_chain=chain)
+    except MlAssetsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"signed: {written}")
 
 
 @main.group()
@@ -494,7 +600,17 @@ def webhook() -> None:
 @click.option(
     "--secret-env", default="MLFLOW_WEBHOOK_SECRET", show_default=True, help="Variable holding the webhook's secret."
 )
-def webhook_serve(inbox: str, host: str, port: int, secret_env: str) -> None:
+@click.option(
+    "--header-timeout", type=click.FloatRange(min=0.1, max=600), default=10.0, show_default=True,
+    help="Seconds a connection may take to send a complete request head; idle ones are closed.",
+)  # fmt: skip
+@click.option(
+    "--body-timeout", type=click.FloatRange(min=0.1, max=600), default=10.0, show_default=True,
+    help="Seconds a request may take to send its body (408 after).",
+)  # fmt: skip
+def webhook_serve(
+    inbox: str, host: str, port: int, secret_env: str, header_timeout: float, body_timeout: float
+) -> None:
     """Verify MLflow's HMAC-signed model_version_alias events and hand them to the promotion sensor."""
     import logging
     import os
@@ -505,12 +621,9 @@ def webhook_serve(inbox: str, host: str, port: int, secret_env: str) -> None:
     if not secret:
         raise click.ClickException(f"set {secret_env} to the secret the MLflow webhook was created with")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    server = serve(inbox, secret, host=host, port=port)
+    server = serve(inbox, secret, host=host, port=port, header_timeout_s=header_timeout, body_timeout_s=body_timeout)
     click.echo(f"receiving MLflow webhooks on http://{host}:{port}/ into {inbox}; Ctrl-C (or SIGTERM) stops")
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
+    server.serve_forever()
 
 
 if __name__ == "__main__":

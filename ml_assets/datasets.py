@@ -20,6 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ml_assets.resources.core.errors import DatasetError
+from ml_assets.resources.core.paths import check_segment, safe_join
 
 METADATA_KEY = b"ml_assets"
 OUTPUT_FILE = "part-0.parquet"
@@ -107,13 +108,18 @@ class ParquetDataset:
                 msg = f"dataset {self.uri} is a path template; name a partition to fill it in"
                 raise DatasetError(msg)
             return self.uri
+        # The partition value comes from outside (a CLI flag, a Dagster key): one segment, and the
+        # path it makes is proven to stay inside the root.
+        check_segment(partition, what=f"partition value of dataset {self.uri}")
         if self.is_template:
             names = {name for _, name, _, _ in string.Formatter().parse(self.uri) if name}
-            return self.uri.format(**dict.fromkeys(names, partition))
+            filled = self.uri.format(**dict.fromkeys(names, partition))
+            safe_join(self.root, filled[len(self.root) :].strip("/"), what=f"partition {partition!r}")
+            return filled
         if not self.partition_column:
             msg = f"dataset {self.uri} has no partition_column; cannot locate partition {partition!r}"
             raise DatasetError(msg)
-        return f"{self.uri.rstrip('/')}/{self.partition_column}={partition}"
+        return safe_join(self.uri.rstrip("/"), f"{self.partition_column}={partition}", what=f"partition {partition!r}")
 
     def describe(self, partition: str | None) -> str:
         if partition is None:
@@ -340,7 +346,7 @@ class _StagedFile:
             msg = f"{where}: staging folder {staging_uri} is inside the dataset root {dataset.root}; readers see it"
             raise DatasetError(msg)
         relative = self.final_path[len(root) + 1 :] if self.final_path.startswith(f"{root}/") else self.final_path
-        self.stem = f"{staging}/{relative.lstrip('/')}"
+        self.stem = safe_join(staging, relative.lstrip("/"), what=f"staging path of {where}")
         self.staging_root = staging
         self.folder = self.stem.rsplit("/", 1)[0]
         self.local = isinstance(self.filesystem, pafs.LocalFileSystem)

@@ -27,6 +27,7 @@ import pyarrow.dataset as pads
 from ml_assets.datasets import ParquetDataset, PartitionReader, _filesystem
 from ml_assets.resources.core.errors import MissingDependencyError, MlAssetsError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
+from ml_assets.resources.core.trust import TrustPolicy
 from ml_assets.resources.registries.direct import DirectFiles
 from ml_assets.scoring import _Chunk, _conform, _Plan
 from ml_assets.service import SECRET_OPTIONS, ModelService
@@ -55,6 +56,7 @@ class ModelServiceConfig:
         runtime / runtime_options / secrets: as in ``ModelService``. A secret left out is taken from
             the building process's ``ML_ASSETS_TOKEN``/``_USERNAME``/``_PASSWORD``, as the CLI does,
             so a cluster can hold its own credentials instead of receiving them.
+        trust: the trust policy; each actor verifies the files it fetched before loading them.
     """
 
     registry: str | None = None
@@ -65,6 +67,7 @@ class ModelServiceConfig:
     runtime: str | None = None
     runtime_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     secrets: Mapping[str, str | None] = field(default_factory=dict, repr=False)
+    trust: TrustPolicy | None = None
 
     def build(self) -> ModelService:
         secrets = {k: self.secrets.get(k) or os.environ.get(f"ML_ASSETS_{k.upper()}") for k in SECRET_OPTIONS}
@@ -72,6 +75,7 @@ class ModelServiceConfig:
             "runtime": self.runtime,
             "runtime_options": self.runtime_options,
             "secrets": secrets,
+            "trust": self.trust,
         }
         if self.registry is None:
             return ModelService(

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 NullPolicy = Literal["error", "pass"]
 DEFAULT_CHUNK_ROWS = 65_536
+# One chunk is held in memory (several, in flight): past this a typo, not a tuning.
+MAX_CHUNK_ROWS = 16_777_216
 _POLL_S = 0.2
 
 
@@ -340,8 +342,8 @@ def score_partition(
 
 
 def check_chunk_rows(chunk_rows: int) -> None:
-    if chunk_rows < 1:
-        msg = f"chunk_rows must be at least 1, got {chunk_rows}"
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or not 1 <= chunk_rows <= MAX_CHUNK_ROWS:
+        msg = f"chunk_rows must be an integer from 1 to {MAX_CHUNK_ROWS:,}, got {chunk_rows!r}"
         raise ValueError(msg)
 
 

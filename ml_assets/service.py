@@ -10,13 +10,14 @@ import inspect
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ml_assets.resources.core.errors import MissingDependencyError, PluginNotFoundError
 from ml_assets.resources.core.models import ModelRef, ModelVersion, Registry, Scorer
 from ml_assets.resources.core.plugins import RUNTIME_GROUP, create_registry, load_plugin
+from ml_assets.resources.core.trust import TrustPolicy
 from ml_assets.resources.registries.direct import REGISTRY_ID, DirectFiles
 
 #: Keyword arguments a runtime may take that hold credentials: passed only to runtimes that accept them.
@@ -84,6 +85,8 @@ class ModelService:
         runtime_options: options per runtime name, e.g. ``{"onnx": {"threads": 2}}``.
         secrets: ``token``/``username``/``password`` for remote runtimes; given only to runtimes
             that take them, never logged.
+        trust: verify every version's files (signature, pickles) before it is loaded; the
+            resolved version carries what was verified into lineage and metadata.
 
     Example:
         ```python
@@ -101,8 +104,11 @@ class ModelService:
         runtime_options: Mapping[str, Mapping[str, Any]] | None = None,
         secrets: Mapping[str, str | None] | None = None,
         direct: DirectFiles | None = None,
+        trust: TrustPolicy | None = None,
     ) -> None:
         self.registry = registry
+        self.trust = trust if trust is not None and trust.active else None
+        self._verified: dict[tuple[str, str, str, str], dict[str, str]] = {}
         self.runtime = runtime
         self.runtime_options = {name: dict(opts) for name, opts in (runtime_options or {}).items()}
         self._secrets = dict(secrets or {})
@@ -128,24 +134,42 @@ class ModelService:
         return cls(registry, direct=direct, **kwargs)
 
     def resolve(self, ref: ModelRef | str) -> ModelVersion:
+        """The version ``ref`` names; with a trust policy, fetched and verified now, carrying the
+        verification's facts (a refused version raises ModelVerificationError here)."""
         parsed = ModelRef.parse(ref) if isinstance(ref, str) else ref
         if parsed.direct_uri is not None:
             with _install_hint(f"reading {parsed.direct_uri}"):
-                return self.direct.resolve(parsed)
-        if self.registry is None:
+                version = self.direct.resolve(parsed)
+        elif self.registry is None:
             msg = f"{parsed.raw!r} needs a model registry, and none is configured"
             raise PluginNotFoundError(msg)
-        with _install_hint(f"resolving {parsed.raw!r}"):
-            return self.registry.resolve(parsed)
+        else:
+            with _install_hint(f"resolving {parsed.raw!r}"):
+                version = self.registry.resolve(parsed)
+        if self.trust is None:
+            return version
+        self.fetch(version)
+        return replace(version, verification=self._verified[self._verify_key(version)])
 
     def fetch(self, version: ModelVersion) -> Path:
+        """The version's local files; with a trust policy, verified (once per service and version)."""
         with _install_hint(f"fetching {version.describe()}"):
             if version.registry == REGISTRY_ID:
-                return self.direct.fetch(version)
-            if self.registry is None:
+                path = self.direct.fetch(version)
+            elif self.registry is None:
                 msg = f"{version.describe()} needs a model registry, and none is configured"
                 raise PluginNotFoundError(msg)
-            return self.registry.fetch(version)
+            else:
+                path = self.registry.fetch(version)
+        if self.trust is not None:
+            key = self._verify_key(version)
+            if key not in self._verified:
+                self._verified[key] = self.trust.verify(version, path)
+        return path
+
+    @staticmethod
+    def _verify_key(version: ModelVersion) -> tuple[str, str, str, str]:
+        return (version.registry, version.name, version.version, version.checksum or "")
 
     def runtime_for(self, version: ModelVersion) -> str:
         return self.runtime or version.format

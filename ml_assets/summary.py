@@ -14,8 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ml_assets.resources.core.predictions import PROBABILITY, score_columns
+
 # Fine enough for drift statistics (PSI, KS) on probabilities; a person sees them re-binned to 10.
 HISTOGRAM_BINS = 100
+# How far outside [0, 1] a probability may be and still count as in range: float32 rounding of a
+# probability next to 1 gives 1.0000001 (one float32 ulp at 1 is 1.2e-7).
+PROBABILITY_EPSILON = 1e-6
 
 
 @dataclass
@@ -30,6 +35,7 @@ class ColumnSummary:
     minimum: float = math.inf
     maximum: float = -math.inf
     histogram: np.ndarray | None = None  # counts over [0, 1] in HISTOGRAM_BINS bins
+    out_of_range: int = 0  # probabilities below -PROBABILITY_EPSILON or above 1 + PROBABILITY_EPSILON
 
     def update(self, column: pa.Array, *, probability: bool) -> None:
         self.nulls += column.null_count
@@ -51,6 +57,8 @@ class ColumnSummary:
         self.minimum = min(self.minimum, float(values.min()))
         self.maximum = max(self.maximum, float(values.max()))
         if probability:
+            outside = (values < -PROBABILITY_EPSILON) | (values > 1.0 + PROBABILITY_EPSILON)
+            self.out_of_range += int(np.count_nonzero(outside))
             bins = np.clip((values * HISTOGRAM_BINS).astype(np.int32), 0, HISTOGRAM_BINS - 1)
             counts = np.bincount(bins, minlength=HISTOGRAM_BINS)
             self.histogram = counts if self.histogram is None else self.histogram + counts
@@ -75,6 +83,7 @@ class ColumnSummary:
         }
         if self.histogram is not None:
             facts["histogram"] = [int(c) for c in self.histogram]
+            facts["out_of_range"] = self.out_of_range
         return facts
 
 
@@ -91,7 +100,7 @@ class ScoreSummary:
         for name, column in zip(predictions.schema.names, predictions.columns, strict=True):
             kind = column.type
             if pa.types.is_floating(kind) or (pa.types.is_integer(kind) and not _looks_like_label(name)):
-                probability = pa.types.is_floating(kind) and name.startswith("probability")
+                probability = pa.types.is_floating(kind) and name.startswith(PROBABILITY)
                 self.columns.setdefault(name, ColumnSummary()).update(column, probability=probability)
             elif pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_boolean(kind):
                 counts = self.value_counts.setdefault(name, {})
@@ -139,17 +148,6 @@ def _sparkline(counts: np.ndarray) -> str:
     return "".join(blocks[round(8 * c / top)] for c in counts)
 
 
-def score_column(schema: pa.Schema) -> str | None:
-    """The column drift and comparisons look at: the positive-class probability, else the first float."""
-    names = schema.names
-    if "probability_1" in names:
-        return "probability_1"
-    probabilities = [n for n in names if n.startswith("probability_")]
-    if probabilities:
-        return probabilities[-1]
-    return next((f.name for f in schema if pa.types.is_floating(f.type)), None)
-
-
 def label_column(schema: pa.Schema) -> str | None:
     """The predicted class: a label-like name, else the first integer or string column."""
     named = [f.name for f in schema if _looks_like_label(f.name) and not pa.types.is_floating(f.type)]
@@ -160,14 +158,17 @@ def label_column(schema: pa.Schema) -> str | None:
 
 @dataclass
 class Comparison:
-    """Champion vs one challenger on the same rows: label agreement and mean absolute score difference."""
+    """Champion vs one challenger on the same rows: label agreement, and the mean absolute difference
+    of every score column the two share (by name, else the score columns by position)."""
 
     challenger: Any  # the challenger's ModelVersion
     rows: int = 0
     label_rows: int = 0
     agreeing: int = 0
-    abs_diff: float = 0.0
-    score_rows: int = 0
+    abs_diffs: dict[str, float] = field(default_factory=dict)
+    diff_rows: dict[str, int] = field(default_factory=dict)
+    score_columns: list[str] = field(default_factory=list)
+    """The champion's score columns (``ml_assets.resources.core.predictions.score_columns``)."""
 
     def update(self, champion: pa.RecordBatch, challenger: pa.RecordBatch) -> None:
         self.rows += champion.num_rows
@@ -180,15 +181,16 @@ class Comparison:
             equal = pc.equal(a, b)
             self.agreeing += pc.sum(equal).as_py() or 0
             self.label_rows += len(equal) - equal.null_count
-        scores = score_column(champion.schema), score_column(challenger.schema)
-        if all(scores):
+        if not self.score_columns:
+            self.score_columns = score_columns(champion.schema)
+        for ours, theirs in _paired_scores(champion.schema, challenger.schema):
             diff = np.abs(
-                champion.column(scores[0]).to_numpy(zero_copy_only=False).astype(np.float64)
-                - challenger.column(scores[1]).to_numpy(zero_copy_only=False)
+                champion.column(ours).to_numpy(zero_copy_only=False).astype(np.float64)
+                - challenger.column(theirs).to_numpy(zero_copy_only=False)
             )
             diff = diff[np.isfinite(diff)]
-            self.abs_diff += float(diff.sum())
-            self.score_rows += len(diff)
+            self.abs_diffs[ours] = self.abs_diffs.get(ours, 0.0) + float(diff.sum())
+            self.diff_rows[ours] = self.diff_rows.get(ours, 0) + len(diff)
 
     @property
     def agreement(self) -> float | None:
@@ -196,4 +198,19 @@ class Comparison:
 
     @property
     def mean_abs_diff(self) -> float | None:
-        return self.abs_diff / self.score_rows if self.score_rows else None
+        """Over the champion's score columns (every class of a multiclass model)."""
+        return self.mean_abs_diff_of(self.score_columns)
+
+    def mean_abs_diff_of(self, columns: list[str]) -> float | None:
+        means = [self.abs_diffs[c] / self.diff_rows[c] for c in columns if self.diff_rows.get(c)]
+        return float(np.mean(means)) if means else None
+
+
+def _paired_scores(champion: pa.Schema, challenger: pa.Schema) -> list[tuple[str, str]]:
+    """Float columns both give under one name; else the two models' score columns by position."""
+    theirs = {f.name for f in challenger if pa.types.is_floating(f.type)}
+    shared = [(f.name, f.name) for f in champion if pa.types.is_floating(f.type) and f.name in theirs]
+    if shared:
+        return shared
+    a, b = score_columns(champion), score_columns(challenger)
+    return list(zip(a, b, strict=True)) if len(a) == len(b) else []

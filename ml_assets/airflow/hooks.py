@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from airflow.sdk import BaseHook
 
 from ml_assets.resources.core.errors import PluginNotFoundError
+from ml_assets.resources.core.trust import TrustPolicy
 from ml_assets.service import ModelService
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ CONN_TYPE = "ml_assets_registry"
 DEFAULT_CONN_ID = "ml_assets_default"
 EXTRA_FIELDS = (
     "kind",
+    "trust",
     "token",
     "registry_uri",
     "cache_dir",
@@ -68,7 +70,17 @@ def service_for(conn: Connection) -> ModelService:
         runtime=extra.get("runtime"),
         runtime_options=extra.get("runtime_options"),
         secrets={"token": extra.get("token"), "username": conn.login, "password": conn.password},
+        trust=_trust(conn, extra.get("trust")),
     )
+
+
+def _trust(conn: Connection, options: Any) -> TrustPolicy | None:
+    """The connection's ``trust`` extra ({"signatures": "key", "public_key": "/keys/models.pub", "pickles": "scan"})."""
+    try:
+        return TrustPolicy.from_options(options)
+    except (TypeError, ValueError) as exc:
+        msg = f"connection {conn.conn_id!r}: extra field 'trust': {exc}"
+        raise PluginNotFoundError(msg) from None
 
 
 def _mask_uri_password(uri: str | None) -> None:

@@ -16,8 +16,15 @@ from pydantic import Field, PrivateAttr
 from ml_assets.ray_engine import ModelServiceConfig, RayEngine
 from ml_assets.resources.core.models import ModelVersion, Registry
 from ml_assets.resources.core.plugins import create_registry
+from ml_assets.resources.core.trust import TrustPolicy
 from ml_assets.resources.registries.direct import DirectFiles
 from ml_assets.service import ModelService
+
+TRUST_DESCRIPTION = (
+    "Trust policy: every model version is verified before it is loaded, and the result recorded in lineage "
+    "and metadata. Keys: signatures (off|key|certificate), public_key (PEM file, for key), certificate_chain "
+    "(PEM files of trusted CAs, for certificate), pickles (off|scan). Extra: trust."
+)
 
 
 class ModelRegistryResource(dg.ConfigurableResource):
@@ -37,6 +44,7 @@ class ModelRegistryResource(dg.ConfigurableResource):
     registry_uri: str | None = Field(default=None, description="MLflow only: a registry URI apart from tracking.")
     cache_dir: str | None = Field(default=None, description="Local artifact cache (default ~/.cache/ml-assets).")
     options: dict[str, Any] = Field(default_factory=dict, description="Registry-specific options.")
+    trust: dict[str, Any] = Field(default_factory=dict, description=TRUST_DESCRIPTION)
 
     _registry: Registry | None = PrivateAttr(default=None)
     _direct: DirectFiles | None = PrivateAttr(default=None)
@@ -63,11 +71,15 @@ class ModelRegistryResource(dg.ConfigurableResource):
             self._direct = DirectFiles(cache_dir=self.cache_dir, storage_options=self.options.get("storage_options"))
         return self._direct
 
+    @property
+    def trust_policy(self) -> TrustPolicy | None:
+        return TrustPolicy.from_options(self.trust)
+
     def resolve(self, ref: str) -> ModelVersion:
         return ModelService(self.registry, direct=self.direct).resolve(ref)
 
     def fetch(self, version: ModelVersion) -> Path:
-        return ModelService(self.registry, direct=self.direct).fetch(version)
+        return ModelService(self.registry, direct=self.direct, trust=self.trust_policy).fetch(version)
 
 
 class ModelRuntimeResource(dg.ConfigurableResource):
@@ -100,6 +112,7 @@ class ModelRuntimeResource(dg.ConfigurableResource):
             runtime=self.runtime,
             runtime_options=self.options,
             secrets={"token": self.token, "username": self.username, "password": self.password},
+            trust=registry.trust_policy,
         )
         with self._lock:
             self._services.append(service)
@@ -147,6 +160,7 @@ class RayEngineResource(dg.ConfigurableResource):
             runtime=runtime.runtime,
             runtime_options=runtime.options,
             secrets={"token": runtime.token, "username": runtime.username, "password": runtime.password},
+            trust=registry.trust_policy,
         )
         return RayEngine(
             models=models,

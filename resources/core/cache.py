@@ -22,6 +22,7 @@ from filelock import FileLock, Timeout
 
 from ml_assets.resources.core.errors import ArtifactError
 from ml_assets.resources.core.models import ModelVersion
+from ml_assets.resources.core.paths import check_tree, safe_join
 
 MANIFEST = ".ml-assets-manifest.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
@@ -63,7 +64,8 @@ def _describe(folder: Path) -> dict[str, tuple[int, str]]:
 
 
 def _slug(text: str) -> str:
-    return _UNSAFE.sub("_", text).strip("_")[:80] or "_"
+    slug = _UNSAFE.sub("_", text).strip("_")[:80]
+    return slug if slug.strip(".") else "_"  # never "", "." or "..": a folder of its own
 
 
 class ArtifactCache:
@@ -73,7 +75,10 @@ class ArtifactCache:
 
     def path_for(self, version: ModelVersion) -> Path:
         registry_key = f"{_slug(version.registry)}-{hashlib.sha256(version.registry.encode()).hexdigest()[:10]}"
-        return self.root / registry_key / _slug(version.name) / _slug(version.version)
+        # Every part is slugged; the join still proves the folder lies inside the cache root, since
+        # it is deleted and replaced whole.
+        joined = safe_join(str(self.root), registry_key, _slug(version.name), _slug(version.version), what="cache path")
+        return Path(joined)
 
     def get_or_fetch(self, version: ModelVersion, download: Callable[[Path], None]) -> Path:
         """The cached folder of ``version``; ``download(dest)`` fills ``dest`` when missing.
@@ -88,11 +93,12 @@ class ArtifactCache:
                 if self._is_valid(final, version):
                     return final
                 if final.exists():
-                    shutil.rmtree(final)
+                    shutil.rmtree(final)  # inside the root: path_for proved it
                 tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex}"
                 tmp.mkdir()
                 try:
                     download(tmp)
+                    check_tree(str(tmp), what=f"download of {version.describe()}")
                     files = _describe(tmp)
                     if not files:
                         msg = f"{version.describe()}: the download from {version.artifact_uri} produced no files"
@@ -121,7 +127,8 @@ class ArtifactCache:
         if not version.checksum:
             return
         model_file = version.extra.get("model_file")
-        target = folder / model_file if model_file and (folder / model_file).exists() else folder
+        named = safe_join(str(folder), model_file, what=f"model_file of {version.describe()}") if model_file else None
+        target = Path(named) if named is not None and Path(named).exists() else folder
         found = tree_checksum(target)
         if found != version.checksum:
             msg = (

@@ -49,3 +49,13 @@ class DatasetError(MlAssetsError):
 
 class MissingDependencyError(MlAssetsError, ImportError):
     """An optional package is not installed; the message names the extra that installs it."""
+
+
+class UnsafePathError(MlAssetsError):
+    """A name from outside (partition value, manifest entry, version, alias) that would make a path
+    outside its root."""
+
+
+class ModelVerificationError(ArtifactError):
+    """A model version refused by the trust policy: unsigned, signed by another key, modified after
+    signing, or holding a pickle that calls dangerous globals."""

@@ -32,11 +32,30 @@ RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]*")
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+# What a server may echo back: credential headers (any Authorization scheme, cookies) as
+# "Name: value" or JSON "name": "value" (the whole value goes); a bare "<scheme> <credentials>"
+# (a token68 or auth-params, as RFC 9110 writes them); credential parameters (name=value)
+# outside URLs too.
+_HEADERS = re.compile(
+    r"(?i)(\b(?:proxy-authorization|authorization|set-cookie|cookie)\b[\"']?\s*[:=]\s*[\"']?)((?:\\\"|[^\"'\r\n])+)"
+)
+_PARAM = r"[A-Za-z0-9_\-]+=(?:\"[^\"]*\"|[^\s,\"]*)"
+_SCHEME = re.compile(
+    r"(?i)\b(Basic|Bearer|Digest|Negotiate|NTLM|Token|ApiKey|HOBA|Mutual|SCRAM-SHA-1|SCRAM-SHA-256|vapid"
+    rf"|AWS4-HMAC-SHA256|DPoP|GSSAPI)\s+(?:{_PARAM}(?:\s*,\s*{_PARAM})*|[A-Za-z0-9._~+/\-]{{8,}}=*)"
+)
+_SECRET_NAMES = (
+    r"x-api-key|api[_-]?key|apikey|x-auth-token|auth[_-]?token|access[_-]?token|refresh[_-]?token|id[_-]?token"
+    r"|client[_-]?secret|password|passwd|secret|token|x-amz-security-token|x-amz-signature|x-amz-credential"
+    r"|signature|sig"
+)
+_NAMED = re.compile(rf"(?i)(\b(?:{_SECRET_NAMES})\b[\"']?\s*[:=]\s*[\"']?)([^\"'\s&;,}}\]]+)")
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     """``text`` fit for logs, errors and metadata: every URL in it loses its credentials
-    (``//***@``), query string and fragment, and each of ``secrets`` becomes ``***``."""
+    (``//***@``), query string and fragment; credentials of every ``Authorization`` scheme,
+    cookies and credential parameters become ``***``, and so does each of ``secrets``."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
@@ -45,7 +64,23 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
         url = _USERINFO.sub(r"\1***@", match.group(0))
         return re.split(r"[?#]", url, maxsplit=1)[0]
 
-    return _URL.sub(clean, text)
+    text = _URL.sub(clean, text)
+    text = _HEADERS.sub(r"\1***", text)
+    text = _SCHEME.sub(r"\1 ***", text)
+    return _NAMED.sub(r"\1***", text)
+
+
+def join_url(base: str, template: str = "{base}", **fields: str) -> str:
+    """``template`` filled with ``base`` (its path only) and ``fields``, then ``base``'s query string
+    put back at the end: ``https://h/score?api_key=k`` + ``{base}/invocations`` is
+    ``https://h/score/invocations?api_key=k``, not ``.../score?api_key=k/invocations``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(base)
+    path_only = urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")).rstrip("/")
+    filled = urlsplit(template.format(base=path_only, **fields))
+    query = "&".join(q for q in (filled.query, parts.query) if q)
+    return urlunsplit((filled.scheme, filled.netloc, filled.path, query, ""))
 
 
 def retry_after(value: str | None) -> float | None:
@@ -140,4 +175,4 @@ def new_session(
     return session
 
 
-__all__ = ["RETRY_STATUS", "RetryPolicy", "new_session", "redact", "retry_after"]
+__all__ = ["RETRY_STATUS", "RetryPolicy", "join_url", "new_session", "redact", "retry_after"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from ml_assets.resources.core.errors import ModelRefError
+from ml_assets.resources.core.paths import check_relative, check_segment
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -120,6 +121,16 @@ class ModelVersion:
     tags: dict[str, str] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
     """Registry-specific facts a runtime may need (e.g. the model file inside the artifact)."""
+    verification: dict[str, str] = field(default_factory=dict)
+    """What the trust policy verified before loading (``ml_assets.resources.core.trust``); empty without one."""
+
+    def __post_init__(self) -> None:
+        # Versions and model files come from registries' metadata: they become cache folders and
+        # paths inside the artifact, so they cross the one validating function here.
+        check_segment(self.version, what=f"version of model {self.name!r}")
+        model_file = self.extra.get("model_file")
+        if model_file is not None:
+            check_relative(model_file, what=f"model_file of {self.describe()}")
 
     @property
     def uri(self) -> str:
@@ -147,6 +158,7 @@ class ModelVersion:
             facts["model_aliases"] = ",".join(self.aliases)
         if self.stage:
             facts["model_stage"] = self.stage
+        facts.update({f"model_{k}": v for k, v in self.verification.items()})
         return facts
 
 

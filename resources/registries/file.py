@@ -35,17 +35,26 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ml_assets.resources.core.cache import ArtifactCache, tree_checksum
-from ml_assets.resources.core.errors import ArtifactError, ModelNotFoundError, ModelRefError, RegistryUnavailableError
+from ml_assets.resources.core.errors import (
+    ArtifactError,
+    MlAssetsError,
+    ModelNotFoundError,
+    ModelRefError,
+    RegistryUnavailableError,
+    UnsafePathError,
+)
 from ml_assets.resources.core.http import redact
 from ml_assets.resources.core.models import ModelRef, ModelVersion, Signature
+from ml_assets.resources.core.paths import safe_join
 from ml_assets.resources.registries.manifests import (
     ARCHIVED,
     FORMAT_VERSION,
@@ -65,6 +74,8 @@ from ml_assets.resources.registries.manifests import (
 
 if TYPE_CHECKING:
     import fsspec
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MODEL_MANIFEST = "model.json"
@@ -142,8 +153,11 @@ class FileRegistry:
         return fs
 
     def _path(self, *parts: str) -> str:
+        """A path under the root, proven to stay there (on local disk: its real location, links
+        followed), whatever a manifest or a ref put into ``parts``."""
         _ = self.fs
-        return "/".join([self._root_path.rstrip("/"), *parts]) if parts else self._root_path
+        kind = "local" if self.is_local else "object_store"
+        return safe_join(self._root_path, *parts, what=f"path in {self.where}", filesystem=kind)
 
     def _uri(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -153,7 +167,7 @@ class FileRegistry:
         """Storage failures (network, permissions, a missing mount) become RegistryUnavailableError."""
         try:
             yield
-        except (ModelNotFoundError, ModelRefError, ArtifactError):
+        except (ModelNotFoundError, ModelRefError, ArtifactError, UnsafePathError):
             raise
         except (OSError, ValueError) as exc:
             msg = f"{self.where}: cannot {doing}: {type(exc).__name__}: {redact(str(exc))[:300]}"
@@ -211,7 +225,11 @@ class FileRegistry:
         cached = self._manifests.get((name, version))
         if cached is not None:
             return cached
-        data = self._read_json(name, version, MANIFEST)
+        try:
+            data = self._read_json(name, version, MANIFEST)
+        except UnsafePathError as exc:
+            log.warning("%s: model %r version %s is invisible: %s", self.where, name, version, exc)
+            return None
         if not is_complete_manifest(data, name, version):
             return None
         self._manifests[(name, version)] = data
@@ -288,12 +306,17 @@ class FileRegistry:
         signature: Signature | Mapping[str, Any] | Any | None = None,
         tags: Mapping[str, str] | None = None,
         version: str | None = None,
+        symlinks: Literal["refuse", "copy_content"] = "refuse",
+        model_file: str | None = None,
     ) -> ModelVersion:
         """Adds a new version of ``name`` from a model file or folder; returns it.
 
         The version number is the next integer unless given. Files are copied first and the
         manifest written last, so the version appears whole or not at all. ``format`` is
-        detected from the files when not given.
+        detected from the files when not given. A symbolic link among the files (or the file
+        itself) is refused: its target may be anything on this machine. ``symlinks="copy_content"``
+        copies what the links point to instead, and logs each one. ``model_file`` names the model
+        file inside a folder (e.g. beside its ``model.sig``); the checksum is then that file's.
         """
         from ml_assets.resources.core.formats import detect_format
 
@@ -302,6 +325,16 @@ class FileRegistry:
         if not source.exists():
             msg = f"cannot publish {source}: no such file or folder"
             raise ArtifactError(msg)
+        links = [source] if source.is_symlink() else [p for p in sorted(source.rglob("*")) if p.is_symlink()]
+        for link in links:
+            if symlinks == "refuse":
+                msg = (
+                    f"cannot publish {source}: {link} is a symbolic link (to {os.path.realpath(link)}); "
+                    "publish the real files, or copy what the links point to with symlinks='copy_content' "
+                    "(ml-assets models publish --follow-symlinks)"
+                )
+                raise ArtifactError(msg)
+            log.warning("publishing %s: copying the content of the link %s -> %s", name, link, os.path.realpath(link))
         files = (
             {source.name: source}
             if source.is_file()
@@ -326,6 +359,13 @@ class FileRegistry:
         }
         if source.is_file():
             manifest["model_file"] = source.name
+        elif model_file is not None:
+            named = Path(safe_join(str(source), model_file, what=f"model_file of {name!r}"))
+            if not named.is_file():
+                msg = f"cannot publish {source}: model_file {model_file!r} is not a file in it"
+                raise ArtifactError(msg)
+            manifest["model_file"] = model_file
+            manifest["checksum"] = tree_checksum(named)
         with self._storage(f"publish a version of {name!r}"):
             if self.is_local:
                 os.makedirs(self._path(name), exist_ok=True)
@@ -415,22 +455,34 @@ class FileRegistry:
             state = self._model_state(name)
             versions = {}
             for number in self._visible_versions(name):
-                manifest = self._manifest(name, number)
-                if manifest is None:
-                    continue
-                entry = {k: manifest.get(k) for k in ("format", "checksum", "signature", "created_at", "tags")}
-                if manifest.get("model_file"):
-                    entry["model_file"] = manifest["model_file"]
-                if state["stages"].get(number):
-                    entry["stage"] = state["stages"][number]
-                entry["files"] = [
-                    {**f, "url": "/".join([name, number, *safe_relative_path(f["path"]).split("/")])}
-                    for f in manifest["files"]
-                ]
-                versions[number] = entry
+                try:
+                    versions[number] = self._index_entry(name, number, state)
+                except (MlAssetsError, OSError, KeyError, TypeError, ValueError) as exc:
+                    # One bad version is left out (and said so), the rest of the registry is served.
+                    log.warning("%s: leaving model %r version %s out of the index: %s", self.where, name, number, exc)
             aliases = {a: v for a, v in state["aliases"].items() if v in versions}
             models[name] = {"aliases": aliases, "versions": versions}
         return {"format_version": FORMAT_VERSION, "models": models}
+
+    def _index_entry(self, name: str, number: str, state: Mapping[str, Any]) -> dict[str, Any]:
+        """One version as the index lists it, once every path it names is proven to lie inside the
+        root (real locations: a file that is a link to outside is refused)."""
+        manifest = self._manifest(name, number)
+        if manifest is None:
+            msg = "its manifest vanished"
+            raise ArtifactError(msg)
+        self._describe(name, number, ModelRef(raw=f"models:/{name}/{number}", name=name, version=number), state)
+        entry = {k: manifest.get(k) for k in ("format", "checksum", "signature", "created_at", "tags")}
+        if manifest.get("model_file"):
+            entry["model_file"] = manifest["model_file"]
+        if state["stages"].get(number):
+            entry["stage"] = state["stages"][number]
+        entry["files"] = []
+        for f in manifest["files"]:
+            rel = safe_relative_path(f["path"])
+            self._path(name, number, rel)
+            entry["files"].append({**f, "url": "/".join([name, number, rel])})
+        return entry
 
     def open_file(self, name: str, version: str, rel: str) -> Any:
         """An open binary file of a published version (for serving); refuses anything else."""
@@ -439,7 +491,7 @@ class FileRegistry:
         manifest = self._manifest(name, version)
         if manifest is None or rel not in {f["path"] for f in manifest["files"]}:
             raise FileNotFoundError(f"{name}/{version}/{rel}")
-        return self.fs.open(self._path(name, version, *safe_relative_path(rel).split("/")), "rb")
+        return self.fs.open(self._path(name, version, safe_relative_path(rel)), "rb")
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from ml_assets.resources.core.errors import ArtifactError, ModelNotFoundError, ModelRefError
+from ml_assets.resources.core.errors import ModelNotFoundError, ModelRefError
 from ml_assets.resources.core.models import ColumnSpec, ModelRef, ModelVersion, Signature
+from ml_assets.resources.core.paths import check_relative
 
 FORMAT_VERSION = 1
 ARCHIVED = "Archived"
@@ -189,8 +190,4 @@ def is_complete_manifest(data: Any, name: str, version: str) -> bool:
 
 def safe_relative_path(rel: str) -> str:
     """A manifest's file path, refused if it could escape the version folder."""
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
-        msg = f"unsafe file path {rel!r} in a model manifest"
-        raise ArtifactError(msg)
-    return rel
+    return check_relative(rel, what="file path in a model manifest")

@@ -5,8 +5,9 @@ call; an H2O cluster uploads and downloads frames. Here the MOJO is loaded once 
 process's JVM (see ``ml_assets.resources.runtimes._jvm``), enum columns are encoded into the MOJO's domain indexes
 with Arrow compute, and a whole batch crosses into Java as one ``double[]``; Java threads run
 ``GenModel.score0`` row by row exactly as ``EasyPredictModelWrapper`` does, so predictions are
-H2O's own. Output columns are named as H2O names them: ``predict``, then one probability column
-per class, ``p0``/``p1`` for integer-like labels or the label itself otherwise.
+H2O's own. Output columns follow the prediction contract: ``label`` and ``probability_<level>``
+in the order of the response domain (``prediction`` for a regression); ``naming="native"`` keeps
+H2O's names: ``predict``, then ``p0``/``p1`` for integer-like labels or the label itself otherwise.
 
 The genmodel classes come from the jar in the ``h2o`` wheel (``h2o/backend/bin/h2o.jar``), or
 from ``genmodel_jar`` / ``ML_ASSETS_H2O_GENMODEL_JAR`` (e.g. a standalone ``h2o-genmodel.jar``).
@@ -28,6 +29,7 @@ import pyarrow.compute as pc
 
 from ml_assets.resources.core.errors import ModelLoadError, SchemaMismatchError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
+from ml_assets.resources.core.predictions import Naming, check_naming, classifier_map, identity_map, regressor_map
 from ml_assets.resources.runtimes import _jvm
 from ml_assets.resources.runtimes._common import empty_batch, find_model_file, resolve_parallelism
 
@@ -68,6 +70,7 @@ class H2oMojoScorer:
         jar: Path,
         engine: Literal["auto", "genmodel", "compiled"] = "auto",
         verify_rows: int = 4096,
+        naming: Naming = "contract",
     ) -> None:
         self.version = version
         self.unseen_levels = unseen_levels
@@ -119,7 +122,20 @@ class H2oMojoScorer:
         else:
             self._labels = None
             out = [pa.field("predict", pa.float64())]
-        self.output_schema = pa.schema(out)
+        self._native_schema = pa.schema(out)
+        if naming == "native":
+            self._map = identity_map(self._native_schema)
+        elif self._labels is not None:
+            domain = self._labels.to_pylist()
+            probabilities = dict(zip(domain, out[1:], strict=True))
+            self._map = classifier_map(
+                domain, probabilities=probabilities, label="predict", note="classes from the MOJO's response domain"
+            )
+        else:
+            self._map = regressor_map(out, note="a regression")
+        self.output_schema = self._map.schema
+        self.output_note = self._map.note
+        self.classes = list(self._map.classes) or None
 
     def _encode(self, batch: pa.RecordBatch, matrix: np.ndarray) -> None:
         """Fills ``matrix`` (features x rows) with the batch as H2O reads it."""
@@ -146,6 +162,10 @@ class H2oMojoScorer:
         n = batch.num_rows
         if n == 0:
             return empty_batch(self.output_schema)
+        return self._map.apply(self._score_native(batch))
+
+    def _score_native(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        n = batch.num_rows
         with self._lock:
             # Java reads and writes these numpy buffers in place (no copy through JNI arrays).
             matrix, in_buffer = self._buffers.get("in", (len(self._domains), n))
@@ -164,7 +184,7 @@ class H2oMojoScorer:
             label_index = pa.array(preds[:, 0].astype(np.int32))
             arrays = [self._labels.take(label_index)]
             arrays += [pa.array(np.ascontiguousarray(preds[:, k])) for k in range(1, self._preds)]
-        return pa.RecordBatch.from_arrays(arrays, schema=self.output_schema)
+        return pa.RecordBatch.from_arrays(arrays, schema=self._native_schema)
 
     def close(self) -> None:
         java, self._java = getattr(self, "_java", None), None
@@ -184,7 +204,10 @@ class H2oMojoRuntime:
     trees flattened into arrays and finishes with the model's own ``unifyPreds`` (tree models
     with numeric splits only), used after it matched ``score0`` bit for bit on ``verify_rows``
     rows placed on, beside and between the split values (NaN included); ``"auto"`` (default)
-    uses ``"compiled"`` where it applies and agrees, ``"genmodel"`` otherwise.
+    uses ``"compiled"`` where it applies and agrees, ``"genmodel"`` otherwise; ``naming``:
+    ``"contract"`` (default: ``label`` typed like the response domain, int64 for ``0``/``1``, and
+    ``probability_<level>`` in domain order; ``prediction`` for a regression) or ``"native"``
+    (H2O's ``predict``, ``p0``/``p1`` or the level names).
     """
 
     def __init__(
@@ -195,7 +218,9 @@ class H2oMojoRuntime:
         genmodel_jar: str | None = None,
         engine: Literal["auto", "genmodel", "compiled"] = "auto",
         verify_rows: int = 4096,
+        naming: Naming = "contract",
     ) -> None:
+        self.naming = check_naming(naming)
         if engine not in ("auto", "genmodel", "compiled"):
             msg = f"engine must be 'auto', 'genmodel' or 'compiled', got {engine!r}"
             raise ValueError(msg)
@@ -218,6 +243,7 @@ class H2oMojoRuntime:
             jar=genmodel_jar(self.genmodel_jar),
             engine=self.engine,
             verify_rows=self.verify_rows,
+            naming=self.naming,
         )
 
 

@@ -3,7 +3,9 @@
 Columns reach the model by name: through the graph's own input names when it has one input
 per feature, otherwise through the MLflow signature (or an explicit feature list) for a
 single ``[N, K]`` tensor. Classifiers converted with ZipMap get it cut off at load time, so
-probabilities come back as one float tensor instead of a Python dict per row.
+probabilities come back as one tensor (float or double, as the graph computes them) instead of a
+Python dict per row. Outputs follow the prediction contract (``ml_assets.resources.core.predictions``):
+``label`` + ``probability_<class>`` with the graph's class labels, or ``prediction``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ import pyarrow as pa
 
 from ml_assets.resources.core.errors import ModelLoadError, SchemaMismatchError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
+from ml_assets.resources.core.predictions import (
+    PREDICTION,
+    Naming,
+    OutputMap,
+    check_naming,
+    classifier_map,
+    identity_map,
+)
 
 # ONNX tensor element type names (as onnxruntime prints them) -> numpy / Arrow
 _ORT_TYPES: dict[str, tuple[Any, pa.DataType]] = {
@@ -49,6 +59,7 @@ def _strip_zipmap(model: Any) -> tuple[bytes, dict[str, list[Any]]]:
     graph = model.graph
     labels: dict[str, list[Any]] = {}
     outputs = {o.name: o for o in graph.output}
+    inferred: dict[str, int] | None = None
     for node in list(graph.node):
         attrs = {a.name: a for a in node.attribute}
         classes = None
@@ -59,15 +70,31 @@ def _strip_zipmap(model: Any) -> tuple[bytes, dict[str, list[Any]]]:
         if node.op_type == "ZipMap" and node.output[0] in outputs:
             from onnx import TensorProto, helper
 
+            if inferred is None:
+                inferred = _element_types(model)
+            # A double pipeline (skl2onnx to_onnx on float64) feeds ZipMap doubles: keep their type.
+            element = inferred.get(node.input[0], TensorProto.FLOAT)
             old = outputs[node.output[0]]
             position = list(graph.output).index(old)
             graph.output.remove(old)
-            graph.output.insert(position, helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, None))
+            graph.output.insert(position, helper.make_tensor_value_info(node.input[0], element, None))
             graph.node.remove(node)
             labels[node.input[0]] = classes or []
         elif node.op_type in _CLASSIFIER_OPS and classes and len(node.output) > 1:
             labels.setdefault(node.output[1], classes)
     return model.SerializeToString(), labels
+
+
+def _element_types(model: Any) -> dict[str, int]:
+    """Tensor element type of every value shape inference can tell."""
+    from onnx import shape_inference
+
+    try:
+        graph = shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - inference is best effort; ZipMap inputs then default to float
+        return {}
+    values = [*graph.value_info, *graph.output, *graph.input]
+    return {v.name: v.type.tensor_type.elem_type for v in values if v.type.tensor_type.elem_type}
 
 
 @dataclass
@@ -82,7 +109,11 @@ class OnnxRuntime:
             synchronisation, and reading and writing fit between the runs.
         features: the data columns, in the order of a single ``[N, K]`` model input, when the
             registry records no column signature.
-        outputs: the prediction columns to keep (default all); fewer columns, less to write.
+        outputs: the prediction columns to keep (default all), by the names ``naming`` gives; fewer
+            columns, less to write.
+        naming: ``contract`` (default): ``label`` + ``probability_<class>`` with the graph's class
+            labels for classifiers, ``prediction`` (``prediction_<j>`` / ``prediction_<output>``)
+            otherwise; ``native``: the graph's output names (``output_label``, ``variable``, ...).
         allow_spinning: onnxruntime's own switch: idle pool threads spin instead of sleeping
             (only matters with threads > 1).
     """
@@ -92,6 +123,10 @@ class OnnxRuntime:
     features: list[str] | None = None
     outputs: list[str] | None = None
     allow_spinning: bool = True
+    naming: Naming = "contract"
+
+    def __post_init__(self) -> None:
+        check_naming(self.naming)
 
     def load(self, version: ModelVersion, path: Path) -> OnnxScorer:
         import onnx
@@ -109,7 +144,15 @@ class OnnxRuntime:
             msg = f"{version.describe()}: onnxruntime cannot load {file.name}: {exc}"
             raise ModelLoadError(msg) from exc
         parallel = self.parallel or len(os.sched_getaffinity(0))
-        return OnnxScorer(session, version, labels, features=self.features, outputs=self.outputs, parallel=parallel)
+        return OnnxScorer(
+            session,
+            version,
+            labels,
+            features=self.features,
+            outputs=self.outputs,
+            parallel=parallel,
+            naming=self.naming,
+        )
 
 
 class OnnxScorer:
@@ -122,6 +165,7 @@ class OnnxScorer:
         features: list[str] | None,
         outputs: list[str] | None,
         parallel: int,
+        naming: Naming = "contract",
     ) -> None:
         self.session = session
         self.version = version
@@ -131,25 +175,54 @@ class OnnxScorer:
         self._columns, self._matrix_dtype = self._map_inputs(features)
         self._output_names = [o.name for o in session.get_outputs()]
         self.input_schema = pa.schema([pa.field(name, arrow) for name, arrow in self._columns])
+        self._origin: dict[str, str] = {}  # native column -> the ONNX output it comes from
         probe = self._run(
             pa.RecordBatch.from_pylist([dict.fromkeys(self.input_schema.names)], schema=self.input_schema),
             keep=None,
             probe=True,
         )
-        all_outputs = probe.schema
+        mapping = self._contract(probe.schema) if naming == "contract" else identity_map(probe.schema)
         if outputs:
-            unknown = [c for c in outputs if c not in all_outputs.names]
-            if unknown:
-                msg = f"{version.describe()}: no output column(s) {unknown}; the model gives {all_outputs.names}"
-                raise SchemaMismatchError(msg)
-        self._keep = outputs
-        self.output_schema = pa.schema([all_outputs.field(c) for c in outputs]) if outputs else all_outputs
+            mapping = mapping.keep(outputs, what=version.describe())
+        self._map = mapping
+        self.output_schema = mapping.schema
+        self.output_note = mapping.note
         # Only ask onnxruntime for the outputs the kept columns come from.
-        self._needed = [
-            n
-            for n in self._output_names
-            if any(c == n or c.startswith(self._prefix(n)) for c in self.output_schema.names)
-        ]
+        sources = set(mapping.sources)
+        self._needed = [n for n in self._output_names if any(self._origin[c] == n for c in sources)]
+        self._native_needed = [c for c in probe.schema.names if c in sources]
+
+    def _contract(self, native: pa.Schema) -> OutputMap:
+        """label + probability_<class> for a classifier; prediction(_<name>) for anything else."""
+        classes = self.classes
+        if classes is not None:
+            probability_output = next(n for n, v in self._labels.items() if v)
+            columns = [f for f in native if self._origin[f.name] == probability_output]
+            probabilities = dict(zip(classes, columns, strict=False))
+            label = next(
+                (
+                    f.name
+                    for f in native
+                    if self._origin[f.name] != probability_output
+                    and (pa.types.is_integer(f.type) or pa.types.is_string(f.type))
+                ),
+                None,
+            )
+            used = {label, *(f.name for f in probabilities.values())}
+            others = [f for f in native if f.name not in used]
+            return classifier_map(
+                classes, probabilities=probabilities, label=label, others=others, note="classes from the ONNX graph"
+            )
+        outputs = {self._origin[n] for n in native.names}
+        columns = []
+        for f in native:
+            origin = self._origin[f.name]
+            if len(outputs) == 1:
+                name = PREDICTION if f.name == origin else f"{PREDICTION}_{f.name[len(origin) + 1 :]}"
+            else:
+                name = f"{PREDICTION}_{f.name}"
+            columns.append((f.name, pa.field(name, f.type)))
+        return OutputMap(tuple(columns), note="a regressor (no classifier node in the ONNX graph)")
 
     @property
     def classes(self) -> list[Any] | None:
@@ -222,6 +295,7 @@ class OnnxScorer:
                 value = value[:, 0]
             if value.ndim == 1:
                 columns[name] = pa.array(value)
+                self._origin[name] = name
                 continue
             labels = self._labels.get(name) or list(range(value.shape[1]))
             if len(labels) != value.shape[1]:
@@ -229,6 +303,7 @@ class OnnxScorer:
             prefix = self._prefix(name)
             for j, label in enumerate(labels):
                 columns[f"{prefix}{label}"] = pa.array(np.ascontiguousarray(value[:, j]))
+                self._origin[f"{prefix}{label}"] = name
         if keep is not None:
             columns = {c: columns[c] for c in keep}
         return pa.RecordBatch.from_pydict(columns)
@@ -237,13 +312,13 @@ class OnnxScorer:
         if batch.num_rows == 0:
             return pa.RecordBatch.from_pylist([], schema=self.output_schema)
         try:
-            out = self._run(batch, keep=self.output_schema.names)
+            out = self._run(batch, keep=self._native_needed)
         except ScoringError:
             raise
         except Exception as exc:  # onnxruntime's errors carry the failing node's name
             msg = f"{self.version.describe()}: onnxruntime failed: {exc}"
             raise ScoringError(msg) from exc
-        return out.cast(self.output_schema) if out.schema != self.output_schema else out
+        return self._map.apply(out)
 
     def close(self) -> None:
         self.session = None

@@ -20,7 +20,10 @@ rows with missing values are still scored by pmml4s, which owns the missing-valu
 
 Inputs are the model's used fields (MiningSchema active fields, with DataDictionary types);
 outputs are the model's output fields (the PMML ``Output`` element, else pmml4s's defaults
-from the target). Missing values (nulls, NaN) reach pmml4s as missing, as JSON ``null`` does.
+from the target), named by the prediction contract: ``probability(<class>)`` becomes
+``probability_<class>`` in the order of the target's values, the predicted value ``label`` (derived
+as the most probable class when the PMML has no predicted-value field) or ``prediction``.
+Missing values (nulls, NaN) reach pmml4s as missing, as JSON ``null`` does.
 """
 
 from __future__ import annotations
@@ -39,6 +42,14 @@ import pyarrow.compute as pc
 
 from ml_assets.resources.core.errors import ModelLoadError, SchemaMismatchError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
+from ml_assets.resources.core.predictions import (
+    PREDICTION,
+    Naming,
+    OutputMap,
+    check_naming,
+    classifier_map,
+    identity_map,
+)
 from ml_assets.resources.runtimes import _jvm
 from ml_assets.resources.runtimes._common import empty_batch, find_model_file, resolve_parallelism
 
@@ -81,6 +92,7 @@ class PmmlScorer:
         jars_dir: str | None,
         engine: Literal["auto", "pmml4s", "compiled"] = "auto",
         verify_rows: int = 4096,
+        naming: Naming = "contract",
     ) -> None:
         self.version = version
         self.engine = "pmml4s"
@@ -117,7 +129,7 @@ class PmmlScorer:
         out_names = [str(n) for n in self._java.outputNames()]
         out_types = [str(t).lower() for t in self._java.outputTypes()]
         self._numeric_out = [t in _OUTPUT_TYPES for t in out_types]
-        self.output_schema = pa.schema(
+        self._native_schema = pa.schema(
             [
                 pa.field(name, pa.float64() if numeric else pa.string())
                 for name, numeric in zip(out_names, self._numeric_out, strict=True)
@@ -126,6 +138,37 @@ class PmmlScorer:
         self._jars = pmml_jars(jars_dir)
         if engine != "pmml4s":
             self._try_compiled(pmml_path, threads=threads, required=engine == "compiled", verify_rows=verify_rows)
+        self._map = self._contract() if naming == "contract" else identity_map(self._native_schema)
+        self.output_schema = self._map.schema
+        self.output_note = self._map.note
+        self.classes = list(self._map.classes) or None
+
+    def _contract(self) -> OutputMap:
+        """pmml4s's output fields by their feature: probability(<class>) -> probability_<class>,
+        predictedValue -> label (classification) or prediction (regression); the rest keep their names."""
+        model = self._java.model()
+        features: dict[str, tuple[str, str | None]] = {}
+        for output in model.outputFields():
+            value = output.value()
+            features[str(output.name())] = (str(output.feature()), str(value.get()) if value.isDefined() else None)
+        predicted = [f for f in self._native_schema if features.get(f.name, ("",))[0] == "predictedValue"]
+        if bool(model.isClassification()):
+            classes = [str(c) for c in model.classes()]
+            probabilities = {
+                value: f
+                for f in self._native_schema
+                for feature, value in [features.get(f.name, ("", None))]
+                if feature == "probability" and value is not None
+            }
+            label = predicted[0].name if predicted else None
+            used = {label, *(f.name for f in probabilities.values())}
+            others = [f for f in self._native_schema if f.name not in used]
+            note = "classes from the PMML target's values" + ("" if label else "; label = the most probable class")
+            return classifier_map(classes, probabilities=probabilities, label=label, others=others, note=note)
+        if predicted:
+            others = [(f.name, f) for f in self._native_schema if f.name != predicted[0].name]
+            return OutputMap(((predicted[0].name, pa.field(PREDICTION, pa.float64())), *others), note="a regression")
+        return identity_map(self._native_schema, note="no predicted value among the PMML outputs: their own names")
 
     def _try_compiled(self, pmml_path: Path, *, threads: int, required: bool, verify_rows: int) -> None:
         """Use the flattened tree evaluator when the PMML fits it and it agrees exactly with pmml4s."""
@@ -136,7 +179,7 @@ class PmmlScorer:
                 raise Unsupported("string inputs")
             if not all(self._numeric_out):
                 raise Unsupported("string outputs")
-            forest = flatten(pmml_path, self.input_schema.names, self.output_schema.names)
+            forest = flatten(pmml_path, self.input_schema.names, self._native_schema.names)
         except Unsupported as exc:
             if required:
                 msg = f"{self.version.describe()}: engine='compiled' cannot evaluate this PMML: {exc}"
@@ -206,8 +249,8 @@ class PmmlScorer:
         if batch.num_rows == 0:
             return empty_batch(self.output_schema)
         if self._forest is not None:
-            return self._score_compiled(batch)
-        return self._score_pmml4s(batch)
+            return self._map.apply(self._score_compiled(batch))
+        return self._map.apply(self._score_pmml4s(batch))
 
     def _score_compiled(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         n = batch.num_rows
@@ -232,7 +275,7 @@ class PmmlScorer:
             for k, column in enumerate(rest.columns):
                 outputs[k, deferred] = column.to_numpy(zero_copy_only=False)
         arrays = [pa.array(outputs[k], mask=np.isnan(outputs[k])) for k in range(outputs.shape[0])]
-        return pa.RecordBatch.from_arrays(arrays, schema=self.output_schema)
+        return pa.RecordBatch.from_arrays(arrays, schema=self._native_schema)
 
     def _score_pmml4s(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         n = batch.num_rows
@@ -266,7 +309,7 @@ class PmmlScorer:
             else:
                 arrays.append(pa.array(texts[str_k * n : (str_k + 1) * n], pa.string()))
                 str_k += 1
-        return pa.RecordBatch.from_arrays(arrays, schema=self.output_schema)
+        return pa.RecordBatch.from_arrays(arrays, schema=self._native_schema)
 
     def close(self) -> None:
         for attr in ("_java", "_forest"):
@@ -315,7 +358,9 @@ class PmmlRuntime:
     values still go to pmml4s) after checking on ``verify_rows`` rows placed on the split
     values that it agrees exactly with pmml4s, ``"auto"`` (default) uses ``"compiled"`` where
     the PMML fits it and the check passes, pmml4s otherwise; ``jars_dir`` (a folder of pmml4s
-    jars instead of pypmml's).
+    jars instead of pypmml's); ``naming``: ``"contract"`` (default: ``label`` + ``probability_<class>``
+    in the order of the target's values, or ``prediction``) or ``"native"`` (the PMML output field
+    names, e.g. ``probability(1)``).
     """
 
     def __init__(
@@ -325,7 +370,9 @@ class PmmlRuntime:
         engine: Literal["auto", "pmml4s", "compiled"] = "auto",
         verify_rows: int = 4096,
         jars_dir: str | None = None,
+        naming: Naming = "contract",
     ) -> None:
+        self.naming = check_naming(naming)
         if engine not in ("auto", "pmml4s", "compiled"):
             msg = f"engine must be 'auto', 'pmml4s' or 'compiled', got {engine!r}"
             raise ValueError(msg)
@@ -343,6 +390,7 @@ class PmmlRuntime:
             jars_dir=self.jars_dir,
             engine=self.engine,
             verify_rows=self.verify_rows,
+            naming=self.naming,
         )
 
 

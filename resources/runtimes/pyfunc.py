@@ -26,6 +26,7 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,7 @@ import pyarrow as pa
 
 from ml_assets.resources.core.errors import ModelLoadError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
+from ml_assets.resources.core.predictions import Naming, OutputMap, bare_matrix_map, check_naming, identity_map
 from ml_assets.resources.core.signals import ignore_stop_signals
 from ml_assets.resources.runtimes._common import available_cores, empty_batch
 
@@ -86,7 +88,46 @@ def requirement_mismatches(model_dir: Path) -> list[str]:
     return found
 
 
-def _signature_schemas(model_dir: Path, version: ModelVersion) -> tuple[pa.Schema, pa.Schema | None]:
+def validated_params(params: Mapping[str, Any] | None, schema: Any, version: ModelVersion) -> dict[str, Any] | None:
+    """``params`` checked against the model's ``ParamSchema`` (MLflow itself drops unknown ones with
+    a warning): an unknown name or a value of the wrong type is an error naming the param."""
+    if not params:
+        return None
+    if not isinstance(params, Mapping):
+        msg = f"{version.describe()}: params must be a mapping of name -> value, got {type(params).__name__}"
+        raise ModelLoadError(msg)
+    if schema is None:
+        msg = (
+            f"{version.describe()}: the model takes no params (its signature has no ParamSchema), got {sorted(params)}"
+        )
+        raise ModelLoadError(msg)
+    from mlflow.exceptions import MlflowException
+    from mlflow.types import ParamSpec
+
+    specs = {spec.name: spec for spec in schema.params}
+    known = ", ".join(
+        f"{n} ({s.dtype}{'' if s.shape is None else f', shape {list(s.shape)}'})" for n, s in specs.items()
+    )
+    unknown = sorted(set(params) - set(specs))
+    if unknown:
+        msg = f"{version.describe()}: unknown param(s) {unknown}; the model's ParamSchema has {known}"
+        raise ModelLoadError(msg)
+    checked = {}
+    for name, value in params.items():
+        spec = specs[name]
+        try:
+            checked[name] = ParamSpec.validate_param_spec(value, spec)
+        except MlflowException as exc:
+            shape = "" if spec.shape is None else f" of shape {list(spec.shape)}"
+            msg = (
+                f"{version.describe()}: param {name!r} = {value!r} ({type(value).__name__}) does not fit the "
+                f"model's ParamSchema: expected {spec.dtype}{shape} ({exc.message})"
+            )
+            raise ModelLoadError(msg) from None
+    return checked
+
+
+def _signature_schemas(model_dir: Path, version: ModelVersion) -> tuple[pa.Schema, pa.Schema | None, Any]:
     from mlflow.models import Model as MlflowModel
 
     try:
@@ -124,7 +165,24 @@ def _signature_schemas(model_dir: Path, version: ModelVersion) -> tuple[pa.Schem
         shape = getattr(spec, "shape", None) or (-1,)
         if arrow_type is not None and len(shape) == 1:
             outputs = pa.schema([pa.field("prediction", arrow_type)])
-    return pa.schema(fields), outputs
+    return pa.schema(fields), outputs, signature.params
+
+
+def contract_map(native: pa.Schema, *, classes: Sequence[Any] | None, what: str) -> OutputMap:
+    """pyfunc outputs under the prediction contract.
+
+    A bare ``[N, k]`` matrix (columns ``prediction_0..k-1``) is read as class probabilities
+    (``bare_matrix_map``: classes ``0..k-1`` unless ``classes`` names them); columns the model
+    names itself (a DataFrame or dict) and a single ``prediction`` keep their names: pyfunc does not
+    say whether one column is a label or a regressor's value.
+    """
+    bare = [f"prediction_{j}" for j in range(len(native))]
+    if len(native) > 1 and native.names == bare and all(pa.types.is_floating(f.type) for f in native):
+        return bare_matrix_map(list(native), classes=classes, what=what)
+    if classes is not None:
+        msg = f"{what}: option classes applies to a bare probability matrix; predict returns {native.names}"
+        raise ModelLoadError(msg)
+    return identity_map(native, note="the columns predict returns, under their own names")
 
 
 def predictions_to_columns(prediction: Any, n: int) -> dict[str, Any]:
@@ -149,21 +207,23 @@ def predictions_to_columns(prediction: Any, n: int) -> dict[str, Any]:
 class _LoadedModel:
     """A pyfunc model and what it takes to turn an Arrow batch into predictions."""
 
-    def __init__(self, model_dir: str) -> None:
+    def __init__(self, model_dir: str, params: dict[str, Any] | None = None) -> None:
         import mlflow.pyfunc
 
         self.model = mlflow.pyfunc.load_model(model_dir)
+        self.params = params
 
     def predict_batch(self, batch: pa.RecordBatch) -> dict[str, Any]:
         frame = batch.to_pandas()
-        return predictions_to_columns(self.model.predict(frame), batch.num_rows)
+        prediction = self.model.predict(frame, params=self.params) if self.params else self.model.predict(frame)
+        return predictions_to_columns(prediction, batch.num_rows)
 
 
-def _worker_main(model_dir: str, conn: Any) -> None:
+def _worker_main(model_dir: str, conn: Any, params: dict[str, Any] | None = None) -> None:
     """Worker process: load once, then answer (batch -> predictions) requests until told to stop."""
     ignore_stop_signals()  # the parent stops it, or it sees the pipe close when the parent dies
     try:
-        loaded = _LoadedModel(model_dir)
+        loaded = _LoadedModel(model_dir, params)
     except Exception as exc:  # noqa: BLE001 - any load failure is reported to the parent, which raises
         conn.send(("load_error", f"{type(exc).__name__}: {exc}"))
         return
@@ -189,10 +249,12 @@ def _worker_main(model_dir: str, conn: Any) -> None:
 
 
 class _Worker:
-    def __init__(self, model_dir: Path, version: ModelVersion, *, load_timeout_s: float) -> None:
+    def __init__(
+        self, model_dir: Path, version: ModelVersion, *, load_timeout_s: float, params: dict[str, Any] | None
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(str(model_dir), child), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(str(model_dir), child, params), daemon=True)
         self.process.start()
         child.close()
         if not self.conn.poll(load_timeout_s):
@@ -241,6 +303,9 @@ class PyfuncScorer:
         max_retries: int,
         batch_timeout_s: float,
         load_timeout_s: float,
+        params: Mapping[str, Any] | None = None,
+        classes: Sequence[Any] | None = None,
+        naming: Naming = "contract",
     ) -> None:
         self.version = version
         self.model_dir = model_dir
@@ -249,7 +314,8 @@ class PyfuncScorer:
         self.max_retries = max_retries
         self.batch_timeout_s = batch_timeout_s
         self.load_timeout_s = load_timeout_s
-        self.input_schema, self.output_schema = _signature_schemas(model_dir, version)
+        self.input_schema, native, param_schema = _signature_schemas(model_dir, version)
+        self.params = validated_params(params, param_schema, version)
         self._local: _LoadedModel | None = None
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
@@ -257,7 +323,7 @@ class PyfuncScorer:
         if isolation == "none":
             self.concurrency = threads
             try:
-                self._local = _LoadedModel(str(model_dir))
+                self._local = _LoadedModel(str(model_dir), self.params)
             except Exception as exc:
                 msg = f"{version.describe()}: mlflow.pyfunc could not load {model_dir}: {exc}"
                 raise ModelLoadError(msg) from exc
@@ -269,11 +335,18 @@ class PyfuncScorer:
             except BaseException:
                 self.close()
                 raise
-        if self.output_schema is None:
-            self.output_schema = self._probe_outputs()
+        self._native_schema = native if native is not None else self._probe_outputs()
+        self._map = (
+            identity_map(self._native_schema)
+            if naming == "native"
+            else contract_map(self._native_schema, classes=classes, what=version.describe())
+        )
+        self.output_schema = self._map.schema
+        self.output_note = self._map.note
+        self.classes = list(self._map.classes) or None
 
     def _start_worker(self) -> _Worker:
-        worker = _Worker(self.model_dir, self.version, load_timeout_s=self.load_timeout_s)
+        worker = _Worker(self.model_dir, self.version, load_timeout_s=self.load_timeout_s, params=self.params)
         with self._lock:
             self._all.append(worker)
         self._idle.put(worker)
@@ -365,15 +438,15 @@ class PyfuncScorer:
         if n == 0:
             return empty_batch(self.output_schema)
         columns = self._predict(batch)
-        if len(self.output_schema) == 1 and len(columns) == 1:
+        if len(self._native_schema) == 1 and len(columns) == 1:
             # One unnamed output in the signature: a returned Series keeps its own name.
-            columns = {self.output_schema.names[0]: next(iter(columns.values()))}
+            columns = {self._native_schema.names[0]: next(iter(columns.values()))}
         arrays = []
-        for field in self.output_schema:
+        for field in self._native_schema:
             if field.name not in columns:
                 msg = (
                     f"{self.version.describe()}: predict returned columns {sorted(columns)}, "
-                    f"expected {self.output_schema.names}"
+                    f"expected {self._native_schema.names}"
                 )
                 raise ScoringError(msg)
             values = columns[field.name]
@@ -386,7 +459,7 @@ class PyfuncScorer:
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 msg = f"{self.version.describe()}: output {field.name!r} is {array.type}, expected {field.type}: {exc}"
                 raise ScoringError(msg) from exc
-        return pa.RecordBatch.from_arrays(arrays, schema=self.output_schema)
+        return self._map.apply(pa.RecordBatch.from_arrays(arrays, schema=self._native_schema))
 
     def close(self) -> None:
         with self._lock:
@@ -414,7 +487,11 @@ class PyfuncRuntime:
     Options: ``isolation`` ("none" or "process"), ``workers`` (processes; default the cores
     available), ``threads`` (concurrent calls in-process; default 1), ``on_worker_failure``
     ("fail" or "retry"), ``max_retries``, ``batch_timeout_s``, ``load_timeout_s``,
-    ``check_requirements`` ("warn" or "ignore").
+    ``check_requirements`` ("warn" or "ignore"); ``params``: inference params passed to every
+    ``predict`` (validated at load against the model's ``ParamSchema``: an unknown name or a
+    mistyped value is refused); ``classes``: the class labels of a model that returns a bare
+    probability matrix; ``naming``: ``"contract"`` (default, see ``contract_map``) or ``"native"``
+    (the names ``predict`` gives: its DataFrame's columns, ``prediction``, ``prediction_<j>``).
     """
 
     def __init__(
@@ -428,7 +505,13 @@ class PyfuncRuntime:
         batch_timeout_s: float = 600.0,
         load_timeout_s: float = 300.0,
         check_requirements: Literal["warn", "ignore"] = "warn",
+        params: Mapping[str, Any] | None = None,
+        classes: Sequence[Any] | None = None,
+        naming: Naming = "contract",
     ) -> None:
+        self.naming = check_naming(naming)
+        self.params = dict(params) if params else None
+        self.classes = list(classes) if classes is not None else None
         if isolation not in ("none", "process"):
             msg = f"isolation must be 'none' or 'process', got {isolation!r}"
             raise ValueError(msg)
@@ -473,7 +556,17 @@ class PyfuncRuntime:
             max_retries=self.max_retries,
             batch_timeout_s=self.batch_timeout_s,
             load_timeout_s=self.load_timeout_s,
+            params=self.params,
+            classes=self.classes,
+            naming=self.naming,
         )
 
 
-__all__ = ["PyfuncRuntime", "PyfuncScorer", "RequirementsMismatchWarning", "requirement_mismatches"]
+__all__ = [
+    "PyfuncRuntime",
+    "PyfuncScorer",
+    "RequirementsMismatchWarning",
+    "contract_map",
+    "requirement_mismatches",
+    "validated_params",
+]

@@ -222,7 +222,7 @@ def test_champion_and_challenger_in_one_pass_match_scoring_each_alone(registry_u
     metadata = challenger_event.materialization.metadata
     assert metadata["model_version"].value == "2"
     assert metadata["champion_version"].value == "1"
-    agreement = float(np.mean(champion_out["label"].to_numpy() == challenger_out["output_label"].to_numpy()))
+    agreement = float(np.mean(champion_out["label"].to_numpy() == challenger_out["label"].to_numpy()))
     assert metadata["agreement_with_champion"].value == pytest.approx(agreement)
     mad = float(
         np.mean(

@@ -54,9 +54,9 @@ def reference(df: pd.DataFrame, mojo: Path) -> pd.DataFrame:
 @pytest.mark.parametrize(
     ("name", "columns"),
     [
-        ("binomial", ["predict", "p0", "p1"]),
-        ("multinomial", ["predict", "cat", "dog", "fish"]),
-        ("regression", ["predict"]),
+        ("binomial", ["label", "probability_0", "probability_1"]),
+        ("multinomial", ["label", "probability_cat", "probability_dog", "probability_fish"]),
+        ("regression", ["prediction"]),
     ],
 )
 def test_predictions_identical_to_h2o(frame, name, columns):
@@ -70,18 +70,21 @@ def test_predictions_identical_to_h2o(frame, name, columns):
     finally:
         scorer.close()
     theirs = reference(frame, mojo)
-    assert list(theirs.columns) == columns
+    assert len(theirs.columns) == len(columns)  # H2O's predict, then its classes in domain order
     if name == "regression":
-        np.testing.assert_array_equal(ours["predict"].to_numpy(), theirs["predict"].to_numpy())
+        np.testing.assert_array_equal(ours["prediction"].to_numpy(), theirs["predict"].to_numpy())
     else:
-        assert (ours["predict"] == theirs["predict"].astype(str)).all()
-        for col in columns[1:]:
-            np.testing.assert_array_equal(ours[col].to_numpy(), theirs[col].to_numpy())
+        assert (ours["label"].astype(str) == theirs["predict"].astype(str)).all()
+        for ours_col, their_col in zip(columns[1:], theirs.columns[1:], strict=True):
+            np.testing.assert_array_equal(ours[ours_col].to_numpy(), theirs[their_col].to_numpy())
 
 
 @pytest.mark.parametrize(
     ("name", "columns"),
-    [("numeric_binomial", ["predict", "p0", "p1"]), ("numeric_multinomial_drf", ["predict", "cat", "dog", "fish"])],
+    [
+        ("numeric_binomial", ["label", "probability_0", "probability_1"]),
+        ("numeric_multinomial_drf", ["label", "probability_cat", "probability_dog", "probability_fish"]),
+    ],
 )
 def test_compiled_trees_identical_to_h2o(frame, name, columns):
     """Numeric-only trees are walked as flat arrays; outputs still bit-identical to H2O's, NaNs included."""
@@ -99,9 +102,9 @@ def test_compiled_trees_identical_to_h2o(frame, name, columns):
         compiled.close()
         genmodel.close()
     theirs = reference(data, mojo)
-    assert ours["predict"].to_pylist() == theirs["predict"].astype(str).tolist()
-    for col in columns[1:]:
-        np.testing.assert_array_equal(ours[col].to_numpy(), theirs[col].to_numpy())
+    assert [str(v) for v in ours["label"].to_pylist()] == theirs["predict"].astype(str).tolist()
+    for ours_col, their_col in zip(columns[1:], theirs.columns[1:], strict=True):
+        np.testing.assert_array_equal(ours[ours_col].to_numpy(), theirs[their_col].to_numpy())
 
 
 def test_compiled_engine_refuses_categorical_splits():
@@ -142,8 +145,13 @@ def test_unseen_levels_can_be_refused(frame):
         scorer.close()
 
 
-def test_probability_column_names_follow_h2o():
+def test_native_naming_follows_h2o():
     assert [probability_column_name(x) for x in ["0", "1", "-1", "yes", "1.5"]] == ["p0", "p1", "p-1", "yes", "1.5"]
+    scorer = H2oMojoRuntime(threads=1, naming="native").load(version("multinomial"), MOJOS / "multinomial.zip")
+    try:
+        assert scorer.output_schema.names == ["predict", "cat", "dog", "fish"]
+    finally:
+        scorer.close()
 
 
 def test_format_detected_from_content(tmp_path):

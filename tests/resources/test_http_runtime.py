@@ -53,7 +53,10 @@ def _batch(rows: int, *, seed: int = 1, dtype: Any = np.float32, features: list[
 # sklearn's float32 predict_proba differs in the last bit with the batch size (vectorised tails),
 # so remote and in-process scores of the same rows agree to float32 precision, not bit for bit.
 def _matrix(batch: pa.RecordBatch) -> np.ndarray:
-    return np.column_stack([c.to_numpy() for c in batch.columns])
+    """The score columns (the label the contract derives from them left out)."""
+    return np.column_stack(
+        [c.to_numpy() for n, c in zip(batch.schema.names, batch.columns, strict=True) if n != "label"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +191,9 @@ def _predict_proba_json(model: Any, x: np.ndarray) -> list[float]:
 
 
 class _V2Handler(_Handler):
-    """An Open Inference Protocol v2 server running the sklearn model in-process."""
+    """An Open Inference Protocol v2 server running the sklearn model in-process; like MLServer's
+    sklearn runtime, it answers ``predict`` unless the request names outputs (``predict``,
+    ``predict_proba``), and refuses other names with 400."""
 
     def do_POST(self) -> None:
         owner = self.owner
@@ -206,12 +211,21 @@ class _V2Handler(_Handler):
             x = np.column_stack([np.asarray(t["data"], dtype=np.float32) for t in inputs])
         import pandas as pd
 
-        data = _predict_proba_json(owner.model, pd.DataFrame(x, columns=FEATURES))
-        out = {
-            "model_name": "lr",
-            "outputs": [{"name": "proba", "shape": [len(x), 2], "datatype": "FP64", "data": data}],
-        }
-        self.answer(200, json.dumps(out).encode())
+        frame = pd.DataFrame(x, columns=FEATURES)
+        wanted = [o["name"] for o in doc.get("outputs") or [{"name": "predict"}]]
+        allowed = getattr(owner, "allowed_outputs", {"predict", "predict_proba"})
+        if any(name not in allowed for name in wanted):
+            self.answer(400, json.dumps({"error": f"outputs {wanted} not supported"}).encode())
+            return
+        outputs = []
+        for name in wanted:
+            if name == "predict_proba":
+                data = _predict_proba_json(owner.model, frame)
+                outputs.append({"name": name, "shape": [len(x), 2], "datatype": "FP64", "data": data})
+            else:
+                data = owner.model.predict(frame).astype(np.int64).tolist()
+                outputs.append({"name": name, "shape": [len(x), 1], "datatype": "INT64", "data": data})
+        self.answer(200, json.dumps({"model_name": "lr", "outputs": outputs}).encode())
 
 
 class _FaultHandler(_Handler):
@@ -298,7 +312,8 @@ def test_mlflow_server_matches_in_process(mlflow_server: str, lr_model: tuple[An
     runtime = create_runtime("http", url=mlflow_server, payload=payload, batch_rows=700, max_in_flight=3)
     with runtime.load(_version(), lr_model[1]) as scorer:
         assert scorer.payload == (payload or "parquet")
-        assert scorer.output_schema.names == ["prediction_0", "prediction_1"]
+        assert scorer.output_schema.names == ["label", "probability_0", "probability_1"]
+        assert "bare [N, 2] matrix" in scorer.output_note
         out = scorer.score(batch)
         assert scorer.requests_sent > 5  # pipelined in several requests, reassembled in order
     got = _matrix(out)
@@ -365,12 +380,26 @@ def test_open_inference_protocol_v2(lr_model: tuple[Any, Path], endpoint: str, l
         server.routes = {"/v2/models/lr/infer", "/v2/models/lr/versions/4/infer"}  # type: ignore[attr-defined]
         runtime = HttpRuntime(url=server.url, endpoint=endpoint, v2_layout=layout, batch_rows=300)  # type: ignore[arg-type]
         with runtime.load(_version(version="4")) as scorer:
-            assert scorer.output_schema.names == ["proba_0", "proba_1"]
+            assert scorer.output_schema.names == ["label", "probability_0", "probability_1"]
             batch = _batch(1000, seed=5)
             out = scorer.score(batch)
         expected = lr_model[0].predict_proba(batch.to_pandas())
         np.testing.assert_allclose(_matrix(out), expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(out["label"].to_numpy(), lr_model[0].predict(batch.to_pandas()))
         assert server.paths[-1] == ("/v2/models/lr/infer" if endpoint == "v2" else "/v2/models/lr/versions/4/infer")
+
+
+def test_v2_server_without_probabilities_gives_labels_only(lr_model: tuple[Any, Path]) -> None:
+    with _Server(_V2Handler) as server:
+        server.model = lr_model[0]  # type: ignore[attr-defined]
+        server.routes = {"/v2/models/lr/infer"}  # type: ignore[attr-defined]
+        server.allowed_outputs = {"predict"}  # type: ignore[attr-defined]
+        with HttpRuntime(url=server.url, endpoint="v2", **FAST_RETRIES).load(_version()) as scorer:
+            assert scorer.output_schema.names == ["label"]
+            assert scorer.output_note.startswith("labels only: the server refused outputs ['predict', 'predict_proba']")
+            batch = _batch(500, seed=6)
+            out = scorer.score(batch)
+        np.testing.assert_array_equal(out["label"].to_numpy(), lr_model[0].predict(batch.to_pandas()))
 
 
 # ---------------------------------------------------------------------------------------------

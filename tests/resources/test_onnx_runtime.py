@@ -56,11 +56,11 @@ def test_classifier_without_zipmap(models, table):
 
 def test_classifier_with_zipmap_is_cut_to_a_tensor(models, table):
     scorer = OnnxRuntime().load(version(), models.rf_onnx)
-    assert scorer.output_schema.names == ["output_label", "probability_0", "probability_1"]
+    assert scorer.output_schema.names == ["label", "probability_0", "probability_1"]
     assert scorer.output_schema.field("probability_1").type == pa.float32()
     out = scorer.score(batch_of(table, scorer.input_schema))
     labels, maps = reference(models.rf_onnx, features_of(table))
-    np.testing.assert_array_equal(out["output_label"].to_numpy(), labels)
+    np.testing.assert_array_equal(out["label"].to_numpy(), labels)
     np.testing.assert_allclose(out["probability_1"].to_numpy(), [m[1] for m in maps], rtol=0, atol=1e-7)
     sklearn = models.rf.predict_proba(features_of(table))[:, 1]
     np.testing.assert_allclose(out["probability_1"].to_numpy(), sklearn, atol=1e-5)
@@ -84,9 +84,11 @@ def test_regressor_and_empty_batch(tmp_path, table):
     path = tmp_path / "reg.onnx"
     path.write_bytes(to_onnx(model, initial_types=[("X", FloatTensorType([None, len(FEATURES)]))]).SerializeToString())
     scorer = OnnxRuntime(threads=1).load(version(), path)
-    assert scorer.output_schema.names == ["variable"]
+    assert scorer.output_schema.names == ["prediction"]
     out = scorer.score(batch_of(table, scorer.input_schema))
-    np.testing.assert_array_equal(out["variable"].to_numpy(), reference(path, x)[0][:, 0])
+    np.testing.assert_array_equal(out["prediction"].to_numpy(), reference(path, x)[0][:, 0])
+    native = OnnxRuntime(threads=1, naming="native").load(version(), path)
+    assert native.output_schema.names == ["variable"]
     empty = scorer.score(batch_of(table.slice(0, 0), scorer.input_schema))
     assert empty.num_rows == 0
     assert empty.schema == scorer.output_schema

@@ -96,10 +96,20 @@ def to_batch(df: pd.DataFrame, schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_pandas(df[schema.names], schema=schema, preserve_index=False)
 
 
+def contract_name(pmml_name: str) -> str:
+    """pypmml's ``probability(1)`` under the prediction contract: ``probability_1``."""
+    return f"probability_{pmml_name[len('probability(') : -1]}"
+
+
 def assert_identical(ours: pa.RecordBatch, theirs: pd.DataFrame) -> None:
-    assert ours.schema.names == list(theirs.columns)
-    for name in ours.schema.names:
-        np.testing.assert_array_equal(ours[name].to_numpy(zero_copy_only=False), theirs[name].to_numpy())
+    assert ours.schema.names == ["label", *map(contract_name, theirs.columns)]
+    for name in theirs.columns:
+        np.testing.assert_array_equal(ours[contract_name(name)].to_numpy(zero_copy_only=False), theirs[name].to_numpy())
+    # No predicted-value field in these PMMLs: the label is the most probable class, as sklearn's predict.
+    classes = np.array([int(contract_name(n).split("_")[1]) for n in theirs.columns])
+    valid = ~np.isnan(theirs.to_numpy()).any(axis=1)
+    expected = classes[np.argmax(theirs.to_numpy()[valid], axis=1)]
+    np.testing.assert_array_equal(ours["label"].to_numpy(zero_copy_only=False)[valid], expected)
 
 
 @pytest.mark.parametrize("engine", ["auto", "pmml4s"])
@@ -108,7 +118,8 @@ def test_random_forest_identical_to_pypmml(pmmls, data, engine):
     try:
         assert scorer.engine == ("compiled" if engine == "auto" else "pmml4s")
         assert scorer.input_schema.names == NUMERIC
-        assert scorer.output_schema.names == ["probability(0)", "probability(1)"]
+        assert scorer.output_schema.names == ["label", "probability_0", "probability_1"]
+        assert scorer.classes == [0, 1]
         assert_identical(scorer.score(to_batch(data, scorer.input_schema)), reference(pmmls.rf, data[NUMERIC]))
     finally:
         scorer.close()
@@ -143,7 +154,12 @@ def test_public_predict_agrees(pmmls, data):
     finally:
         scorer.close()
     theirs = Model.fromFile(str(pmmls.rf)).predict(data[NUMERIC])
-    np.testing.assert_allclose(ours.to_numpy(), theirs.to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(ours[["probability_0", "probability_1"]].to_numpy(), theirs.to_numpy(), rtol=1e-12)
+    native = PmmlRuntime(threads=1, naming="native").load(version("rf"), pmmls.rf)
+    try:
+        assert native.output_schema.names == list(theirs.columns)
+    finally:
+        native.close()
 
 
 def test_compiled_engine_refuses_a_non_tree_model(pmmls):

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -61,12 +60,8 @@ def test_verify_accepts_mlflow_signatures_and_refuses_the_rest():
 @pytest.fixture
 def receiver(tmp_path):
     port = free_port()
-    server = serve(tmp_path / "inbox", SECRET, port=port)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}/", tmp_path / "inbox"
-    server.shutdown()
-    server.server_close()
+    with serve(tmp_path / "inbox", SECRET, port=port):
+        yield f"http://127.0.0.1:{port}/", tmp_path / "inbox"
 
 
 def test_receiver_refuses_unsigned_requests(receiver):

@@ -27,7 +27,12 @@ from pydantic import Field
 
 from ml_assets import CheckSettings, build_scoring_asset
 from ml_assets.dagster.models import build_model_asset, model_asset_key, rescore_on_new_model_version
-from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource, RayEngineResource
+from ml_assets.dagster.resources import (
+    TRUST_DESCRIPTION,
+    ModelRegistryResource,
+    ModelRuntimeResource,
+    RayEngineResource,
+)
 from ml_assets.datasets import ParquetDataset
 from ml_assets.resources.core.models import ModelRef
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS
@@ -49,6 +54,7 @@ class RegistryConfig(dg.Resolvable, dg.Model):
     registry_uri: str | None = None
     cache_dir: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    trust: dict[str, Any] = Field(default_factory=dict, description=TRUST_DESCRIPTION)
 
 
 class RuntimeConfig(dg.Resolvable, dg.Model):
@@ -91,6 +97,8 @@ class ChecksConfig(dg.Resolvable, dg.Model):
     drift_severity: Literal["warn", "error"] = "warn"
     min_agreement: float = 0.0
     max_mean_abs_diff: float = 1.0
+    # Default: a binary classifier's last class (e.g. probability_1), every class of a multiclass model.
+    score_column: str | None = None
 
 
 # The YAML key is `model`. Pydantic warns that the field shadows Resolvable.model(), a classmethod;
@@ -296,6 +304,7 @@ with warnings.catch_warnings():
                         registry_uri=registry.registry_uri,
                         cache_dir=registry.cache_dir,
                         options=registry.options,
+                        trust=registry.trust,
                     ),
                     runtime_key: ModelRuntimeResource(runtime=self.runtime.runtime, options=self.runtime.options),
                     **({engine_key: self._ray_engine()} if self.engine.kind == "ray" else {}),

@@ -40,8 +40,18 @@ from urllib.parse import quote, urlsplit
 import pyarrow as pa
 
 from ml_assets.resources.core.errors import ModelLoadError, ModelRefError, SchemaMismatchError, ScoringError
-from ml_assets.resources.core.http import RetryPolicy, new_session, redact, retry_after
+from ml_assets.resources.core.http import RetryPolicy, join_url, new_session, redact, retry_after
 from ml_assets.resources.core.models import ColumnSpec, ModelRef, ModelVersion
+from ml_assets.resources.core.predictions import (
+    LABEL,
+    PREDICTION,
+    Naming,
+    OutputMap,
+    bare_matrix_map,
+    check_naming,
+    classifier_map,
+    identity_map,
+)
 from ml_assets.resources.runtimes.http.batching import BatchSizer, CircuitBreaker, split_in_two
 from ml_assets.resources.runtimes.http.codecs import (
     PAYLOADS,
@@ -123,6 +133,15 @@ class HttpRuntime:
             it stays open.
         probe: at load, score one synthetic row to learn the output columns when neither
             ``output_names`` nor the signature gives them (and to fail early if the server is down).
+        v2_outputs: the named outputs a v2 request asks for. Default: ``predict`` and
+            ``predict_proba`` (MLServer's scikit-learn runtime), then, if the server refuses them,
+            ``predict`` alone (labels only, said in ``output_note``), then the server's default.
+        classes: the class labels of an unnamed probability matrix (default ``0..k-1``).
+        naming: ``contract`` (default): an unnamed ``[N, k]`` answer becomes ``probability_<class>``
+            plus ``label`` (the most probable class), v2 ``predict``/``predict_proba`` become
+            ``label``/``probability_<class>`` (a float ``predict`` alone: ``prediction``); named
+            columns keep their names. ``native``: the server's names (unnamed:
+            ``prediction``/``prediction_<j>``).
     """
 
     url: str = "http://127.0.0.1:5000"
@@ -156,8 +175,12 @@ class HttpRuntime:
     breaker_threshold: int = 8
     breaker_cooldown: float = 30.0
     probe: bool = True
+    v2_outputs: Sequence[str] | None = None
+    classes: Sequence[Any] | None = None
+    naming: Naming = "contract"
 
     def __post_init__(self) -> None:
+        check_naming(self.naming)
         # Secrets may come by name of an environment variable, read here and never echoed.
         for attr, env in (("token", self.token_env), ("password", self.password_env)):
             if env and getattr(self, attr) is None:
@@ -195,7 +218,6 @@ class HttpRuntime:
         template = self.url_template if self.endpoint == "template" else _PATHS[self.endpoint]
         assert template is not None
         fields = {
-            "base": self.url.rstrip("/"),
             "name": quote(version.name, safe=""),
             "version": quote(str(version.version), safe=""),
         }
@@ -206,7 +228,7 @@ class HttpRuntime:
                 raise ModelLoadError(msg)
             fields["alias"] = quote(alias, safe="")
         try:
-            return template.format(**fields)
+            return join_url(self.url, template, **fields)  # the path goes before the url's query string
         except (KeyError, IndexError, ValueError) as exc:
             msg = f"url_template {template!r} is not valid: only {{base}}, {{name}}, {{version}}, {{alias}} are known"
             raise ModelLoadError(msg) from exc
@@ -326,8 +348,25 @@ class HttpScorer:
         self._stats_lock = threading.Lock()
         self.requests_sent = 0
         self.retries = 0
+        contract_outputs = ("predict", "predict_proba")
+        self._v2_outputs: list[str] = list(
+            runtime.v2_outputs if runtime.v2_outputs is not None else contract_outputs if self.payload == "v2" else ()
+        )
+        self._v2_note = ""
         try:
-            self.output_schema, self._renames = self._learn_outputs()
+            native, self._renames = self._learn_outputs()
+            mapping = (
+                identity_map(native) if runtime.naming == "native" or runtime.output_names else self._contract(native)
+            )
+            if runtime.outputs:
+                mapping = mapping.keep(list(runtime.outputs), what=version.describe())
+            self._map = mapping
+            self._native_schema = pa.schema([native.field(n) for n in mapping.sources])
+            self.output_schema = mapping.schema
+            # A refusal already says "labels only"; otherwise both notes tell something.
+            notes = [self._v2_note] if self._v2_note.startswith(mapping.note) else [mapping.note, self._v2_note]
+            self.output_note = "; ".join(n for n in notes if n)
+            self.classes = list(mapping.classes) or None
         except BaseException:
             self.close()
             raise
@@ -369,8 +408,8 @@ class HttpScorer:
             for f in futures:
                 f.cancel()
             raise
-        columns = [pa.concat_arrays([p[i] for p in parts]) for i in range(len(self.output_schema))]
-        return pa.RecordBatch.from_arrays(columns, schema=self.output_schema)
+        columns = [pa.concat_arrays([p[i] for p in parts]) for i in range(len(self._native_schema))]
+        return self._map.apply(pa.RecordBatch.from_arrays(columns, schema=self._native_schema))
 
     def close(self) -> None:
         self._closed = True
@@ -404,11 +443,11 @@ class HttpScorer:
                 if rt.output_names
                 else [(c.name, arrow_type(c.type)) for c in signature_outputs]
             )
-            return self._select(specs), {}
+            return pa.schema([pa.field(n, t) for n, t in specs]), {}
         probe = pa.RecordBatch.from_pylist([self._probe_row()], schema=self.input_schema)
         try:
             try:
-                columns = self._request(probe, chunk=-1, start=0, abort=threading.Event())
+                columns = self._probe(probe)
             except _UnsupportedMediaType:
                 if self._fallback_payload is None:
                     raise
@@ -420,7 +459,7 @@ class HttpScorer:
                     self._fallback_payload,
                 )
                 self.payload = self._fallback_payload
-                columns = self._request(probe, chunk=-1, start=0, abort=threading.Event())
+                columns = self._probe(probe)
         except ScoringError as exc:
             msg = f"{self.version.describe()}: probing {self.safe_url} with one row failed: {exc}"
             raise ModelLoadError(msg) from exc
@@ -448,18 +487,69 @@ class HttpScorer:
             arrow = arrow_type(sig_types[name]) if name in sig_types else infer_type(values)
             specs.append((name, arrow))
         renames = dict(zip(server_names, names, strict=True))
-        return self._select(specs), renames
+        return pa.schema([pa.field(n, t) for n, t in specs]), renames
 
-    def _select(self, specs: list[tuple[str, pa.DataType]]) -> pa.Schema:
-        keep = self.runtime.outputs
-        if keep:
-            have = dict(specs)
-            unknown = [c for c in keep if c not in have]
-            if unknown:
-                msg = f"{self.version.describe()}: no output column(s) {unknown}; the server gives {list(have)}"
+    def _probe(self, probe: pa.RecordBatch) -> dict[str, Any]:
+        """One row through the server; a v2 server that refuses the outputs the contract asks for is
+        asked for fewer (``predict`` alone: labels only), then for its default outputs."""
+        while True:
+            try:
+                return self._request(probe, chunk=-1, start=0, abort=threading.Event())
+            except _UnsupportedMediaType:
+                raise
+            except ScoringError as exc:
+                if self.runtime.v2_outputs is not None or not self._v2_outputs:
+                    raise
+                refused = list(self._v2_outputs)
+                self._v2_outputs = ["predict"] if len(refused) > 1 else []
+                self._v2_note = f"the server refused outputs {refused} ({_shorten(str(exc), 160)})"
+                if "predict_proba" in refused:
+                    self._v2_note = f"labels only: {self._v2_note}"
+                log.info(
+                    "%s: %s; asking for %s", self.version.describe(), self._v2_note, self._v2_outputs or "defaults"
+                )
+
+    def _contract(self, native: pa.Schema) -> OutputMap:
+        """The server's columns under the prediction contract (see ``HttpRuntime``'s ``naming``)."""
+        what = self.version.describe()
+        names = native.names
+        floats = all(pa.types.is_floating(f.type) for f in native)
+        bare = [f"prediction_{j}" for j in range(len(names))]
+        if len(names) > 1 and names == bare and floats:
+            return bare_matrix_map(list(native), classes=self.runtime.classes, what=what)
+        proba = [f for f in native if f.name == "predict_proba" or f.name.startswith("predict_proba_")]
+        predict = native.field("predict") if "predict" in names else None
+        if proba:
+            # MLServer's sklearn runtime: predict_proba's columns follow the model's classes_ order.
+            if self.runtime.classes is not None:
+                classes: list[Any] = list(self.runtime.classes)
+            elif predict is not None and pa.types.is_string(predict.type):
+                msg = (
+                    f"{what}: the server's predict_proba has no class labels and predict gives strings; "
+                    "name the classes in model order (runtime option classes=[...])"
+                )
+                raise ModelLoadError(msg)
+            else:
+                classes = list(range(len(proba)))
+            if len(classes) != len(proba):
+                msg = f"{what}: classes names {len(classes)} classes but predict_proba has {len(proba)} columns"
                 raise SchemaMismatchError(msg)
-            specs = [(c, have[c]) for c in keep]
-        return pa.schema([pa.field(n, t) for n, t in specs])
+            others = [f for f in native if f not in proba and f.name != "predict"]
+            note = "v2 predict + predict_proba" + ("" if self.runtime.classes else f", classes {classes} by position")
+            return classifier_map(
+                classes,
+                probabilities=dict(zip(classes, proba, strict=True)),
+                label="predict" if predict is not None else None,
+                others=others,
+                note=note,
+            )
+        if predict is not None and self.payload == "v2":
+            others = tuple((f.name, f) for f in native if f.name != "predict")
+            if pa.types.is_floating(predict.type):
+                return OutputMap((("predict", pa.field(PREDICTION, predict.type)), *others), note="a v2 regression")
+            label_type = pa.int64() if pa.types.is_integer(predict.type) else pa.string()
+            return OutputMap((("predict", pa.field(LABEL, label_type)), *others), note="labels only")
+        return identity_map(native, note="the server's columns under their own names")
 
     def _probe_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {}
@@ -479,7 +569,7 @@ class HttpScorer:
     def _to_arrays(self, columns: dict[str, Any], chunk: int, start: int, rows: int) -> list[pa.Array]:
         renamed = {self._renames.get(k, k): v for k, v in columns.items()} if self._renames else columns
         arrays = []
-        for f in self.output_schema:
+        for f in self._native_schema:
             if f.name not in renamed:
                 msg = (
                     f"{self.version.describe()}: {self._where(chunk, start, rows)}: the answer has no column "
@@ -582,7 +672,9 @@ class HttpScorer:
         rt = self.runtime
         n = rows.num_rows
         where = self._where(chunk, start, n)
-        body, content_type = encode(rows, self.payload, v2_layout=rt.v2_layout, v2_input_name=rt.v2_input_name)
+        body, content_type = encode(
+            rows, self.payload, v2_layout=rt.v2_layout, v2_input_name=rt.v2_input_name, v2_outputs=self._v2_outputs
+        )
         policy = self.retry_policy
         started = time.monotonic()
         deadline = started + policy.deadline_s

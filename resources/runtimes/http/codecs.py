@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -75,9 +76,15 @@ def _numeric_matrix_rows(batch: pa.RecordBatch) -> list[list[Any]] | None:
 
 
 def encode(
-    batch: pa.RecordBatch, payload: str, *, v2_layout: str = "columns", v2_input_name: str = "input-0"
+    batch: pa.RecordBatch,
+    payload: str,
+    *,
+    v2_layout: str = "columns",
+    v2_input_name: str = "input-0",
+    v2_outputs: Sequence[str] = (),
 ) -> tuple[bytes, str]:
-    """The request body for ``batch`` and its content type."""
+    """The request body for ``batch`` and its content type (``v2_outputs``: the named outputs a v2
+    request asks for; none: the server's default)."""
     names = batch.schema.names
     if payload == "csv":
         import pyarrow.csv as pacsv
@@ -96,7 +103,10 @@ def encode(
         )
         return sink.getvalue(), "application/vnd.apache.parquet"
     if payload == "v2":
-        return json.dumps(_v2_request(batch, v2_layout, v2_input_name)).encode(), "application/json"
+        request = _v2_request(batch, v2_layout, v2_input_name)
+        if v2_outputs:
+            request["outputs"] = [{"name": name} for name in v2_outputs]
+        return json.dumps(request).encode(), "application/json"
     if payload in ("dataframe_split",):
         rows = _numeric_matrix_rows(batch)
         if rows is None:
