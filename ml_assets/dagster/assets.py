@@ -29,9 +29,10 @@ from ml_assets.datasets import ParquetDataset, PartitionReader
 from ml_assets.openlineage import LineageRun, ScoringLineage, run_id_for
 from ml_assets.resources.core.errors import MlAssetsError
 from ml_assets.resources.core.models import ModelVersion
+from ml_assets.resources.core.predictions import score_columns
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS, Challenger, NullPolicy, Progress, ScoringResult, score_partition
 from ml_assets.sensors.promotion import MODEL_NAME_TAG, MODEL_VERSION_TAG
-from ml_assets.summary import ScoreSummary, score_column
+from ml_assets.summary import ScoreSummary
 
 _NO_PARTITION = "_"
 
@@ -377,14 +378,19 @@ def _partition_metadata(result: ScoringResult, reference: DriftReference | None)
     )
     metadata["output"] = dg.MetadataValue.path(result.output_uri)
     metadata["score_summary"] = dg.MetadataValue.md(result.summary.as_markdown())
-    column = score_column(result.prediction_schema) if result.prediction_schema is not None else None
-    stats = result.summary.as_dict().get(column) if column else None
-    if column and isinstance(stats, dict):
+    columns = score_columns(result.prediction_schema) if result.prediction_schema is not None else []
+    summary = result.summary.as_dict()
+    for column in columns:
+        stats = summary.get(column)
+        if not isinstance(stats, dict):
+            continue
+        # One score column (binary, regression): plain names; multiclass: one per class.
+        suffix = "" if len(columns) == 1 else f"[{column}]"
         if stats.get("mean") is not None:
-            metadata["score_mean"] = dg.MetadataValue.float(round(float(stats["mean"]), 6))
+            metadata[f"score_mean{suffix}"] = dg.MetadataValue.float(round(float(stats["mean"]), 6))
         table = score_histogram(column, stats, reference)
         if table is not None:
-            metadata["score_histogram"] = table
+            metadata[f"score_histogram{suffix}"] = table
     return metadata
 
 

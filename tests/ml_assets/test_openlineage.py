@@ -4,55 +4,22 @@ the mlModel facet's own schema: the Dagster asset and `ml-assets score`."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
-import jsonschema
 import pytest
 
 from ml_assets.dagster.assets import build_scoring_asset
 from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
 from ml_assets.dev.demo import FEATURES
-from ml_assets.openlineage import FACET_SCHEMA_URL, MODEL_FACET, facet_schema, transport_configured
+from ml_assets.openlineage import MODEL_FACET, transport_configured
 from tests.conftest import DATES, ROWS_PER_DAY, VENV_BIN
+from tests.openlineage_receiver import Receiver, validate
 
-SPEC = json.loads((Path(__file__).parents[1] / "fixtures/openlineage/OpenLineage.json").read_text())
 DAILY = dg.DailyPartitionsDefinition(start_date=DATES[0], end_date="2026-11-04")
-
-
-class Receiver:
-    """A lineage backend on loopback: stores every POSTed event body."""
-
-    def __init__(self) -> None:
-        self.events: list[dict] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.events.append({"path": self.path, **json.loads(body)})
-                self.send_response(201)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def wait_for(self, count: int, timeout: float = 30.0) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while len(self.events) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return list(self.events)
 
 
 @pytest.fixture
@@ -66,15 +33,6 @@ def receiver(monkeypatch) -> Iterator[Receiver]:
     finally:
         r.server.shutdown()
         r.server.server_close()
-
-
-def validate(event: dict) -> None:
-    body = {k: v for k, v in event.items() if k != "path"}
-    jsonschema.Draft202012Validator(SPEC, format_checker=jsonschema.FormatChecker()).validate(body)
-    facet = body["run"]["facets"].get(MODEL_FACET)
-    if facet is not None:
-        jsonschema.Draft202012Validator(facet_schema(), format_checker=jsonschema.FormatChecker()).validate(facet)
-        assert facet["_schemaURL"] == FACET_SCHEMA_URL
 
 
 def registry_name(models) -> str:
