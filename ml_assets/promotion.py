@@ -27,8 +27,9 @@ from ml_assets.webhooks import PromotionInbox
 
 # Registry calls run here so a hung call cannot hold a check past its budget.
 _resolver_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ml-assets-promotion")
-# Stands for the partition key while a dataset's path is turned into a glob.
-_KEY = "\x00partition\x00"
+# Stands for the partition key while a dataset's path is turned into a glob: a valid path segment
+# (partition values are checked as such) that no real key or path holds.
+_KEY = "ml-assets-partition-placeholder-3f9d2c71"
 
 
 @dataclass
