@@ -37,6 +37,9 @@ bench: $(BIN)/python
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_remote.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_s3_commit.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_ray.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_columnar.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_columnar.py --encodings
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_flavors.py
 
 lint: $(BIN)/python
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

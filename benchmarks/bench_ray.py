@@ -227,7 +227,7 @@ def same_predictions(a: dict, b: dict) -> str:
     right = pq.read_table(b["output"]).sort_by("id")
     if left.num_rows != right.num_rows:
         return f"rows differ: {left.num_rows} vs {right.num_rows}"
-    # The score of class 1, whatever the path named it (onnx: probability_1; pyfunc: prediction_1).
+    # The score of class 1: probability_1, the last column, under the prediction contract of every runtime.
     diff = np.abs(left.column(left.num_columns - 1).to_numpy() - right.column(right.num_columns - 1).to_numpy()).max()
     return "identical" if diff == 0 else f"max diff {diff:.1e}"
 

@@ -31,6 +31,10 @@ _EXPORTS = {
     "ScoreSummary": "ml_assets.summary",
     "score_frame": "ml_assets.frames",
     "iter_scored_batches": "ml_assets.frames",
+    # on_row_error="quarantine": the error budget and what a run set aside
+    "ErrorBudget": "ml_assets.quarantine",
+    "RowErrorReport": "ml_assets.quarantine",
+    "errors_dataset": "ml_assets.quarantine",
     "ScoredFrame": "ml_assets.frames",
     "ScoredBatches": "ml_assets.frames",
     # the Ray engine (extra: ray; Ray itself is imported only when a job runs)
@@ -66,6 +70,8 @@ _EXPORTS = {
     "SchemaMismatchError": "ml_assets.resources.core.errors",
     "ScoringError": "ml_assets.resources.core.errors",
     "DatasetError": "ml_assets.resources.core.errors",
+    "RowsRejectedError": "ml_assets.resources.core.errors",
+    "ErrorBudgetExceededError": "ml_assets.resources.core.errors",
     # the Dagster layer (extra: dagster)
     "build_scoring_asset": "ml_assets.dagster.assets",
     "build_frame_scoring_asset": "ml_assets.dagster.frames",
@@ -86,6 +92,8 @@ __all__ = [
     "ColumnSpec",
     "DatasetError",
     "DriftReference",
+    "ErrorBudget",
+    "ErrorBudgetExceededError",
     "LoadedModel",
     "MissingDependencyError",
     "MlAssetsError",
@@ -109,6 +117,8 @@ __all__ = [
     "RayEngineResource",
     "Registry",
     "RegistryUnavailableError",
+    "RowErrorReport",
+    "RowsRejectedError",
     "Runtime",
     "SchemaMismatchError",
     "ScoreSummary",
@@ -123,6 +133,7 @@ __all__ = [
     "build_model_promotion_sensor",
     "build_partition_schedule",
     "build_scoring_asset",
+    "errors_dataset",
     "evaluate_checks",
     "iter_scored_batches",
     "read_lineage",
@@ -139,10 +150,12 @@ if TYPE_CHECKING:
     from ml_assets.datasets import ParquetDataset, read_lineage
     from ml_assets.frames import ScoredBatches, ScoredFrame, iter_scored_batches, score_frame
     from ml_assets.promotion import Promotion, PromotionCursor, PromotionWatch
+    from ml_assets.quarantine import ErrorBudget, RowErrorReport, errors_dataset
     from ml_assets.ray_engine import ModelServiceConfig, RayEngine, RayEngineError
     from ml_assets.resources.core.errors import (
         ArtifactError,
         DatasetError,
+        ErrorBudgetExceededError,
         MissingDependencyError,
         MlAssetsError,
         ModelLoadError,
@@ -150,6 +163,7 @@ if TYPE_CHECKING:
         ModelRefError,
         PluginNotFoundError,
         RegistryUnavailableError,
+        RowsRejectedError,
         SchemaMismatchError,
         ScoringError,
     )

@@ -6,7 +6,9 @@
   of float rounding), classes the model does not have, rows in = rows out, from the streaming summary;
 - drift: PSI and KS between score histograms (this partition vs the previous partition, and vs
   the previous model version on the same partition);
-- agreement: champion vs challenger on the same rows.
+- agreement: champion vs challenger on the same rows;
+- row errors (``on_row_error="quarantine"``): warns when rows were quarantined within the budget
+  (over it the run fails and the check with it).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import numpy as np
 import pyarrow as pa
 
 from ml_assets.datasets import PartitionReader
+from ml_assets.reconcile import NumericStrings, schema_problems
 from ml_assets.resources.core.predictions import PROBABILITY, score_columns
 from ml_assets.summary import PROBABILITY_EPSILON, Comparison, ScoreSummary
 
 if TYPE_CHECKING:
+    from ml_assets.quarantine import RowErrorReport
     from ml_assets.scoring import ScoringResult
 
 Severity = Literal["warn", "error"]
@@ -40,47 +44,39 @@ class CheckOutcome:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def castable(found: pa.DataType, expected: pa.DataType) -> bool:
-    """Casts done silently: numbers among numbers (Arrow checks each value), anything to string."""
-    if pa.types.is_dictionary(found):
-        found = found.value_type
-    if found == expected or pa.types.is_string(expected) or pa.types.is_large_string(expected):
-        return True
-    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal)
-    return any(t(found) for t in numeric) and any(t(expected) for t in numeric)
-
-
-def schema_problems(data: pa.Schema, inputs: pa.Schema) -> tuple[list[str], list[str]]:
-    """(missing columns, columns of a type that cannot become the model's), each described."""
-    missing = [f"{f.name} ({f.type})" for f in inputs if f.name not in data.names]
-    incompatible = [
-        f"{f.name} is {data.field(f.name).type}, expected {f.type}"
-        for f in inputs
-        if f.name in data.names and not castable(data.field(f.name).type, f.type)
-    ]
-    return missing, incompatible
-
-
-def check_signature(reader: PartitionReader, inputs: pa.Schema, *, nulls: Literal["error", "pass"]) -> CheckOutcome:
-    missing, incompatible = schema_problems(reader.schema, inputs)
-    present = [f.name for f in inputs if f.name in reader.schema.names]
-    null_counts = reader.null_counts(present)
-    with_nulls = {name: n for name, n in null_counts.items() if n}
-    problems = [f"missing: {', '.join(missing)}"] if missing else []
-    problems += [f"incompatible: {'; '.join(incompatible)}"] if incompatible else []
+def check_signature(
+    reader: PartitionReader,
+    inputs: pa.Schema,
+    *,
+    nulls: Literal["error", "pass"],
+    numeric_strings: NumericStrings = "error",
+) -> CheckOutcome:
+    """Every file's footer against the model's inputs, with the rules scoring casts by
+    (``ml_assets.reconcile``): what this refuses, scoring would refuse, and the other way round
+    for everything decided by types; values that do not fit are found by scoring, row by row."""
+    files = [(f.name, f.schema) for f in reader.files]
+    problems = schema_problems(files, inputs, numeric_strings=numeric_strings)
+    present = [f.name for f in inputs if f.name not in problems.missing_names]
+    with_nulls = {name: n for name, n in reader.null_counts(present).items() if n}
+    found = [f"missing: {problems.describe_missing()}"] if problems.missing else []
+    found += [f"incompatible: {problems.describe_refused('the model')}"] if problems.refused else []
     if with_nulls and nulls == "error":
-        problems.append("unexpected nulls: " + ", ".join(f"{k} ({v:,})" for k, v in with_nulls.items()))
+        found.append("unexpected nulls: " + ", ".join(f"{k} ({v:,})" for k, v in with_nulls.items()))
     return CheckOutcome(
         name="signature",
-        passed=not problems,
-        description="; ".join(problems) or f"all {len(inputs)} model inputs present with compatible types",
+        passed=not found,
+        description="; ".join(found)
+        or f"all {len(inputs)} model inputs present with compatible types in all {len(files)} file(s)",
         metrics={
-            "missing_columns": len(missing),
-            "incompatible_columns": len(incompatible),
+            "missing_columns": len(problems.missing),
+            "incompatible_columns": len(problems.refused),
+            "files": len(files),
+            "files_with_problems": len({f for group in (*problems.missing.values(), *problems.refused.values())
+                                        for f in group}),
             "null_values": sum(with_nulls.values()),
             "rows": reader.num_rows,
         },
-    )
+    )  # fmt: skip
 
 
 def check_prediction_health(
@@ -301,7 +297,8 @@ def evaluate_checks(
         ),
         check_prediction_health(
             result.summary,
-            rows_in=result.rows_in,
+            # Quarantined rows are accounted for in the errors dataset (and the row_errors check).
+            rows_in=result.rows_in - (result.row_errors.rows if result.row_errors else 0),
             rows_out=result.rows_out,
             classes=classes,
             max_null_rate=settings.max_null_rate,
@@ -333,7 +330,31 @@ def evaluate_checks(
                 columns=columns,
             )
         )
+    if result.row_errors is not None:
+        outcomes.append(check_row_errors(result.row_errors))
     return outcomes
+
+
+def check_row_errors(report: RowErrorReport) -> CheckOutcome:
+    """Passes when no row was quarantined; warns when some were, within the budget (over it the run failed)."""
+    metrics = {
+        "row_errors": report.rows,
+        "row_error_rate": round(report.rate, 6),
+        "row_errors_allowed": report.allowed,
+        "errors_uri": report.uri,
+    }
+    if not report.rows:
+        return CheckOutcome("row_errors", True, f"no row quarantined ({report.budget.describe()})", metrics=metrics)
+    description = (
+        f"{report.rows:,} of {report.rows_total:,} rows ({report.rate:.3%}) quarantined to {report.uri}, within the "
+        f"budget ({report.budget.describe()}: {report.allowed:,} rows). Top: {'; '.join(report.top_reasons[:3])}"
+    )
+    return CheckOutcome("row_errors", False, description, severity="warn", metrics=metrics)
+
+
+def budget_exceeded(message: str) -> CheckOutcome:
+    """The row_errors outcome of a run that failed over its error budget."""
+    return CheckOutcome("row_errors", False, message, severity="error")
 
 
 def worst(outcomes: Sequence[CheckOutcome]) -> CheckOutcome:

@@ -75,7 +75,23 @@ def main() -> None:
 @click.option("--features", metavar="COL,...", help="Feature columns when the registry records no signature.")
 @click.option("--outputs", metavar="COL,...", help="Prediction columns to keep (default: all).")
 @click.option("--nulls", type=click.Choice(["error", "pass"]), default="error", show_default=True)
+@click.option(
+    "--numeric-strings",
+    type=click.Choice(["error", "parse"]),
+    default="error",
+    show_default=True,
+    help="parse: text columns feed numeric model inputs (text that is not a number is an error naming its row).",
+)
 @click.option("--version-column", help="Add a column holding the model version.")
+@click.option(
+    "--on-row-error",
+    type=click.Choice(["fail", "quarantine"]),
+    default="fail",
+    show_default=True,
+    help="quarantine: rows that cannot be scored go to <output root>_errors (committed first), within the budget.",
+)
+@click.option("--max-error-rate", type=click.FloatRange(0, 1), help="Error budget: at most this fraction of rows.")
+@click.option("--max-error-rows", type=click.IntRange(min=0), help="Error budget: at most this many rows.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--engine",
@@ -115,6 +131,13 @@ def score(pipes: str, partition: str | None, engine: str, **params: Any) -> None
             f"rows: {result.rows_out:,}\nseconds: {result.seconds:.2f}\n"
             f"rows/s: {result.rows_per_second:,.0f}\noutput: {result.output_uri}"
         )
+        errors = result.row_errors
+        if errors is not None:
+            click.echo(
+                f"row errors: {errors.rows:,} ({errors.rate:.3%}, {errors.budget.describe()})\nerrors: {errors.uri}"
+            )
+            for reason in errors.top_reasons:
+                click.echo(f"  {reason}")
         if session is not None:
             session.report_asset_materialization(
                 metadata={
@@ -127,9 +150,22 @@ def score(pipes: str, partition: str | None, engine: str, **params: Any) -> None
                     "chunks": {"raw_value": result.chunks, "type": "int"},
                     "output": {"raw_value": result.output_uri, "type": "path"},
                     "engine": {"raw_value": engine, "type": "text"},
+                    **_row_error_metadata(result),
                 },
                 data_version=f"{version.name}/{version.version}",
             )
+
+
+def _row_error_metadata(result: Any) -> dict[str, Any]:
+    """The quarantine's numbers as Pipes metadata (none without quarantine)."""
+    if result.row_errors is None:
+        return {}
+    values = result.row_errors.metadata()
+    kinds = {"row_errors": "int", "row_errors_allowed": "int", "row_error_rate": "float", "errors_uri": "path"}
+    return {
+        k: {"raw_value": v, "type": kinds.get(k, "json" if isinstance(v, (list, dict)) else "text")}
+        for k, v in values.items()
+    }
 
 
 def _pipes_session(mode: str) -> Any:
@@ -174,7 +210,11 @@ def _score(
     features: str | None,
     outputs: str | None,
     nulls: str,
+    numeric_strings: str,
     version_column: str | None,
+    on_row_error: str,
+    max_error_rate: float | None,
+    max_error_rows: int | None,
     quiet: bool,
     engine: str,
     ray_address: str | None,
@@ -186,8 +226,18 @@ def _score(
     from tqdm import tqdm
 
     from ml_assets.datasets import ParquetDataset
+    from ml_assets.quarantine import error_budget
     from ml_assets.scoring import score_partition
     from ml_assets.service import ModelService
+
+    try:
+        error_budget(on_row_error, max_error_rate=max_error_rate, max_error_rows=max_error_rows)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if on_row_error == "quarantine" and engine == "ray":
+        raise click.UsageError(
+            "--on-row-error quarantine scores in this process; it does not combine with --engine ray"
+        )
 
     column, value = None, None
     if partition:
@@ -266,9 +316,13 @@ def _score(
                         chunk_rows=chunk_rows,
                         passthrough=_split(passthrough),
                         nulls=nulls,  # type: ignore[arg-type]
+                        numeric_strings=numeric_strings,  # type: ignore[arg-type]
                         version_column=version_column,
                         on_progress=show,
                         engine=ray_engine,
+                        on_row_error=on_row_error,  # type: ignore[arg-type]
+                        max_error_rate=max_error_rate,
+                        max_error_rows=max_error_rows,
                     )
                 except BaseException as exc:
                     lineage_run.fail(exc)

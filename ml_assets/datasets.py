@@ -5,14 +5,18 @@ and writing a partition's output so that readers see the old file or the new one
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import string
+import sys
 import uuid
+from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -34,6 +38,18 @@ LEGACY_TEMP_PREFIX = "_inprogress-"
 _STORAGE_ERROR_MODULES = frozenset({"aiohttp", "aiobotocore", "botocore", "s3fs", "gcsfs", "adlfs", "fsspec"})
 # Schemes whose objects appear whole when an upload completes, and never before.
 OBJECT_STORE_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+
+ReaderChoice = Literal["auto", "polars", "pyarrow"]
+# s3fs's storage options and the names Polars' object store gives the same settings.
+_POLARS_S3_OPTIONS = {
+    "endpoint_url": "aws_endpoint_url",
+    "key": "aws_access_key_id",
+    "secret": "aws_secret_access_key",
+    "token": "aws_session_token",
+    "region_name": "aws_region",
+}
+# fsspec's own caching knobs: nothing to translate.
+_FSSPEC_ONLY_OPTIONS = frozenset({"skip_instance_cache", "use_listings_cache", "listings_expiry_time"})
 
 
 def is_storage_error(exc: BaseException) -> bool:
@@ -71,12 +87,17 @@ class ParquetDataset:
         staging_uri: where unfinished output is staged on filesystems with a rename (default: the
             hidden sibling ``.{root}.ml-assets-staging`` of the dataset root, on the same filesystem).
             Object stores need none: they upload the final key directly.
+        reader: which Parquet decoder reads the input. ``auto``: Polars' (about twice pyarrow's speed)
+            where it can serve: installed (extra ``polars``), local files or ``s3://`` with storage options
+            it has an equivalent for; pyarrow otherwise. ``polars`` insists (an error says why it cannot);
+            ``pyarrow`` never uses Polars. The result's ``reader`` says which one read and why.
     """
 
     uri: str
     partition_column: str | None = None
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     staging_uri: str | None = None
+    reader: ReaderChoice = "auto"
 
     @property
     def root(self) -> str:
@@ -127,11 +148,39 @@ class ParquetDataset:
         return f"partition {self.partition_column or 'partition'}={partition} ({self.partition_uri(partition)})"
 
 
+@dataclass(frozen=True)
+class PartitionFile:
+    """One Parquet file of a partition, as its own footer describes it."""
+
+    path: str
+    """Its path on the reader's filesystem."""
+    name: str
+    """Its path relative to the partition: what messages call it."""
+    schema: pa.Schema
+    """Its own columns and types (never another file's)."""
+    num_rows: int
+    first_row: int
+    """The partition row number of its first row (files are read in this order)."""
+
+
+@dataclass(frozen=True)
+class FileBatch:
+    """Rows of one file, with that file's own column types, and where they come from."""
+
+    batch: pa.RecordBatch
+    file: str | None
+    """The ``PartitionFile.path`` the rows come from; None for a frame."""
+    file_row: int
+    """The row number, within its file, of the batch's first row."""
+
+
 class PartitionReader:
     """One partition's Parquet files, checked up front and read as chunks of at most ``chunk_rows``.
 
     Opening reads every file's footer: a corrupt file fails here, naming the file, before
-    anything is written; the total row count comes for free.
+    anything is written; the total row count and each file's own schema come for free. Each file
+    is read with its own schema (``FileBatch``): files written by different writers may differ in
+    column types, order and encodings, and each is cast to the model's types on its own terms.
     """
 
     def __init__(self, dataset: ParquetDataset, partition: str | None) -> None:
@@ -145,30 +194,51 @@ class PartitionReader:
             msg = f"{self.where}: not found"
             raise DatasetError(msg)
         try:
-            self._dataset = pads.dataset(self.path, filesystem=self.filesystem, format="parquet")
+            dataset_ = pads.dataset(self.path, filesystem=self.filesystem, format="parquet")
         except (pa.ArrowInvalid, OSError) as exc:
             msg = f"{self.where}: cannot open as Parquet: {exc}"
             raise DatasetError(msg) from exc
-        self.files = list(self._dataset.files)
-        if not self.files:
-            msg = f"{self.where}: holds no Parquet files"
-            raise DatasetError(msg)
+        self._fragments: dict[str, pads.ParquetFileFragment] = {}
+        self.files: list[PartitionFile] = []
         self.num_rows = 0
-        for fragment in self._dataset.get_fragments():
+        for fragment in dataset_.get_fragments():
+            name = fragment.path.removeprefix(f"{self.path.rstrip('/')}/")
+            if name == fragment.path:
+                name = fragment.path.rsplit("/", 1)[-1]
             try:
-                self.num_rows += fragment.metadata.num_rows
+                metadata = fragment.metadata
+                schema = fragment.physical_schema
             except (pa.ArrowInvalid, OSError) as exc:
                 msg = f"{self.where}: file {fragment.path} is not readable Parquet: {exc}"
                 raise DatasetError(msg) from exc
+            self._fragments[fragment.path] = fragment
+            self.files.append(PartitionFile(fragment.path, name, schema, metadata.num_rows, self.num_rows))
+            self.num_rows += metadata.num_rows
+        if not self.files:
+            msg = f"{self.where}: holds no Parquet files"
+            raise DatasetError(msg)
+        self._polars_options, why_not = _polars_options(uri, self.filesystem, dataset.storage_options)
+        if dataset.reader == "pyarrow" or why_not:
+            if dataset.reader == "polars":
+                msg = f"{self.where}: reader='polars' asked for, but {why_not}"
+                raise DatasetError(msg)
+            self._polars_options = None
+        #: ``polars`` or ``pyarrow``: the decoder that reads the files, and why when it is not Polars.
+        self.reader = "pyarrow" if self._polars_options is None else "polars"
+        self.reader_note = "asked for (reader='pyarrow')" if dataset.reader == "pyarrow" else why_not
 
     @property
-    def schema(self) -> pa.Schema:
-        return self._dataset.schema
+    def reader_description(self) -> str:
+        return self.reader if not self.reader_note else f"{self.reader}: {self.reader_note}"
+
+    def name_of(self, path: str | None) -> str | None:
+        """What messages call the file at ``path``."""
+        return next((f.name for f in self.files if f.path == path), path)
 
     def null_counts(self, columns: list[str]) -> dict[str, int]:
         """Nulls per column from the footers' statistics, without reading data (0 where none recorded)."""
         counts = dict.fromkeys(columns, 0)
-        for fragment in self._dataset.get_fragments():
+        for fragment in self._fragments.values():
             metadata = fragment.metadata
             names = metadata.schema.names
             for i in range(metadata.num_row_groups):
@@ -180,37 +250,104 @@ class PartitionReader:
                             counts[name] += stats.null_count
         return counts
 
-    def row_groups(self) -> list[tuple[str, int, int]]:
-        """``(file, row group index, rows)`` in read order: units of work for a distributed engine."""
-        return [
-            (fragment.path, i, fragment.metadata.row_group(i).num_rows)
-            for fragment in self._dataset.get_fragments()
-            for i in range(fragment.metadata.num_row_groups)
-        ]
+    def row_groups(self) -> list[tuple[str, int, int, int]]:
+        """``(file, row group index, rows, its first row within the file)`` in read order: units of
+        work for a distributed engine."""
+        groups = []
+        for path, fragment in self._fragments.items():
+            file_row = 0
+            for i in range(fragment.metadata.num_row_groups):
+                rows = fragment.metadata.row_group(i).num_rows
+                groups.append((path, i, rows, file_row))
+                file_row += rows
+        return groups
 
-    def batches(self, columns: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
-        """Chunks in file order. Read-ahead is bounded so memory follows chunk size, not partition size."""
-        scanner = self._dataset.scanner(
-            columns=columns,
-            batch_size=chunk_rows,
-            batch_readahead=4,
-            fragment_readahead=2,
-            use_threads=True,
-            # pre_buffer caches every column chunk it read until the file is closed: memory would
-            # grow with the file. Without it, Arrow reads row group by row group.
-            fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False),
-        )
+    def batches(self, columns: list[str], chunk_rows: int) -> Iterator[FileBatch]:
+        """Chunks in file order, each of one file and in that file's own types (of ``columns``, those the
+        file has; Polars hands text as ``large_string``, which the cast treats as ``string``). Only those
+        columns are decoded, and read-ahead is bounded so memory follows chunk size, not partition size."""
         rows = 0
-        try:
-            for batch in scanner.to_batches():
-                if batch.num_rows:
-                    rows += batch.num_rows
-                    yield batch
-        except Exception as exc:
-            if not is_storage_error(exc):
-                raise
-            msg = f"{self.where}: reading failed after {rows} rows: {_storage_message(exc)}"
-            raise DatasetError(msg) from exc
+        for file in self.files:
+            file_row = 0
+            wanted = [c for c in columns if c in file.schema.names]
+            try:
+                for batch in self._read_file(file, wanted, chunk_rows):
+                    if batch.num_rows:
+                        yield FileBatch(batch, file.path, file_row)
+                        rows += batch.num_rows
+                        file_row += batch.num_rows
+            except Exception as exc:
+                if not (is_storage_error(exc) or type(exc).__module__.split(".")[0] == "polars"):
+                    raise
+                msg = (
+                    f"{self.where}: reading failed after {rows} rows, in file {file.name} at its row {file_row}: "
+                    f"{_storage_message(exc)}"
+                )
+                raise DatasetError(msg) from exc
+
+    def _read_file(self, file: PartitionFile, columns: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        if self._polars_options is None:
+            yield from self._fragments[file.path].to_batches(
+                columns=columns,
+                batch_size=chunk_rows,
+                batch_readahead=4,
+                use_threads=True,
+                # pre_buffer caches every column chunk it read until the file is closed: memory would
+                # grow with the file. Without it, Arrow reads row group by row group.
+                fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False),
+            )
+            return
+        import polars as pl
+
+        local = isinstance(self.filesystem, pafs.LocalFileSystem)
+        source = file.path if local else f"s3://{file.path}"
+        # One file at a time, with its own schema (a scan of several would unify them); only the
+        # columns asked for are decoded. Its streaming engine keeps about a chunk per thread in memory.
+        lazy = pl.scan_parquet(
+            source,
+            storage_options=self._polars_options or None,
+            hive_partitioning=False,
+            glob=False,
+        ).select(columns)
+        for frame in lazy.collect_batches(chunk_size=chunk_rows, maintain_order=True):
+            yield from frame.to_arrow().to_batches()  # zero-copy, but for text (large_string)
+
+
+def _installed(package: str) -> bool:
+    """Whether ``package`` can be imported, without importing it (a None in sys.modules blocks it)."""
+    if package in sys.modules:
+        return sys.modules[package] is not None
+    return importlib.util.find_spec(package) is not None
+
+
+def _polars_options(
+    uri: str, filesystem: pafs.FileSystem, storage_options: Mapping[str, Any]
+) -> tuple[dict[str, str] | None, str]:
+    """Polars' storage options for ``uri`` (``{}`` for local files), or None and why Polars cannot read it."""
+    if not _installed("polars"):
+        return None, "polars is not installed (pip install 'dagster-ml-assets[polars]')"
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return {}, ""
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme not in {"s3", "s3a"}:
+        return None, f"{scheme}:// is read through fsspec"
+    options: dict[str, str] = {}
+    for key, value in storage_options.items():
+        if key in _FSSPEC_ONLY_OPTIONS:
+            continue
+        if key == "client_kwargs" and isinstance(value, Mapping) and set(value) <= {"region_name", "endpoint_url"}:
+            options.update({_POLARS_S3_OPTIONS[k]: str(v) for k, v in value.items()})
+        elif key == "anon" and value is True:
+            options["aws_skip_signature"] = "true"
+        elif key in _POLARS_S3_OPTIONS and isinstance(value, str):
+            options[_POLARS_S3_OPTIONS[key]] = value
+        else:
+            return None, f"the storage option {key!r} has no Polars equivalent"
+    if options.get("aws_endpoint_url", "").startswith("http://"):
+        options["aws_allow_http"] = "true"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    options.setdefault("aws_region", region)
+    return options, ""
 
 
 class AtomicPartitionWriter:
@@ -237,6 +374,9 @@ class AtomicPartitionWriter:
 
     # Small chunks make small row groups; buffering to this many rows keeps reads of the output fast.
     ROW_GROUP_ROWS = 262_144
+    # Row groups handed to the encoding thread and not yet written: the scoring side runs ahead by
+    # at most this many, so memory stays bounded when the disk is the slower side.
+    ENCODE_AHEAD = 2
 
     def __init__(
         self,
@@ -258,14 +398,15 @@ class AtomicPartitionWriter:
                 dataset, self.uri, staging_uri or dataset.staging_uri or dataset.default_staging_uri(), self.where
             )
         self.filesystem, self.final_path = self._sink.filesystem, self._sink.final_path
-        dictionary_columns = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type)]
         try:
-            self._writer = pq.ParquetWriter(
-                self._sink.stream, self.schema, use_dictionary=dictionary_columns or False, compression="snappy"
-            )
+            self._writer = pq.ParquetWriter(self._sink.stream, self.schema, **output_encoding(schema))
         except BaseException:
             self._sink.abort()
             raise
+        # Encoding and compression run here, off the thread that collects the scored chunks:
+        # pyarrow releases the GIL while it encodes, so writing overlaps reading and scoring.
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ml-assets-encode")
+        self._encoding: deque[Future[None]] = deque()
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._committed = False
@@ -282,17 +423,27 @@ class AtomicPartitionWriter:
         self.rows += batch.num_rows
         if self._pending_rows >= self.ROW_GROUP_ROWS:
             with self._storage("writing"):
-                self._flush()
+                self._hand_over()
+                while len(self._encoding) > self.ENCODE_AHEAD:
+                    self._encoding.popleft().result()  # re-raises the encoding thread's failure
 
-    def _flush(self) -> None:
+    def _hand_over(self) -> None:
+        """The pending chunks become one row group, queued for the encoding thread (in order: one worker)."""
         if self._pending:
             table = pa.Table.from_batches(self._pending, schema=self.schema)
-            self._writer.write_table(table, row_group_size=max(self._pending_rows, 1))
+            self._encoding.append(self._encoder.submit(self._writer.write_table, table, row_group_size=len(table)))
             self._pending, self._pending_rows = [], 0
+
+    def _flush(self) -> None:
+        """Everything written so far is in the file (or has failed) when this returns."""
+        self._hand_over()
+        while self._encoding:
+            self._encoding.popleft().result()
 
     def commit(self) -> str:
         with self._storage("committing"):
             self._flush()
+            self._encoder.shutdown(wait=True)
             self._writer.close()
             self._sink.commit()
         self._committed = True
@@ -314,10 +465,34 @@ class AtomicPartitionWriter:
         committed output stays (a run that fails after committing one of several outputs keeps it)."""
         if self._committed:
             return
+        for future in self._encoding:
+            future.cancel()
+        self._encoder.shutdown(wait=True)  # a row group being encoded finishes before the file goes
+        self._encoding.clear()
         # Closing may fail again after a failed write; the sink removes its traces either way.
         with contextlib.suppress(OSError, pa.ArrowException):
             self._writer.close()
         self._sink.abort()
+
+
+def output_encoding(schema: pa.Schema) -> dict[str, Any]:
+    """How output columns are encoded and compressed, chosen by measurement (``benchmarks/bench_columnar.py
+    --encodings``; docs/outputs.md has the table): zstd level 1; integers delta-encoded, floats byte-stream-split
+    (both cheaper to compress and smaller than plain); dictionaries only for strings, where values repeat.
+    Dictionary encoding of unique floats or keys is what made pyarrow's default ~6x slower to write."""
+    dictionary = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type)]
+    encodings = {}
+    for f in schema:
+        if pa.types.is_integer(f.type):
+            encodings[f.name] = "DELTA_BINARY_PACKED"
+        elif pa.types.is_float32(f.type) or pa.types.is_float64(f.type):
+            encodings[f.name] = "BYTE_STREAM_SPLIT"
+    return {
+        "use_dictionary": dictionary or False,
+        "column_encoding": encodings or None,
+        "compression": "zstd",
+        "compression_level": 1,
+    }
 
 
 class _Sink(Protocol):

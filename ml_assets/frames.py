@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import pyarrow as pa
 
-from ml_assets.datasets import METADATA_KEY
+from ml_assets.datasets import METADATA_KEY, FileBatch
+from ml_assets.reconcile import NumericStrings
 from ml_assets.resources.core.errors import DatasetError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS, NullPolicy, _Lane, _pipeline, _Plan, check_chunk_rows
@@ -96,6 +97,7 @@ class ScoredBatches:
         version_column: str | None,
         queue_depth: int | None,
         name: str,
+        numeric_strings: NumericStrings = "error",
     ) -> None:
         check_chunk_rows(chunk_rows)
         self.version = model.version
@@ -108,6 +110,7 @@ class ScoredBatches:
             model.version,
             passthrough=passthrough,
             nulls=nulls,
+            numeric_strings=numeric_strings,
             version_column=version_column,
         )
         self._lane = _Lane(model.scorer, model.version, plan)
@@ -128,7 +131,7 @@ class ScoredBatches:
     def _run(self) -> Iterator[pa.RecordBatch]:
         started = time.perf_counter()
         plan = self._lane.plan
-        batches = _rechunk(self._source.read(plan.read_columns), self._chunk_rows)
+        batches = (FileBatch(b, None, 0) for b in _rechunk(self._source.read(plan.read_columns), self._chunk_rows))
         pipeline = _pipeline(
             batches,
             [self._lane],
@@ -174,6 +177,7 @@ def iter_scored_batches(
     version_column: str | None = None,
     queue_depth: int | None = None,
     name: str = "frame",
+    numeric_strings: NumericStrings = "error",
 ) -> ScoredBatches:
     """Score ``frame`` chunk by chunk, yielding Arrow record batches for a sink of the caller's.
 
@@ -200,6 +204,7 @@ def iter_scored_batches(
         version_column=version_column,
         queue_depth=queue_depth,
         name=name,
+        numeric_strings=numeric_strings,
     )
 
 
@@ -214,6 +219,7 @@ def score_frame(
     version_column: str | None = ...,
     queue_depth: int | None = ...,
     name: str = ...,
+    numeric_strings: NumericStrings = ...,
 ) -> ScoredFrame[pl.DataFrame]: ...
 
 
@@ -228,6 +234,7 @@ def score_frame(
     version_column: str | None = ...,
     queue_depth: int | None = ...,
     name: str = ...,
+    numeric_strings: NumericStrings = ...,
 ) -> ScoredFrame[pa.Table]: ...
 
 
@@ -241,6 +248,7 @@ def score_frame(
     version_column: str | None = None,
     queue_depth: int | None = None,
     name: str = "frame",
+    numeric_strings: NumericStrings = "error",
 ) -> ScoredFrame[Any]:
     """Score a Polars or Arrow frame with ``model`` and return the scores in the same kind of frame.
 
@@ -269,6 +277,7 @@ def score_frame(
         version_column: if set, a column of that name holding the model version on every row.
         queue_depth: chunks in flight between reading and collecting (default: 2 per scoring thread + 2).
         name: what error messages call the frame (``frame, chunk 2 (rows 4-5): column 'f0' ...``).
+        numeric_strings: ``parse`` lets text columns feed numeric model inputs (see ``score_partition``).
     """
     scored = iter_scored_batches(
         model,
@@ -279,6 +288,7 @@ def score_frame(
         version_column=version_column,
         queue_depth=queue_depth,
         name=name,
+        numeric_strings=numeric_strings,
     )
     with scored:
         table = pa.Table.from_batches(list(scored), schema=scored.schema)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from ml_assets.datasets import ParquetDataset, PartitionReader, _filesystem
+from ml_assets.datasets import FileBatch, ParquetDataset, PartitionReader, _filesystem
 from ml_assets.resources.core.errors import MissingDependencyError, MlAssetsError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.resources.core.trust import TrustPolicy
@@ -99,6 +99,8 @@ class _Work:
     row_group: int
     first_row: int
     first_chunk: int
+    file_row: int
+    """The row group's first row within its file."""
 
 
 @dataclass(frozen=True)
@@ -163,8 +165,8 @@ class RayEngine:
     def _dataset(self, reader: PartitionReader, plans: Sequence[_Plan], chunk_rows: int) -> Dataset:
         ray = _import_ray()
         work, first_row, first_chunk = [], 0, 0
-        for file, row_group, rows in reader.row_groups():
-            work.append({"work": _Work(file, row_group, first_row, first_chunk)})
+        for file, row_group, rows, file_row in reader.row_groups():
+            work.append({"work": _Work(file, row_group, first_row, first_chunk, file_row)})
             first_row += rows
             first_chunk += -(-rows // chunk_rows)
         dataset = ray.data.from_items(work, override_num_blocks=max(len(work), 1))
@@ -181,7 +183,6 @@ class RayEngine:
                 "plans": list(plans),
                 "source": reader.dataset,
                 "partition": reader.partition,
-                "schema": reader.schema,
                 "chunk_rows": chunk_rows,
             },
             batch_size=1,
@@ -202,13 +203,11 @@ class _ScoringActor:
         plans: list[_Plan],
         source: ParquetDataset,
         partition: str | None,
-        schema: pa.Schema,
         chunk_rows: int,
     ) -> None:
         self.service = models.build()
         self.scorers = [self.service.load(version) for version in versions]
         self.plans = plans
-        self.schema = schema
         self.chunk_rows = chunk_rows
         self.columns = list(dict.fromkeys(c for plan in plans for c in plan.read_columns))
         self.filesystem, _ = _filesystem(source.partition_uri(partition), source.storage_options)
@@ -220,27 +219,29 @@ class _ScoringActor:
 
     def _score(self, work: _Work) -> pa.Table:
         fragment = self.format.make_fragment(work.file, filesystem=self.filesystem, row_groups=[work.row_group])
+        # The file's own schema: each plan casts from its types (never another file's) to the model's.
+        present = set(fragment.physical_schema.names)
         batches = fragment.to_batches(
-            schema=self.schema,
-            columns=self.columns,
+            columns=[c for c in self.columns if c in present],
             batch_size=self.chunk_rows,
             use_threads=False,
             fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False),
         )
-        index, first_row, chunks = work.first_chunk, work.first_row, []
+        index, first_row, file_row, chunks = work.first_chunk, work.first_row, work.file_row, []
         for batch in batches:
             if not batch.num_rows:
                 continue
-            chunk = _Chunk(index, first_row, batch.num_rows, self.plans[0].passthrough_batch(batch))
+            piece = FileBatch(batch, work.file, file_row)
+            chunk = _Chunk(index, first_row, batch.num_rows, self.plans[0].passthrough_batch(piece, index, first_row))
             columns = {
                 f"p/{name}": column
                 for name, column in zip(chunk.passthrough.schema.names, chunk.passthrough.columns, strict=True)
             }
             for lane, (plan, scorer) in enumerate(zip(self.plans, self.scorers, strict=True)):
-                predictions = self._predict(plan, scorer, chunk, plan.features(batch, index, first_row))
+                predictions = self._predict(plan, scorer, chunk, plan.features(piece, index, first_row))
                 columns.update({f"{lane}/{name}": predictions.column(name) for name in predictions.schema.names})
             chunks.append(pa.RecordBatch.from_pydict(columns))
-            index, first_row = index + 1, first_row + batch.num_rows
+            index, first_row, file_row = index + 1, first_row + batch.num_rows, file_row + batch.num_rows
         return pa.Table.from_batches(chunks)
 
     @staticmethod

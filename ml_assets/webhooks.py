@@ -173,7 +173,7 @@ def make_app(
             except asyncio.TimeoutError:
                 return 408
             if message["type"] == "http.disconnect":
-                return 499
+                return 499  # the client went away (nginx's code for it): nothing to answer
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY_BYTES:

@@ -35,7 +35,6 @@ CONN_TYPE = "ml_assets_registry"
 DEFAULT_CONN_ID = "ml_assets_default"
 EXTRA_FIELDS = (
     "kind",
-    "trust",
     "token",
     "registry_uri",
     "cache_dir",
@@ -43,6 +42,7 @@ EXTRA_FIELDS = (
     "storage_options",
     "runtime",
     "runtime_options",
+    "trust",
 )
 
 

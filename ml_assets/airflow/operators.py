@@ -12,6 +12,8 @@ from ml_assets.airflow.hooks import DEFAULT_CONN_ID, ModelRegistryHook
 from ml_assets.datasets import ParquetDataset
 from ml_assets.openlineage import ScoringLineage
 from ml_assets.promotion import stale_partitions
+from ml_assets.quarantine import OnRowError, error_budget
+from ml_assets.reconcile import NumericStrings
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS, NullPolicy, Progress, score_partition
 
 if TYPE_CHECKING:
@@ -41,6 +43,9 @@ class ScorePartitionOperator(BaseOperator):
             ``{"threads": 2}`` (the connection's per-runtime options are the defaults).
         registry_conn_id: an ``ml_assets_registry`` connection.
         storage_options: fsspec options for both datasets (e.g. an S3 endpoint).
+        on_row_error / max_error_rate / max_error_rows: ``quarantine`` sets rows that cannot be scored
+            aside in ``<output root>_errors`` within the budget (see ``score_partition``); the XCom and
+            the asset events then carry the count, rate, top reasons and the errors location.
 
     OpenLineage: with ``apache-airflow-providers-openlineage`` installed and configured, the task's
     events carry the input dataset and the model version as inputs, the output dataset (rows written
@@ -64,12 +69,20 @@ class ScorePartitionOperator(BaseOperator):
         runtime_options: Mapping[str, Any] | None = None,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         nulls: NullPolicy = "error",
+        numeric_strings: NumericStrings = "error",
         version_column: str | None = None,
         registry_conn_id: str = DEFAULT_CONN_ID,
         storage_options: Mapping[str, Any] | None = None,
+        on_row_error: OnRowError = "fail",
+        max_error_rate: float | None = None,
+        max_error_rows: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        error_budget(on_row_error, max_error_rate=max_error_rate, max_error_rows=max_error_rows)  # fails the parse
+        self.on_row_error = on_row_error
+        self.max_error_rate = max_error_rate
+        self.max_error_rows = max_error_rows
         self.model = model
         self.input_dataset = input_dataset
         self.output_dataset = output_dataset
@@ -80,6 +93,7 @@ class ScorePartitionOperator(BaseOperator):
         self.runtime_options = dict(runtime_options or {})
         self.chunk_rows = chunk_rows
         self.nulls = nulls
+        self.numeric_strings = numeric_strings
         self.version_column = version_column
         self.registry_conn_id = registry_conn_id
         self.storage_options = dict(storage_options or {})
@@ -118,9 +132,13 @@ class ScorePartitionOperator(BaseOperator):
                 chunk_rows=self.chunk_rows,
                 passthrough=self.passthrough,
                 nulls=self.nulls,
+                numeric_strings=self.numeric_strings,
                 version_column=self.version_column,
                 on_progress=self._progress_logger(),
                 extra_metadata={"airflow": _run_facts(context)},
+                on_row_error=self.on_row_error,
+                max_error_rate=self.max_error_rate,
+                max_error_rows=self.max_error_rows,
             )
         summary = {
             "model_name": version.name,
@@ -131,6 +149,7 @@ class ScorePartitionOperator(BaseOperator):
             "seconds": round(result.seconds, 3),
             "rows_per_second": round(result.rows_per_second, 1),
             "output": result.output_uri,
+            **(result.row_errors.metadata() if result.row_errors else {}),
         }
         self._rows = {dest.uri: result.rows_out}
         self.log.info(

@@ -19,6 +19,7 @@ from ml_assets.checks import (
     CheckOutcome,
     CheckSettings,
     DriftReference,
+    budget_exceeded,
     check_signature,
     evaluate_checks,
 )
@@ -27,7 +28,9 @@ from ml_assets.dagster.plots import score_histogram
 from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource, RayEngineResource
 from ml_assets.datasets import ParquetDataset, PartitionReader
 from ml_assets.openlineage import LineageRun, ScoringLineage, run_id_for
-from ml_assets.resources.core.errors import MlAssetsError
+from ml_assets.quarantine import OnRowError, error_budget
+from ml_assets.reconcile import NumericStrings
+from ml_assets.resources.core.errors import ErrorBudgetExceededError, MlAssetsError
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.resources.core.predictions import score_columns
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS, Challenger, NullPolicy, Progress, ScoringResult, score_partition
@@ -61,6 +64,7 @@ def build_scoring_asset(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     passthrough: Sequence[str] = (),
     nulls: NullPolicy = "error",
+    numeric_strings: NumericStrings = "error",
     version_column: str | None = None,
     checks: CheckSettings | None = DEFAULT_CHECKS,
     challenger: str | None = None,
@@ -79,6 +83,9 @@ def build_scoring_asset(
     pool: str | None = None,
     input_asset: dg.AssetKey | str | None = None,
     automation_condition: dg.AutomationCondition | None = None,
+    on_row_error: OnRowError = "fail",
+    max_error_rate: float | None = None,
+    max_error_rows: int | None = None,
 ) -> dg.AssetsDefinition:
     """An asset whose materialization scores the input partition named by the partition key.
 
@@ -90,7 +97,7 @@ def build_scoring_asset(
             ``partition_column``, or a path template such as ``s3://b/scores/{date}.parquet``).
         partitions_def: e.g. ``DailyPartitionsDefinition(...)`` or ``StaticPartitionsDefinition``;
             each key is the value of ``partition_column``. None scores the whole dataset.
-        chunk_rows / passthrough / nulls / version_column: see ``score_partition``.
+        chunk_rows / passthrough / nulls / numeric_strings / version_column: see ``score_partition``.
         checks: asset checks (signature, blocking; prediction health; score drift; and with a
             challenger, champion/challenger agreement) with their thresholds; None for none.
         challenger: a second ref (``models:/fraud@challenger``) scored in the same pass over the
@@ -110,7 +117,11 @@ def build_scoring_asset(
             with another version stale.
         automation_condition: e.g. ``rescore_on_new_model_version([model_asset_key(model)])`` to
             re-score by Declarative Automation instead of (or beside) the promotion sensor.
+        on_row_error / max_error_rate / max_error_rows: see ``score_partition``. With ``quarantine`` the
+            materialization records the quarantined rows (count, rate, top reasons, errors location) and
+            a ``row_errors`` check warns when there are some, and fails with the run over the budget.
     """
+    quarantine = error_budget(on_row_error, max_error_rate=max_error_rate, max_error_rows=max_error_rows) is not None
     source = _as_dataset(input_dataset, partition_column)
     dest = _as_dataset(output_dataset, partition_column)
     prefix = [key_prefix] if isinstance(key_prefix, str) else list(key_prefix or [])
@@ -168,6 +179,15 @@ def build_scoring_asset(
                     partitions_def=partitions_def,
                 ),
             ]
+            if quarantine:
+                check_specs.append(
+                    dg.AssetCheckSpec(
+                        "row_errors",
+                        asset=main_key,
+                        description="Rows quarantined, within the budget.",
+                        partitions_def=partitions_def,
+                    )
+                )
             if challenger_key is not None:
                 check_specs.append(
                     dg.AssetCheckSpec(
@@ -216,7 +236,13 @@ def build_scoring_asset(
             if checks is not None:
                 # Blocking: every partition's input is checked before any output is written.
                 for partition in partitions:
-                    outcome = check_signature(PartitionReader(source, partition), scorer.input_schema, nulls=nulls)
+                    # Quarantine sets rows with nulls aside one by one: they do not block the partition.
+                    outcome = check_signature(
+                        PartitionReader(source, partition),
+                        scorer.input_schema,
+                        nulls="pass" if quarantine else nulls,
+                        numeric_strings=numeric_strings,
+                    )
                     if not outcome.passed:
                         if dg.AssetCheckKey(main_key, "signature") in context.selected_asset_check_keys:
                             yield _check_evaluation(context, main_key, outcome, partition, blocking=True)
@@ -244,11 +270,15 @@ def build_scoring_asset(
                         chunk_rows=chunk_rows,
                         passthrough=passthrough,
                         nulls=nulls,
+                        numeric_strings=numeric_strings,
                         version_column=version_column,
                         challengers=contenders,
                         on_progress=_progress_logger(context, partition),
                         extra_metadata={"dagster_run_id": context.run_id, "asset": main_key.to_user_string()},
                         engine=ray_engine,
+                        on_row_error=on_row_error,
+                        max_error_rate=max_error_rate,
+                        max_error_rows=max_error_rows,
                     )
                     for partition in partitions
                 ]
@@ -259,14 +289,28 @@ def build_scoring_asset(
             if challenger_dest is not None:
                 rows[challenger_dest.uri] = rows[dest.uri]
             lineage_run.complete(rows)
+        except ErrorBudgetExceededError as exc:
+            if checks is not None and dg.AssetCheckKey(main_key, "row_errors") in context.selected_asset_check_keys:
+                # The error names the partition over its budget; the run's partitions share the failure.
+                for partition in partitions:
+                    yield _check_evaluation(context, main_key, budget_exceeded(str(exc)), partition, blocking=False)
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
         except MlAssetsError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
         partitioned = partitions_def is not None
         references = _with_this_runs_partitions(context, partitions_def, references, results)
-        yield _materialization(context, main_key, results, references, partitioned=partitioned)
+        yield _materialization(context, main_key, results, references, partitioned=partitioned, scorer=scorer)
         if challenger_key is not None:
             challenged = [r.challengers[0] for r in results]
-            yield _materialization(context, challenger_key, challenged, {}, partitioned=partitioned, champion=results)
+            yield _materialization(
+                context,
+                challenger_key,
+                challenged,
+                {},
+                partitioned=partitioned,
+                champion=results,
+                scorer=contenders[0].scorer,
+            )
         if checks is not None:
             classes = getattr(scorer, "classes", None)
             selected = context.selected_asset_check_keys
@@ -378,6 +422,16 @@ def _partition_metadata(result: ScoringResult, reference: DriftReference | None)
     )
     metadata["output"] = dg.MetadataValue.path(result.output_uri)
     metadata["score_summary"] = dg.MetadataValue.md(result.summary.as_markdown())
+    if result.reader:
+        metadata["reader"] = dg.MetadataValue.text(result.reader)
+    report = result.row_errors
+    if report is not None:
+        rate = report.rows / result.rows_in if result.rows_in else 0.0
+        metadata["row_errors"] = dg.MetadataValue.int(report.rows)
+        metadata["row_error_rate"] = dg.MetadataValue.float(round(rate, 6))
+        metadata["row_error_budget"] = dg.MetadataValue.text(report.budget.describe())
+        metadata["row_error_top_reasons"] = dg.MetadataValue.json(list(report.top_reasons)[:5])
+        metadata["errors"] = dg.MetadataValue.path(report.uri)
     columns = score_columns(result.prediction_schema) if result.prediction_schema is not None else []
     summary = result.summary.as_dict()
     for column in columns:
@@ -402,12 +456,16 @@ def _materialization(
     *,
     partitioned: bool,
     champion: list[ScoringResult] | None = None,
+    scorer: Any = None,
 ) -> dg.MaterializeResult:
     """One materialization per partition, each with its own metadata, also for a ranged run: the
     run-wide result carries what is the same for all (the model's lineage), and each partition's
     counts, output and summary go to that partition only (``add_asset_metadata(partition_key=...)``)."""
     version = results[0].version
     shared: dict[str, Any] = {k: dg.MetadataValue.text(v) for k, v in version.lineage().items()}
+    note = getattr(scorer, "output_note", "")
+    if note:  # how the runtime's outputs map to the prediction contract (e.g. a documented fallback)
+        shared["prediction_outputs"] = dg.MetadataValue.text(note)
     champions = champion or [None] * len(results)
     for result, champion_result in zip(results, champions, strict=True):
         found = references.get(result.partition, ())

@@ -80,6 +80,11 @@ class ArtifactCache:
         joined = safe_join(str(self.root), registry_key, _slug(version.name), _slug(version.version), what="cache path")
         return Path(joined)
 
+    def cached(self, version: ModelVersion) -> Path | None:
+        """The folder of ``version`` if a valid copy is cached (no lock, no download), else None."""
+        folder = self.path_for(version)
+        return folder if self._is_valid(folder, version) else None
+
     def get_or_fetch(self, version: ModelVersion, download: Callable[[Path], None]) -> Path:
         """The cached folder of ``version``; ``download(dest)`` fills ``dest`` when missing.
 

@@ -37,7 +37,8 @@ _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
 # (a token68 or auth-params, as RFC 9110 writes them); credential parameters (name=value)
 # outside URLs too.
 _HEADERS = re.compile(
-    r"(?i)(\b(?:proxy-authorization|authorization|set-cookie|cookie)\b[\"']?\s*[:=]\s*[\"']?)((?:\\\"|[^\"'\r\n])+)"
+    r"(?i)(\b(?:proxy-authorization|authorization|set-cookie|cookie)\b[\"']?\s*[:=]\s*)"
+    r"(?:'(?:\\'|[^'\r\n])*'|\"(?:\\\"|[^\"\r\n])*\"|[^\r\n]+)"
 )
 _PARAM = r"[A-Za-z0-9_\-]+=(?:\"[^\"]*\"|[^\s,\"]*)"
 _SCHEME = re.compile(
@@ -65,9 +66,14 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
         return re.split(r"[?#]", url, maxsplit=1)[0]
 
     text = _URL.sub(clean, text)
-    text = _HEADERS.sub(r"\1***", text)
+    text = _HEADERS.sub(lambda m: m.group(1) + _quoted_stars(m.group(0)[len(m.group(1)) :]), text)
     text = _SCHEME.sub(r"\1 ***", text)
     return _NAMED.sub(r"\1***", text)
+
+
+def _quoted_stars(value: str) -> str:
+    """``***`` in the quotes the redacted value had, so JSON and reprs stay readable."""
+    return f"{value[0]}***{value[0]}" if value[:1] in ("'", '"') else "***"
 
 
 def join_url(base: str, template: str = "{base}", **fields: str) -> str:

@@ -17,8 +17,8 @@ from ml_assets.resources.core.paths import check_relative, check_segment
 if TYPE_CHECKING:
     import pyarrow as pa
 
-ModelFormat = Literal["onnx", "pmml", "h2o_mojo", "pyfunc", "remote"]
-MODEL_FORMATS: tuple[str, ...] = ("onnx", "pmml", "h2o_mojo", "pyfunc", "remote")
+ModelFormat = Literal["onnx", "pmml", "h2o_mojo", "pyfunc", "native", "remote"]
+MODEL_FORMATS: tuple[str, ...] = ("onnx", "pmml", "h2o_mojo", "pyfunc", "native", "remote")
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
 _REGISTRY_REF = re.compile(rf"^(?:models:/)?(?P<name>{_NAME})(?:@(?P<alias>{_NAME})|/(?P<selector>[A-Za-z0-9_\-]+))$")
@@ -199,14 +199,13 @@ class Scorer(Protocol):
     run at once from different threads (more than 1 only where the runtime releases the
     GIL or keeps its own worker pool).
 
-    Output column names carry meaning for the checks and comparisons:
-    ``probability_<class>`` (floats in [0, 1]; ``probability_1`` is the positive class of a
-    binary classifier) get a histogram and drive drift and champion/challenger checks;
-    ``label``/``prediction``/``predict``/``class`` or ``*_label`` (integers or strings) are the
-    predicted class, counted and compared for agreement; any other float column (a regressor's
-    ``prediction``, ``variable``) gets moments (count, mean, std, min, max).
-    An optional ``classes`` attribute (the model's class labels) lets the health check flag
-    labels the model does not have.
+    Output columns follow the prediction contract (``ml_assets.resources.core.predictions``):
+    a classifier gives ``label`` (typed like the classes) and ``probability_<class>`` per class,
+    in the model's order; a regressor ``prediction``; a multi-output model ``prediction_<name>``
+    (``naming="native"`` keeps a runtime's own names). Checks, drift and champion/challenger read
+    ``score_columns``: a binary classifier's last class, every class of a multiclass model. Optional
+    attributes: ``classes`` (the model's class labels; the health check flags labels outside them)
+    and ``output_note`` (how the outputs were named, e.g. a documented fallback or "labels only").
     """
 
     concurrency: int

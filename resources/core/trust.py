@@ -147,6 +147,9 @@ def sign_model(
     config = signing.Config().set_hashing_config(hashing.Config().set_ignored_paths(paths=_UNSIGNED))
     if certificate is None:
         config = config.use_elliptic_key_signer(private_key=Path(private_key), password=password)
+    elif not certificate_chain:
+        msg = f"cannot sign {folder} with certificate {certificate}: give its chain (the issuing CA certificates)"
+        raise ModelVerificationError(msg)
     else:
         config = config.use_certificate_signer(
             private_key=Path(private_key),
@@ -195,10 +198,11 @@ def _model_signing() -> tuple[Any, Any, Any]:
 
 def _signing_errors() -> tuple[type[BaseException], ...]:
     """What model-signing raises for a bad signature or key: ValueError (mismatches, JSON, bundle
-    validation), cryptography's InvalidSignature, and lookups in a malformed bundle."""
+    validation), cryptography's InvalidSignature, OpenSSL's chain errors, lookups in a malformed bundle."""
     from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from OpenSSL.crypto import X509StoreContextError
 
-    return (ValueError, TypeError, KeyError, OSError, InvalidSignature, UnsupportedAlgorithm)
+    return (ValueError, TypeError, KeyError, OSError, InvalidSignature, UnsupportedAlgorithm, X509StoreContextError)
 
 
 def _fingerprint(pem: Path) -> str:
@@ -214,13 +218,13 @@ def _reason(exc: Exception) -> str:
     if "Key mismatch" in text or "public key" in text.lower():
         return "it is signed by another key"
     if "Hash mismatch" in text:
-        changed = re.findall(r"Hash mismatch for '([^']+)'", text)
+        changed = re.findall(r"Hash mismatch for \\?'([^'\\]+)", text)
         return f"modified after signing ({', '.join(changed[:5])})"
     if "Extra files" in text:
         return "it holds files the signature does not cover: " + text.split(":", 2)[-1].strip(" ']\"[")[:200]
     if "Missing files" in text:
         return "files the signature covers are missing: " + text.split(":", 2)[-1].strip(" ']\"[")[:200]
-    if "certificate" in text.lower() or "chain" in text.lower():
+    if type(exc).__name__ == "X509StoreContextError" or "certificate" in text.lower():
         return f"its certificate does not chain to the trusted ones ({_DIGEST.sub('', text)[:200]})"
     return f"its signature does not verify ({type(exc).__name__}: {_DIGEST.sub('', text)[:200]})"
 

@@ -1,7 +1,9 @@
 """The MLflow model registry: aliases (the present) and stages (deprecated, still used).
 
 Works with any tracking/registry URI MLflow accepts: a SQLite file, a database URI, or an
-``http(s)://`` tracking server. mlflow is imported lazily.
+``http(s)://`` tracking server. mlflow is imported lazily, and not at all for resolving an alias or
+a version number on a tracking server or a SQLite file whose files are cached (``mlflow_lookup``):
+only a download on a cache miss, stages, ``latest`` and error messages need it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ml_assets.resources.core.cache import ArtifactCache
 from ml_assets.resources.core.errors import ArtifactError, ModelNotFoundError, RegistryUnavailableError
 from ml_assets.resources.core.http import RetryPolicy, redact
 from ml_assets.resources.core.models import ColumnSpec, ModelRef, ModelVersion, Signature
+from ml_assets.resources.registries.mlflow_lookup import VersionRecord, lookup_for, parse_mlmodel, signature_columns
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -128,9 +131,11 @@ class MlflowRegistry:
 
     @property
     def location(self) -> str:
+        if self.registry_uri:
+            return redact(self.registry_uri)
         import mlflow
 
-        return redact(self.registry_uri or mlflow.get_registry_uri())
+        return redact(mlflow.get_registry_uri())
 
     @property
     def registry_id(self) -> str:
@@ -147,6 +152,10 @@ class MlflowRegistry:
         if ref.direct_uri is not None:
             msg = f"{ref.raw!r} is a file, not a registry ref; it is scored without a registry"
             raise ModelNotFoundError(msg)
+        if ref.alias is not None or ref.version is not None:
+            record = self._lookup_version(ref)
+            if record is not None:
+                return self._describe(record, ref)
         if ref.alias is not None:
             mv = self._call(lambda c: c.get_model_version_by_alias(ref.name, ref.alias), ref)
         elif ref.version is not None:
@@ -221,6 +230,16 @@ class MlflowRegistry:
         return self.cache.get_or_fetch(version, download)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _lookup_version(self, ref: ModelRef) -> VersionRecord | None:
+        """The version from the registry's REST API or SQLite tables without MLflow; None: ask MLflow."""
+        lookup = lookup_for(
+            self.registry_uri,
+            # _mlflow_settings put this call's bounds (given, the user's, or ours) in the environment
+            timeout_s=float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", 30)),
+            max_retries=int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 2)),
+        )
+        return None if lookup is None else lookup.version(ref.name, version=ref.version, alias=ref.alias)
 
     def _call(self, fn: Any, ref: ModelRef | None) -> Any:
         from mlflow.exceptions import MlflowException
@@ -299,9 +318,12 @@ class MlflowRegistry:
         key = (mv.name, str(mv.version))
         cached = self._versions.get(key)
         if cached is None:
-            artifact_uri = self._call(lambda c: c.get_model_version_download_uri(mv.name, mv.version), ref)
+            if isinstance(mv, VersionRecord):
+                artifact_uri = mv.artifact_uri
+            else:
+                artifact_uri = self._call(lambda c: c.get_model_version_download_uri(mv.name, mv.version), ref)
             mlmodel = self._read_mlmodel(artifact_uri, mv)
-            flavors = mlmodel.flavors if mlmodel else {}
+            flavors = mlmodel.get("flavors") or {}
             fmt = (mv.tags or {}).get(FORMAT_TAG) or next(
                 (f for flavor, f in _FLAVOR_FORMATS.items() if flavor in flavors), "pyfunc"
             )
@@ -326,25 +348,31 @@ class MlflowRegistry:
         # Aliases and stage move; the rest of a version never changes.
         return _replace(cached, ref=ref.raw, aliases=tuple(sorted(mv.aliases or ())), stage=_stage(mv))
 
-    def _read_mlmodel(self, artifact_uri: str, mv: Any) -> Any:
-        import mlflow
-        from mlflow.models import Model
+    def _read_mlmodel(self, artifact_uri: str, mv: Any) -> dict[str, Any]:
+        """The version's MLmodel: from the artifact cache when the version is there (no MLflow), else
+        downloaded alone."""
+        cached = self.cache.cached(
+            ModelVersion(name=mv.name, version=str(mv.version), format="", artifact_uri="", registry=self.registry_id)
+        )
+        try:
+            if cached is not None and (cached / "MLmodel").is_file():
+                return parse_mlmodel((cached / "MLmodel").read_text())
+            import mlflow
 
-        with tempfile.TemporaryDirectory(prefix="ml-assets-mlmodel-") as tmp:
-            try:
+            with tempfile.TemporaryDirectory(prefix="ml-assets-mlmodel-") as tmp:
                 local = mlflow.artifacts.download_artifacts(
                     artifact_uri=f"{artifact_uri.rstrip('/')}/MLmodel",
                     dst_path=tmp,
                     tracking_uri=self.tracking_uri,
                     registry_uri=self.registry_uri,
                 )
-                return Model.load(local)
-            except Exception as exc:  # a version without an MLmodel file is not an MLflow model
-                msg = (
-                    f"model {mv.name!r} version {mv.version}: cannot read its MLmodel at "
-                    f"{redact(artifact_uri)}: {_shorten(str(exc))}"
-                )
-                raise ArtifactError(msg) from exc
+                return parse_mlmodel(Path(local).read_text())
+        except Exception as exc:  # a version without an MLmodel file is not an MLflow model
+            msg = (
+                f"model {mv.name!r} version {mv.version}: cannot read its MLmodel at "
+                f"{redact(artifact_uri)}: {_shorten(str(exc))}"
+            )
+            raise ArtifactError(msg) from exc
 
 
 def _stage(mv: Any) -> str | None:
@@ -358,25 +386,16 @@ def _replace(version: ModelVersion, **changes: Any) -> ModelVersion:
     return replace(version, **changes)
 
 
-def _signature(mlmodel: Any) -> Signature | None:
+def _signature(mlmodel: dict[str, Any]) -> Signature | None:
     """Column names and types from an MLflow signature; None for tensor signatures or none at all."""
-    sig = getattr(mlmodel, "signature", None) if mlmodel is not None else None
-    if sig is None or sig.inputs is None or not sig.inputs.has_input_names():
+    columns = signature_columns(mlmodel, _MLFLOW_TYPES)
+    if columns is None:
         return None
-    try:
-        inputs = tuple(
-            ColumnSpec(spec.name, _MLFLOW_TYPES.get(str(spec.type.name), "double"), bool(spec.required))
-            for spec in sig.inputs.inputs
-        )
-    except AttributeError:  # tensor specs have no column type
-        return None
-    outputs: tuple[ColumnSpec, ...] = ()
-    if sig.outputs is not None and sig.outputs.has_input_names():
-        outputs = tuple(
-            ColumnSpec(s.name, _MLFLOW_TYPES.get(str(getattr(s.type, "name", "")), "double"))
-            for s in sig.outputs.inputs
-        )
-    return Signature(inputs=inputs, outputs=outputs)
+    inputs, outputs = columns
+    return Signature(
+        inputs=tuple(ColumnSpec(name, kind, required) for name, kind, required in inputs),
+        outputs=tuple(ColumnSpec(name, kind) for name, kind in outputs),
+    )
 
 
 def _flatten_single_folder(dest: Path) -> None:

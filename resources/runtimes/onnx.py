@@ -176,12 +176,15 @@ class OnnxScorer:
         self._output_names = [o.name for o in session.get_outputs()]
         self.input_schema = pa.schema([pa.field(name, arrow) for name, arrow in self._columns])
         self._origin: dict[str, str] = {}  # native column -> the ONNX output it comes from
-        probe = self._run(
-            pa.RecordBatch.from_pylist([dict.fromkeys(self.input_schema.names)], schema=self.input_schema),
-            keep=None,
-            probe=True,
-        )
-        mapping = self._contract(probe.schema) if naming == "contract" else identity_map(probe.schema)
+        try:
+            probe = self._run(
+                pa.RecordBatch.from_pylist([dict.fromkeys(self.input_schema.names)], schema=self.input_schema),
+                keep=None,
+                probe=True,
+            ).schema
+        except Exception:  # noqa: BLE001 - e.g. a OneHotEncoder refusing the probe's empty strings
+            probe = self._declared_outputs()
+        mapping = self._contract(probe) if naming == "contract" else identity_map(probe)
         if outputs:
             mapping = mapping.keep(outputs, what=version.describe())
         self._map = mapping
@@ -190,7 +193,29 @@ class OnnxScorer:
         # Only ask onnxruntime for the outputs the kept columns come from.
         sources = set(mapping.sources)
         self._needed = [n for n in self._output_names if any(self._origin[c] == n for c in sources)]
-        self._native_needed = [c for c in probe.schema.names if c in sources]
+        self._native_needed = [c for c in probe.names if c in sources]
+
+    def _declared_outputs(self) -> pa.Schema:
+        """The output columns from the graph's declared types and shapes, when a probe row cannot run."""
+        fields = []
+        for node in self.session.get_outputs():
+            if node.type not in _ORT_TYPES:
+                msg = f"{self.version.describe()}: output {node.name!r} of type {node.type} cannot be scored"
+                raise ModelLoadError(msg)
+            arrow = _ORT_TYPES[node.type][1]
+            shape = node.shape or []
+            width = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
+            labels = self._labels.get(node.name) or []
+            if width not in (None, 1) and len(labels) != width:
+                labels = list(range(width))
+            if not labels:
+                self._origin[node.name] = node.name
+                fields.append(pa.field(node.name, arrow))
+            for label in labels:
+                name = f"{self._prefix(node.name)}{label}"
+                self._origin[name] = node.name
+                fields.append(pa.field(name, arrow))
+        return pa.schema(fields)
 
     def _contract(self, native: pa.Schema) -> OutputMap:
         """label + probability_<class> for a classifier; prediction(_<name>) for anything else."""

@@ -10,6 +10,11 @@ Two modes:
   was scoring, and, with ``on_worker_failure="retry"``, replaced and given that batch again
   (at most ``max_retries`` times) before the run fails.
 
+With ``env_manager="uv"`` (or ``"virtualenv"``), or ``env_path`` naming a prebuilt environment,
+the model's recorded requirements are installed into an environment of their own (built once per
+machine, ``ml_assets.resources.core.envs``) and the workers run that environment's interpreter:
+this process needs none of the model's libraries.
+
 The model's signature fixes the input columns (and types) and, where it names them, the
 outputs; MLflow enforces it on every ``predict``. When the model's recorded requirements
 (``requirements.txt`` beside ``MLmodel``) pin versions other than the installed ones, a
@@ -34,7 +39,8 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from ml_assets.resources.core.errors import ModelLoadError, ScoringError
+from ml_assets.resources.core.envs import ENV_MANAGERS, EnvManager, IndexSettings, ModelEnvironment, model_environment
+from ml_assets.resources.core.errors import ModelLoadError, RowsRejectedError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.resources.core.predictions import Naming, OutputMap, bare_matrix_map, check_naming, identity_map
 from ml_assets.resources.core.signals import ignore_stop_signals
@@ -121,10 +127,14 @@ def validated_params(params: Mapping[str, Any] | None, schema: Any, version: Mod
             shape = "" if spec.shape is None else f" of shape {list(spec.shape)}"
             msg = (
                 f"{version.describe()}: param {name!r} = {value!r} ({type(value).__name__}) does not fit the "
-                f"model's ParamSchema: expected {spec.dtype}{shape} ({exc.message})"
+                f"model's ParamSchema: expected {_dtype(spec)}{shape} ({exc.message})"
             )
             raise ModelLoadError(msg) from None
     return checked
+
+
+def _dtype(spec: Any) -> str:
+    return str(getattr(spec.dtype, "name", spec.dtype))
 
 
 def _signature_schemas(model_dir: Path, version: ModelVersion) -> tuple[pa.Schema, pa.Schema | None, Any]:
@@ -165,6 +175,9 @@ def _signature_schemas(model_dir: Path, version: ModelVersion) -> tuple[pa.Schem
         shape = getattr(spec, "shape", None) or (-1,)
         if arrow_type is not None and len(shape) == 1:
             outputs = pa.schema([pa.field("prediction", arrow_type)])
+        elif arrow_type is not None and len(shape) == 2 and shape[1] > 0:
+            # A [N, k] tensor (e.g. predict_proba): the columns are known without a probe row.
+            outputs = pa.schema([pa.field(f"prediction_{j}", arrow_type) for j in range(shape[1])])
     return pa.schema(fields), outputs, signature.params
 
 
@@ -306,8 +319,14 @@ class PyfuncScorer:
         params: Mapping[str, Any] | None = None,
         classes: Sequence[Any] | None = None,
         naming: Naming = "contract",
+        environment: ModelEnvironment | None = None,
+        predictor: Literal["pyfunc", "native"] = "pyfunc",
+        worker_threads: int = 1,
     ) -> None:
         self.version = version
+        self.environment = environment
+        self.predictor = predictor
+        self.worker_threads = worker_threads
         self.model_dir = model_dir
         self.isolation = isolation
         self.on_worker_failure = on_worker_failure
@@ -335,6 +354,8 @@ class PyfuncScorer:
             except BaseException:
                 self.close()
                 raise
+            if predictor == "native":  # the native predictor names its outputs (the contract) from the model itself
+                native, naming = self._all[0].output_schema, "native"
         self._native_schema = native if native is not None else self._probe_outputs()
         self._map = (
             identity_map(self._native_schema)
@@ -344,9 +365,26 @@ class PyfuncScorer:
         self.output_schema = self._map.schema
         self.output_note = self._map.note
         self.classes = list(self._map.classes) or None
+        if predictor == "native":
+            self.classes = self._all[0].classes
 
-    def _start_worker(self) -> _Worker:
-        worker = _Worker(self.model_dir, self.version, load_timeout_s=self.load_timeout_s, params=self.params)
+    def _start_worker(self) -> Any:
+        if self.environment is None:
+            worker: Any = _Worker(self.model_dir, self.version, load_timeout_s=self.load_timeout_s, params=self.params)
+        else:
+            from ml_assets.resources.runtimes.isolated import EnvWorker
+
+            dtype = "float32" if all(pa.types.is_float32(f.type) for f in self.input_schema) else "float64"
+            worker = EnvWorker(
+                self.environment,
+                self.model_dir,
+                self.version,
+                predictor=self.predictor,
+                threads=self.worker_threads,
+                input_dtype=dtype,
+                load_timeout_s=self.load_timeout_s,
+                params=self.params,
+            )
         with self._lock:
             self._all.append(worker)
         self._idle.put(worker)
@@ -367,7 +405,7 @@ class PyfuncScorer:
                 return self._local.predict_batch(batch)
             except Exception as exc:
                 msg = f"{self.version.describe()}: predict failed on a batch of {batch.num_rows} rows: {exc}"
-                raise ScoringError(msg) from exc
+                raise RowsRejectedError(msg) from exc
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, batch.schema) as writer:
             writer.write_batch(batch)
@@ -391,7 +429,7 @@ class PyfuncScorer:
             if reply.startswith(b"er"):
                 reason = reply[2:].decode()
                 msg = f"{self.version.describe()}: predict failed on a batch of {batch.num_rows} rows: {reason}"
-                raise ScoringError(msg)
+                raise RowsRejectedError(msg)
             table = pa.ipc.open_stream(reply[2:]).read_all()
             return {name: table.column(name).combine_chunks() for name in table.column_names}
 
@@ -487,7 +525,11 @@ class PyfuncRuntime:
     Options: ``isolation`` ("none" or "process"), ``workers`` (processes; default the cores
     available), ``threads`` (concurrent calls in-process; default 1), ``on_worker_failure``
     ("fail" or "retry"), ``max_retries``, ``batch_timeout_s``, ``load_timeout_s``,
-    ``check_requirements`` ("warn" or "ignore"); ``params``: inference params passed to every
+    ``check_requirements`` ("warn" or "ignore"); model environments: ``env_manager`` ("local":
+    this process's packages; "uv" or "virtualenv": the model's own, built once per machine),
+    ``env_path`` (a prebuilt environment: its folder or interpreter), ``env_dir`` (where built
+    environments live), ``index_url`` / ``extra_index_urls`` / ``find_links`` (where they install from);
+    ``params``: inference params passed to every
     ``predict`` (validated at load against the model's ``ParamSchema``: an unknown name or a
     mistyped value is refused); ``classes``: the class labels of a model that returns a bare
     probability matrix; ``naming``: ``"contract"`` (default, see ``contract_map``) or ``"native"``
@@ -505,6 +547,12 @@ class PyfuncRuntime:
         batch_timeout_s: float = 600.0,
         load_timeout_s: float = 300.0,
         check_requirements: Literal["warn", "ignore"] = "warn",
+        env_manager: EnvManager = "local",
+        env_path: str | None = None,
+        env_dir: str | None = None,
+        index_url: str | None = None,
+        extra_index_urls: str | Sequence[str] = (),
+        find_links: str | Sequence[str] = (),
         params: Mapping[str, Any] | None = None,
         classes: Sequence[Any] | None = None,
         naming: Naming = "contract",
@@ -518,6 +566,9 @@ class PyfuncRuntime:
         if on_worker_failure not in ("fail", "retry"):
             msg = f"on_worker_failure must be 'fail' or 'retry', got {on_worker_failure!r}"
             raise ValueError(msg)
+        if env_manager not in ENV_MANAGERS:
+            msg = f"env_manager must be one of {', '.join(ENV_MANAGERS)}, got {env_manager!r}"
+            raise ValueError(msg)
         if (workers is not None and workers < 1) or threads < 1 or max_retries < 0:
             msg = "workers and threads must be >= 1 and max_retries >= 0"
             raise ValueError(msg)
@@ -529,6 +580,10 @@ class PyfuncRuntime:
         self.batch_timeout_s = batch_timeout_s
         self.load_timeout_s = load_timeout_s
         self.check_requirements = check_requirements
+        self.env_manager = env_manager
+        self.env_path = env_path
+        self.env_dir = env_dir
+        self.index = IndexSettings.of(index_url, extra_index_urls, find_links)
 
     def load(self, version: ModelVersion, path: Path) -> PyfuncScorer:
         model_dir = Path(path)
@@ -537,7 +592,16 @@ class PyfuncRuntime:
         if not (model_dir / "MLmodel").is_file():
             msg = f"{version.describe()}: {model_dir} is not an MLflow model folder (no MLmodel file)"
             raise ModelLoadError(msg)
-        if self.check_requirements == "warn":
+        environment = model_environment(
+            model_dir,
+            what=version.describe(),
+            env_manager=self.env_manager,
+            env_path=self.env_path,
+            env_dir=self.env_dir,
+            index=self.index,
+        )
+        # In a model environment the packages are the model's own: nothing to compare with this process's.
+        if environment is None and self.check_requirements == "warn":
             mismatches = requirement_mismatches(model_dir)
             if mismatches:
                 warnings.warn(
@@ -549,7 +613,7 @@ class PyfuncRuntime:
         return PyfuncScorer(
             version,
             model_dir,
-            isolation=self.isolation,
+            isolation="process" if environment is not None else self.isolation,
             workers=self.workers,
             threads=self.threads,
             on_worker_failure=self.on_worker_failure,
@@ -559,6 +623,7 @@ class PyfuncRuntime:
             params=self.params,
             classes=self.classes,
             naming=self.naming,
+            environment=environment,
         )
 
 

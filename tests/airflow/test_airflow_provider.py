@@ -106,3 +106,61 @@ def test_registry_uri_password_is_masked_in_task_logs(dags_folder, connect, mode
     assert "connection pg: mlflow registry at postgresql://mlflow:***@127.0.0.1:5432/mlflow" in log
     assert secret not in log
     assert "0 partition(s)" in log
+
+
+def test_the_connection_carries_a_trust_policy(registry_uri, tmp_path):
+    from airflow.sdk import Connection
+
+    from ml_assets.airflow.hooks import service_for
+    from ml_assets.resources.core.errors import PluginNotFoundError
+    from ml_assets.resources.core.trust import TrustPolicy
+
+    key = tmp_path / "team.pub"
+    key.write_text("-----BEGIN PUBLIC KEY-----\n")  # only its existence is checked up front
+    trust = {"signatures": "key", "public_key": str(key), "pickles": "scan"}
+    conn = Connection(
+        conn_id="t", conn_type="ml_assets_registry", host=registry_uri, extra=json.dumps({"trust": trust})
+    )
+    with service_for(conn) as service:
+        assert service.trust == TrustPolicy(signatures="key", public_key=str(key), pickles="scan")
+    bad = Connection(
+        conn_id="bad", conn_type="ml_assets_registry", host=registry_uri, extra='{"trust": {"signatures": "key"}}'
+    )
+    with pytest.raises(
+        PluginNotFoundError, match="extra field 'trust': trust policy: signatures='key' needs public_key"
+    ):
+        service_for(bad)
+
+
+def test_operator_passes_pyfunc_params(connect, tmp_path):
+    """``runtime_options={"params": {"k": 3}}`` on the operator reaches predict; a wrong one is refused."""
+    import mlflow.pyfunc
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ml_assets.airflow.operators import ScorePartitionOperator
+    from ml_assets.dev.demo import write_partitioned
+    from ml_assets.resources.core.errors import ModelLoadError
+    from tests.resources.fixtures.scorecard import customers, register_scorecard, save_scorecard
+
+    connect("card_registry", register_scorecard(tmp_path / "registry"))
+    data = customers(600, seed=2)
+    write_partitioned(lambda day: pa.Table.from_pandas(data, preserve_index=False), tmp_path / "in", ["2026-11-01"])
+
+    class TaskInstance:
+        dag_id, run_id, task_id, map_index, try_number = "d", "r", "score", -1, 1
+
+    def operator(params: dict) -> ScorePartitionOperator:
+        return ScorePartitionOperator(
+            task_id="score", model="models:/card/1", input_dataset=str(tmp_path / "in"),
+            output_dataset=str(tmp_path / "out"), partition="2026-11-01", registry_conn_id="card_registry",
+            runtime_options={"params": params},
+        )  # fmt: skip
+
+    summary = operator({"k": 3}).execute({"ti": TaskInstance()})
+    scored = pq.read_table(summary["output"]).to_pandas()
+    theirs = mlflow.pyfunc.load_model(str(save_scorecard(tmp_path / "local"))).predict(data, params={"k": 3})
+    np.testing.assert_array_equal(scored["probability_churn"].to_numpy(), theirs["probability_churn"].to_numpy())
+    with pytest.raises(ModelLoadError, match=r"param 'k' = 2.5 \(float\) does not fit the model's ParamSchema"):
+        operator({"k": 2.5}).execute({"ti": TaskInstance()})

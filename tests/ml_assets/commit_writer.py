@@ -25,10 +25,11 @@ def batches(rows: int, value: float, per_batch: int = 50_000):
     rng = np.random.default_rng(0)
     for start in range(0, rows, per_batch):
         n = min(per_batch, rows - start)
-        # incompressible padding, so a few hundred thousand rows fill several multipart parts
+        # incompressible padding (random bits: uniform doubles share their exponent bytes, which
+        # byte-stream-split + zstd compress), so a few hundred thousand rows fill several multipart parts
         yield pa.record_batch(
             [pa.array(np.arange(start, start + n)), pa.array(np.full(n, value))]
-            + [pa.array(rng.random(n)) for _ in range(PADDING)],
+            + [pa.array(np.frombuffer(rng.bytes(8 * n), dtype=np.float64)) for _ in range(PADDING)],
             schema=SCHEMA,
         )
 
@@ -36,6 +37,7 @@ def batches(rows: int, value: float, per_batch: int = 50_000):
 def main(spec: dict) -> None:
     def reached(point: str) -> None:
         if spec.get("pause_at") == point:
+            writer._flush()  # what was handed to the encoding thread is out before the kill
             Path(spec["marker"]).write_text(point)
             time.sleep(600)
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -219,3 +220,32 @@ def test_object_stores_write_the_final_key_directly(s3_server):
     uri = writer.commit()
     store.fs.invalidate_cache()
     assert store.fs.find(store.root) == [uri.removeprefix("s3://")]
+
+
+def test_output_is_encoded_as_measured_and_reads_back_exactly(tmp_path):
+    """zstd; integers delta-encoded, floats byte-stream-split, strings dictionary-encoded (see output_encoding),
+    row groups written by the encoding thread in the order the chunks came."""
+    dataset = ParquetDataset(str(tmp_path / "scores"), partition_column="date")
+    schema = pa.schema([("id", pa.int64()), ("probability_1", pa.float32()), ("segment", pa.string())])
+    writer = AtomicPartitionWriter(dataset, PARTITION, schema, {"model": "lr"})
+    writer.ROW_GROUP_ROWS = 1_000
+    rng = np.random.default_rng(0)
+    expected = pa.table(
+        {
+            "id": rng.permutation(5_500).astype(np.int64),
+            "probability_1": rng.random(5_500, dtype=np.float32),
+            "segment": rng.choice(["a", "b", "c"], 5_500),
+        },
+        schema=schema,
+    )
+    for batch in expected.to_batches(max_chunksize=700):
+        writer.write(batch)
+    pq_file = pq.ParquetFile(writer.commit())
+    assert pq_file.read().cast(schema) == expected
+    metadata = pq_file.metadata
+    assert metadata.num_row_groups == 4  # 3 of 1,400 rows (two chunks of 700 reach 1,000) and the last 1,300
+    column = {name: metadata.row_group(0).column(i) for i, name in enumerate(schema.names)}
+    assert {c.compression for c in column.values()} == {"ZSTD"}
+    assert "DELTA_BINARY_PACKED" in column["id"].encodings
+    assert "BYTE_STREAM_SPLIT" in column["probability_1"].encodings
+    assert "RLE_DICTIONARY" in column["segment"].encodings

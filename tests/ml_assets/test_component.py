@@ -115,3 +115,35 @@ def test_workspace_loads_with_dagsters_own_loader(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "All code locations passed validation" in done.stdout + done.stderr
+
+
+def test_pyfunc_params_from_yaml(tmp_path):
+    """``runtime: {options: {pyfunc: {params: {k: 3}}}}`` reaches predict, validated against the ParamSchema."""
+    import mlflow.pyfunc
+    import pyarrow as pa
+
+    from ml_assets.dev.demo import write_partitioned
+    from tests.resources.fixtures.scorecard import customers, register_scorecard, save_scorecard
+
+    uri = register_scorecard(tmp_path / "registry")
+    data = customers(800, seed=3)
+    write_partitioned(lambda day: pa.Table.from_pandas(data, preserve_index=False), tmp_path / "in", [DATES[0]])
+    attributes = {
+        "name": "card_scores",
+        "model": "models:/card/1",
+        "registry": {"kind": "mlflow", "uri": uri},
+        "runtime": {"options": {"pyfunc": {"params": {"k": 3}}}},
+        "input": {"uri": str(tmp_path / "in"), "partition_column": "date"},
+        "output": {"uri": str(tmp_path / "scores")},
+        "partitions": {"static": [DATES[0]]},
+    }
+    with component_defs(attributes) as (_, defs):
+        job = defs.resolve_implicit_global_asset_job_def()
+        with dg.instance_for_test() as instance:
+            result = job.execute_in_process(instance=instance, partition_key=DATES[0])
+    assert result.success
+    scored = pq.read_table(tmp_path / "scores" / f"date={DATES[0]}").to_pandas()
+    local = save_scorecard(tmp_path / "local")  # the same code, saved beside: MLflow's own predict
+    theirs = mlflow.pyfunc.load_model(str(local)).predict(data, params={"k": 3})
+    np.testing.assert_array_equal(scored["probability_churn"].to_numpy(), theirs["probability_churn"].to_numpy())
+    assert scored["label"].tolist() == theirs["label"].tolist()

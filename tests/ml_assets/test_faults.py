@@ -49,6 +49,8 @@ RUNTIME = {
     "retry_deadline": 20.0,
     "connect_timeout": 2.0,
     "read_timeout": 1.0,
+    # The server's [[a + b, a - b]] are not probabilities: keep its unnamed columns as they are.
+    "naming": "native",
 }
 
 # -- a scoring server that misbehaves on request ------------------------------------------------

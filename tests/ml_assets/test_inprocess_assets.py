@@ -113,7 +113,7 @@ def test_pmml_partition(models, numeric_data, tmp_path):
     source = pq.read_table(numeric_data / f"date={DATES[1]}").to_pandas()
     assert out["row_id"].to_pylist() == source["row_id"].tolist()
     theirs = Model.fromFile(str(pmml)).predict(source[FEATURES])
-    np.testing.assert_allclose(out["probability(1)"].to_numpy(), theirs["probability(1)"].to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(out["probability_1"].to_numpy(), theirs["probability(1)"].to_numpy(), rtol=1e-12)
 
 
 @pytest.mark.slow
@@ -141,8 +141,8 @@ def test_h2o_mojo_partition(models, tmp_path):
         source[features], str(MOJOS / "binomial.zip"), genmodel_jar_path=str(genmodel_jar())
     )
     assert out["row_id"].to_pylist() == source["row_id"].tolist()
-    np.testing.assert_array_equal(out["p1"].to_numpy(), theirs["p1"].to_numpy())
-    assert out["predict"].to_pylist() == theirs["predict"].astype(str).tolist()
+    np.testing.assert_array_equal(out["probability_1"].to_numpy(), theirs["p1"].to_numpy())
+    assert out["label"].to_pylist() == theirs["predict"].astype(int).tolist()
 
 
 @pytest.mark.slow

@@ -106,6 +106,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
     from sklearn2pmml import sklearn2pmml
     from sklearn2pmml.pipeline import PMMLPipeline
@@ -113,10 +114,17 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     root = tmp_path_factory.mktemp("contract")
     train = features(4_000, seed=7)
     y = train["binary"].astype(int).to_numpy()
-    encode = ColumnTransformer([("enum", OneHotEncoder(), ENUMS)], remainder="passthrough")
-    pipeline = PMMLPipeline([("encode", encode), ("model", LogisticRegression(max_iter=500))])
-    pipeline.fit(train[FEATURES], y)
-    sklearn2pmml(pipeline, str(root / "lr.pmml"))
+
+    def steps() -> list[tuple[str, Any]]:
+        # handle_unknown="ignore": `mlflow models serve` is probed at load with one row of zeros and
+        # empty strings, which an encoder that refuses unknown levels answers with an error.
+        encode = ColumnTransformer([("enum", OneHotEncoder(handle_unknown="ignore"), ENUMS)], remainder="passthrough")
+        return [("encode", encode), ("model", LogisticRegression(max_iter=500))]
+
+    # The same pipeline fitted twice (deterministic): sklearn2pmml needs its own PMMLPipeline class,
+    # skl2onnx and MLflow a plain scikit-learn one.
+    pipeline = Pipeline(steps()).fit(train[FEATURES], y)
+    sklearn2pmml(PMMLPipeline(steps()).fit(train[FEATURES], y), str(root / "lr.pmml"))
     initial = [(c, FloatTensorType([None, 1])) for c in NUMERIC] + [(c, StringTensorType([None, 1])) for c in ENUMS]
     onnx_model = convert_sklearn(pipeline, initial_types=initial, options={"zipmap": False})
     (root / "lr.onnx").write_bytes(onnx_model.SerializeToString())
@@ -286,8 +294,9 @@ def test_multiclass_drift_looks_at_every_class():
     from ml_assets.checks import check_drift
 
     rng = np.random.default_rng(0)
-    reference = summary_of({c: rng.dirichlet([1, 1, 1], 5_000)[:, i] for i, c in enumerate(("a", "b", "c"))})
-    histograms = {f"probability_{c}": list(reference.columns[c].histogram) for c in ("a", "b", "c")}
+    shares = rng.dirichlet([1, 1, 1], 5_000)
+    reference = summary_of({f"probability_{c}": shares[:, i] for i, c in enumerate(("a", "b", "c"))})
+    histograms = {f"probability_{c}": list(reference.columns[f"probability_{c}"].histogram) for c in ("a", "b", "c")}
     moved = dict(histograms)
     moved["probability_c"] = list(np.roll(histograms["probability_c"], 40))  # only one class moves
     outcome = check_drift(moved, {"previous partition 2026-11-01": histograms})

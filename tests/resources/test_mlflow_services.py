@@ -165,3 +165,43 @@ def test_explicit_request_bounds_override_the_environment_only_during_calls(monk
     assert seen == [(0, 5)]
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ or os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] != "5"
+
+
+@pytest.mark.slow
+def test_resolving_over_rest_answers_what_mlflow_answers_and_imports_no_mlflow(services, models, tmp_path):
+    import subprocess
+    import sys
+
+    from ml_assets.resources.registries.mlflow_lookup import RestLookup
+    from tests.resources.test_mlflow_lookup import mlflow_record
+
+    uri = services.tracking_uri
+    name = "fraud_pg_rest"
+    register_onnx_model(uri, name, to_onnx_classifier(models.lr, len(FEATURES)), FEATURES, alias="champion")
+    register_onnx_model(uri, name, to_onnx_classifier(models.rf, len(FEATURES)), FEATURES, stage="Staging")
+    import mlflow
+
+    mlflow.MlflowClient(uri).set_model_version_tag(name, "2", "team", "risk")
+    lookup = RestLookup(uri, timeout_s=10, max_retries=1)
+    for selector in ({"alias": "champion"}, {"version": "1"}, {"version": "2"}):
+        assert lookup.version(name, **selector) == mlflow_record(uri, name, **selector)
+    assert lookup.version(name, alias="nope") is None
+    assert lookup.version("no_such_model", version="1") is None
+
+    cache = tmp_path / "cache"
+    registry = MlflowRegistry(uri, cache_dir=cache)
+    expected = registry.resolve(f"models:/{name}@champion")
+    registry.fetch(expected)  # warm: S3 download through MLflow
+    script = (
+        "import json, sys\n"
+        "from ml_assets.resources.registries.mlflow import MlflowRegistry\n"
+        f"registry = MlflowRegistry({uri!r}, cache_dir={str(cache)!r})\n"
+        f"version = registry.resolve('models:/{name}@champion')\n"
+        "registry.fetch(version)\n"
+        "print(json.dumps([version.version, version.artifact_uri, version.signature.input_names, "
+        "'mlflow' in sys.modules]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    number, artifact_uri, inputs, imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (number, artifact_uri, inputs) == (expected.version, expected.artifact_uri, FEATURES)
+    assert imported is False

@@ -140,3 +140,99 @@ def test_concurrent_calls_on_one_session(models, table):
     serial = [scorer.score(b) for b in batches]
     for got, want in zip(results, serial, strict=True):
         assert got.equals(want)
+
+
+# -- real toolchains under the prediction contract ---------------------------------------------
+
+
+def test_multiclass_forest_with_string_classes(table, tmp_path):
+    from sklearn.ensemble import RandomForestClassifier
+
+    x = features_of(table)
+    y = np.array(["low", "mid", "high"])[np.digitize(x[:, 0] + 0.5 * x[:, 1], [-0.5, 0.5])]
+    forest = RandomForestClassifier(n_estimators=8, max_depth=5, random_state=0).fit(x, y)
+    path = tmp_path / "forest.onnx"
+    path.write_bytes(to_onnx(forest, x[:1]).SerializeToString())  # ZipMap on, as skl2onnx makes it
+    scorer = OnnxRuntime(threads=1).load(version(), path)
+    classes = list(forest.classes_)  # sorted: high, low, mid
+    assert scorer.classes == classes
+    assert scorer.output_schema.names == ["label", *(f"probability_{c}" for c in classes)]
+    assert scorer.output_schema.field("label").type == pa.string()
+    out = scorer.score(batch_of(table, scorer.input_schema))
+    assert out["label"].to_pylist() == list(forest.predict(x))
+    np.testing.assert_allclose(
+        np.column_stack([out[f"probability_{c}"].to_numpy() for c in classes]), forest.predict_proba(x), atol=1e-6
+    )
+
+
+def test_double_pipeline_with_zipmap_loads_and_equals_sklearn(table, tmp_path):
+    """skl2onnx to_onnx on float64 data: probabilities are doubles; the ZipMap cut keeps them double."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = features_of(table).astype(np.float64)
+    y = (x[:, 0] - x[:, 2] > 0).astype(np.int64)
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)
+    path = tmp_path / "double.onnx"
+    path.write_bytes(to_onnx(pipeline, x[:1]).SerializeToString())
+    signature = Signature(inputs=tuple(ColumnSpec(c, "double") for c in FEATURES))
+    scorer = OnnxRuntime(threads=1).load(version(signature), path)
+    assert scorer.output_schema.field("probability_1").type == pa.float64()
+    columns = [pa.array(x[:, j]) for j in range(len(FEATURES))]
+    out = scorer.score(pa.RecordBatch.from_arrays(columns, schema=scorer.input_schema))
+    np.testing.assert_allclose(out["probability_1"].to_numpy(), pipeline.predict_proba(x)[:, 1], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(out["label"].to_numpy(), pipeline.predict(x))
+
+
+def test_lightgbm_through_onnxmltools(table, tmp_path):
+    lightgbm = pytest.importorskip("lightgbm")
+    onnxmltools = pytest.importorskip("onnxmltools")
+    from onnxmltools.convert.common.data_types import FloatTensorType as MlFloat
+
+    x = features_of(table)
+    y = (x[:, 0] + x[:, 1] * x[:, 2] > 0).astype(np.int64)
+    model = lightgbm.LGBMClassifier(n_estimators=30, num_leaves=15, verbose=-1, random_state=0).fit(x, y)
+    converted = onnxmltools.convert_lightgbm(model, initial_types=[("input", MlFloat([None, len(FEATURES)]))])
+    path = tmp_path / "lgbm.onnx"
+    path.write_bytes(converted.SerializeToString())
+    scorer = OnnxRuntime(threads=1).load(version(), path)
+    assert scorer.output_schema.names == ["label", "probability_0", "probability_1"]
+    out = scorer.score(batch_of(table, scorer.input_schema))
+    theirs = model.predict_proba(x)[:, 1]
+    # LightGBM's thresholds are doubles, ONNX's float32: rows on a threshold may take the other branch.
+    np.testing.assert_allclose(out["probability_1"].to_numpy(), theirs, atol=0.03)
+    assert np.mean(out["label"].to_numpy() == model.predict(x)) > 0.995
+    maps = reference(path, x)[1]  # onnxmltools adds a ZipMap: one {class: probability} per row
+    np.testing.assert_array_equal(out["probability_1"].to_numpy(), np.array([m[1] for m in maps], np.float32))
+
+
+def test_column_transformer_with_one_input_per_column(tmp_path):
+    """skl2onnx's ColumnTransformer pipeline, a strict OneHotEncoder (unknown levels are errors, so the
+    load-time probe row cannot run: the outputs come from the graph's declared types)."""
+    import pandas as pd
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import StringTensorType
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"amount": rng.gamma(2.0, 20.0, 2_000).astype(np.float32), "age": rng.integers(18, 90, 2_000)})
+    df["age"] = df["age"].astype(np.float32)
+    df["channel"] = rng.choice(["web", "store", "phone"], 2_000)
+    y = np.where((df["amount"] > 40) & (df["channel"] != "store"), "fraud", "ok")
+    encode = ColumnTransformer([("enum", OneHotEncoder(), ["channel"])], remainder="passthrough")
+    pipeline = Pipeline([("encode", encode), ("model", LogisticRegression(max_iter=500))]).fit(df, y)
+    initial = [("amount", FloatTensorType([None, 1])), ("age", FloatTensorType([None, 1]))]
+    initial.append(("channel", StringTensorType([None, 1])))
+    path = tmp_path / "ct.onnx"
+    path.write_bytes(convert_sklearn(pipeline, initial_types=initial).SerializeToString())
+    scorer = OnnxRuntime(threads=1).load(version(None), path)
+    assert scorer.input_schema.names == ["amount", "age", "channel"]
+    assert scorer.output_schema.names == ["label", "probability_fraud", "probability_ok"]
+    batch = pa.RecordBatch.from_pandas(df, schema=scorer.input_schema, preserve_index=False)
+    out = scorer.score(batch)
+    assert out["label"].to_pylist() == list(pipeline.predict(df))
+    np.testing.assert_allclose(out["probability_fraud"].to_numpy(), pipeline.predict_proba(df)[:, 0], atol=1e-5)

@@ -16,6 +16,7 @@ from ml_assets.resources.core.formats import detect_format
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.resources.core.plugins import create_runtime
 from ml_assets.resources.runtimes.pyfunc import PyfuncRuntime, RequirementsMismatchWarning
+from tests.resources.fixtures.scorecard import customers, register_scorecard, save_scorecard
 
 FEATURES = ["amount", "age"]
 
@@ -179,3 +180,64 @@ def test_format_detection(sklearn_model, models):
     assert detect_format(sklearn_model) == "pyfunc"
     assert detect_format(sklearn_model / "MLmodel") == "pyfunc"
     assert detect_format(models.lr_onnx) == "onnx"
+
+
+# -- a custom pyfunc with int/string/double columns and an inference param ----------------------
+
+
+@pytest.fixture(scope="module")
+def scorecard_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_scorecard(tmp_path_factory.mktemp("scorecard"))
+
+
+@pytest.mark.parametrize("isolation", ["none", "process"])
+def test_custom_pyfunc_with_a_param_equals_mlflow(scorecard_model, isolation):
+    import mlflow.pyfunc
+
+    data = customers(2_000, seed=4)
+    scorer = PyfuncRuntime(params={"k": 3}, isolation=isolation, workers=1).load(version("card"), scorecard_model)
+    try:
+        assert scorer.input_schema == pa.schema([("visits", pa.int64()), ("plan", pa.string()), ("debt", pa.float64())])
+        assert scorer.output_schema.names == ["label", "probability_stay", "probability_churn"]
+        out = scorer.score(to_batch(data, scorer.input_schema)).to_pandas()
+    finally:
+        scorer.close()
+    theirs = mlflow.pyfunc.load_model(str(scorecard_model)).predict(data, params={"k": 3})
+    pd.testing.assert_frame_equal(out, theirs, check_exact=True)
+    default = mlflow.pyfunc.load_model(str(scorecard_model)).predict(data)
+    assert not np.allclose(default["probability_churn"], theirs["probability_churn"])  # k changes the scores
+
+
+def test_unknown_or_mistyped_params_are_refused(scorecard_model, sklearn_model):
+    with pytest.raises(ModelLoadError, match=r"unknown param\(s\) \['depth'\]; the model's ParamSchema has k \(long\)"):
+        PyfuncRuntime(params={"depth": 3}).load(version("card"), scorecard_model)
+    with pytest.raises(
+        ModelLoadError, match=r"param 'k' = 'three' \(str\) does not fit the model's ParamSchema: expected long"
+    ):
+        PyfuncRuntime(params={"k": "three"}).load(version("card"), scorecard_model)
+    with pytest.raises(ModelLoadError, match=r"the model takes no params \(its signature has no ParamSchema\)"):
+        PyfuncRuntime(params={"k": 3}).load(version("lr"), sklearn_model)
+
+
+def test_params_from_the_shell(scorecard_model, tmp_path):
+    """``ml-assets score --option params='{"k": 3}'`` reaches predict, validated."""
+    import mlflow.pyfunc
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from ml_assets.cli import main
+
+    data = customers(500, seed=8)
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.Table.from_pandas(data, preserve_index=False), tmp_path / "in" / "part-0.parquet")
+    uri = register_scorecard(tmp_path / "registry")
+    args = ["score", "models:/card/1", str(tmp_path / "in"), str(tmp_path / "out"), "--registry-uri", uri, "--quiet"]
+    runner = CliRunner()
+    done = runner.invoke(main, [*args, "--option", 'params={"k": 3}'])
+    assert done.exit_code == 0, done.output
+    out = pq.read_table(tmp_path / "out").to_pandas()
+    theirs = mlflow.pyfunc.load_model(str(scorecard_model)).predict(data, params={"k": 3})
+    np.testing.assert_array_equal(out["probability_churn"].to_numpy(), theirs["probability_churn"].to_numpy())
+    refused = runner.invoke(main, [*args, "--option", 'params={"kk": 3}'])
+    assert refused.exit_code != 0
+    assert "unknown param(s) ['kk']" in refused.output

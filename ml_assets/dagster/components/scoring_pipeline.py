@@ -181,6 +181,14 @@ with warnings.catch_warnings():
         chunk_rows: int = DEFAULT_CHUNK_ROWS
         passthrough: list[str] = Field(default_factory=list)
         nulls: Literal["error", "pass"] = "error"
+        on_row_error: Literal["fail", "quarantine"] = Field(
+            default="fail", description="quarantine: rows that cannot be scored go to <output root>_errors."
+        )
+        max_error_rate: float | None = Field(default=None, description="Error budget: at most this fraction of rows.")
+        max_error_rows: int | None = Field(default=None, description="Error budget: at most this many rows.")
+        numeric_strings: Literal["error", "parse"] = Field(
+            default="error", description="parse: text columns feed numeric model inputs (see README, Schema rules)."
+        )
         version_column: str | None = None
         checks: ChecksConfig | None = Field(default_factory=ChecksConfig, description="null: no asset checks.")
         challenger: ChallengerConfig | None = None
@@ -226,6 +234,7 @@ with warnings.catch_warnings():
                 chunk_rows=self.chunk_rows,
                 passthrough=self.passthrough,
                 nulls=self.nulls,
+                numeric_strings=self.numeric_strings,
                 version_column=self.version_column,
                 checks=checks,
                 challenger=self.challenger.model if self.challenger else None,
@@ -241,6 +250,9 @@ with warnings.catch_warnings():
                 pool=self.pool,
                 input_asset=self.input_asset,
                 automation_condition=condition,
+                on_row_error=self.on_row_error,
+                max_error_rate=self.max_error_rate,
+                max_error_rows=self.max_error_rows,
             )
             model_assets = []
             if self.model_assets == "observable":

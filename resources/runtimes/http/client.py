@@ -39,7 +39,13 @@ from urllib.parse import quote, urlsplit
 
 import pyarrow as pa
 
-from ml_assets.resources.core.errors import ModelLoadError, ModelRefError, SchemaMismatchError, ScoringError
+from ml_assets.resources.core.errors import (
+    ModelLoadError,
+    ModelRefError,
+    RowsRejectedError,
+    SchemaMismatchError,
+    ScoringError,
+)
 from ml_assets.resources.core.http import RetryPolicy, join_url, new_session, redact, retry_after
 from ml_assets.resources.core.models import ColumnSpec, ModelRef, ModelVersion
 from ml_assets.resources.core.predictions import (
@@ -288,6 +294,10 @@ def _input_columns(
         )
         raise ModelLoadError(msg)
     return [(name, arrow_type(type_name)) for name, type_name in pairs]
+
+
+# What servers answer when the rows, not the service, are at fault (MLflow, KServe, Triton: 400; FastAPI: 422).
+_ROWS_REJECTED = frozenset({400, 422})
 
 
 class _UnsupportedMediaType(ScoringError):
@@ -724,6 +734,8 @@ class HttpScorer:
                     f"{self.version.describe()}: {where}: {self.safe_url} answered {outcome.status}: "
                     f"{self._server_message(outcome) or 'no message'}"
                 )
+                if outcome.status in _ROWS_REJECTED:
+                    raise RowsRejectedError(msg, stage="remote")
                 raise (_UnsupportedMediaType if outcome.status == 415 else ScoringError)(msg)
             what = outcome.error or f"HTTP {outcome.status}: {self._server_message(outcome)[:120]}"
             if outcome.status != 429:  # 429 says the server is alive and asks us to slow down

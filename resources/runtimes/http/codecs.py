@@ -142,7 +142,10 @@ def _v2_request(batch: pa.RecordBatch, layout: str, input_name: str) -> dict[str
         if datatype is None:
             msg = f"column {name!r} of type {col.type} has no Open Inference Protocol datatype"
             raise SchemaMismatchError(msg)
-        inputs.append({"name": name, "shape": [n], "datatype": datatype, "data": col.to_pylist()})
+        tensor: dict[str, Any] = {"name": name, "shape": [n], "datatype": datatype, "data": col.to_pylist()}
+        if datatype == "BYTES":
+            tensor["parameters"] = {"content_type": "str"}  # text, not raw bytes (MLServer's StringCodec)
+        inputs.append(tensor)
     return {"parameters": {"content_type": "pd"}, "inputs": inputs}
 
 

@@ -1,0 +1,405 @@
+"""Ours beside the fastest columnar engines, in one run: the DuckDB inline-SQL and the Polars
+inline-expression peers (what a data engineer writes instead for a linear model), the read-only
+floors of pyarrow and Polars, rf beside onnxruntime compute, start-up, and the output encodings.
+
+    python benchmarks/bench_columnar.py [--rows 2000000 20000000] [--repeat 3] [--encodings]
+
+Data and models follow ../shared/BENCHMARKS.md and bench_onnx.py (the same files, in .bench/): lr and rf
+trained on the first 50k rows; ours scores ``lr_onnx``/``rf_onnx`` resolved through the MLflow registry
+(SQLite file, and ``mlflow server`` over HTTP on loopback); the peers load the same lr from its sklearn
+artifact (``skops``) and inline its coefficients.
+
+- whole process: wall time and peak RSS of one process per run (``os.wait4``); rows/s with start-up
+  subtracted = rows / (wall(N rows) - wall(1k rows)); start-up = wall(1k rows), warm artifact cache.
+- in process: the engine's own timing of the work (ours: ``score_partition``; peers: the query/sink).
+- outputs: ``probability_1`` (one column) and the default outputs (label + both probabilities), with
+  the ``id`` key passed through.
+
+Each measurement is a fresh process; medians of ``--repeat``. Prints Markdown tables. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_onnx import FEATURES, ROOT, make_data, make_models
+
+PARTITION = "2026-01-01"
+OUT = ROOT / "columnar-out"
+VENV_BIN = Path(sys.executable).parent
+DEFAULT_OUTPUTS = ["label", "probability_0", "probability_1"]
+
+
+# -- the peers' model: the sklearn lr, loaded as a data engineer would ------------------------
+
+
+def lr_coefficients() -> tuple[float, list[float]]:
+    """Unpickles (skops) the registered sklearn lr; its intercept and weights."""
+    import sqlite3
+
+    import skops.io
+
+    with sqlite3.connect(ROOT / "mlflow.db") as db:
+        (location,) = db.execute("SELECT storage_location FROM model_versions WHERE name = 'lr_sklearn'").fetchone()
+    path = Path(location.removeprefix("file://")) / "model.skops"
+    model = skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))
+    return float(model.intercept_[0]), [float(w) for w in model.coef_[0]]
+
+
+def _linear_sql(bias: float, weights: list[float]) -> str:
+    return f"{bias!r} + " + " + ".join(f"{w!r} * {c}" for w, c in zip(weights, FEATURES, strict=True))
+
+
+# -- the measured cases, each run as its own process -------------------------------------------
+
+
+def case_duckdb(data: Path, out: Path, outputs: str) -> dict:
+    import duckdb
+
+    bias, weights = lr_coefficients()
+    t0 = time.perf_counter()
+    con = duckdb.connect()
+    con.execute("SET threads = 2")
+    p1 = f"1 / (1 + exp(-({_linear_sql(bias, weights)})))"
+    select = f"id, {p1} AS probability_1"
+    if outputs == "default":
+        select = f"id, CAST({p1} > 0.5 AS BIGINT) AS label, 1 - {p1} AS probability_0, {p1} AS probability_1"
+    source = data / f"date={PARTITION}" / "*.parquet"
+    con.execute(f"COPY (SELECT {select} FROM read_parquet('{source}')) TO '{out / 'duckdb.parquet'}' (FORMAT parquet)")
+    return {"seconds": time.perf_counter() - t0}
+
+
+def case_polars(data: Path, out: Path, outputs: str) -> dict:
+    import polars as pl
+
+    bias, weights = lr_coefficients()
+    t0 = time.perf_counter()
+    linear = pl.lit(bias) + pl.sum_horizontal([pl.col(c) * w for c, w in zip(FEATURES, weights, strict=True)])
+    p1 = 1 / (1 + (-linear).exp())
+    columns = [pl.col("id"), p1.alias("probability_1")]
+    if outputs == "default":
+        columns = [pl.col("id"), (p1 > 0.5).cast(pl.Int64).alias("label"), (1 - p1).alias("probability_0"), columns[1]]
+    pl.scan_parquet(data / f"date={PARTITION}" / "*.parquet").select(columns).sink_parquet(out / "polars.parquet")
+    return {"seconds": time.perf_counter() - t0}
+
+
+def ours_command(data: Path, out: Path, outputs: str, model: str = "lr_onnx", registry: str | None = None) -> list:
+    """``ml-assets score`` as a user runs it; it prints its own rows/s of ``score_partition`` (in process)."""
+    command = [
+        str(VENV_BIN / "ml-assets"), "score", f"models:/{model}@champion", str(data), str(out / "ours"),
+        "--partition", f"date={PARTITION}", "--passthrough", "id",
+        "--registry-uri", registry or f"sqlite:///{ROOT / 'mlflow.db'}", "--quiet",
+    ]  # fmt: skip
+    return command + (["--outputs", "probability_1"] if outputs == "one" else [])
+
+
+def case_floor_pyarrow(data: Path, out: Path, outputs: str) -> dict:
+    import pyarrow.parquet as pq
+
+    t0 = time.perf_counter()
+    sum(b.num_rows for b in pq.ParquetFile(data / f"date={PARTITION}" / "part-0.parquet").iter_batches(65_536))
+    return {"seconds": time.perf_counter() - t0}
+
+
+def case_floor_polars(data: Path, out: Path, outputs: str) -> dict:
+    import polars as pl
+
+    t0 = time.perf_counter()
+    sum(b.height for b in pl.scan_parquet(data / f"date={PARTITION}" / "*.parquet").collect_batches())
+    return {"seconds": time.perf_counter() - t0}
+
+
+def case_ort_rf(data: Path, out: Path, outputs: str) -> dict:
+    """onnxruntime alone on the rf, the features already in memory: the compute ceiling."""
+    import numpy as np
+    import onnxruntime as ort
+    import pyarrow.parquet as pq
+
+    from ml_assets.resources.registries.mlflow import MlflowRegistry
+
+    registry = MlflowRegistry(f"sqlite:///{ROOT / 'mlflow.db'}")
+    path = registry.fetch(registry.resolve("models:/rf_onnx@champion")) / "model.onnx"
+    table = pq.read_table(data / f"date={PARTITION}", columns=FEATURES)
+    x = np.column_stack([table[c].to_numpy() for c in FEATURES])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = len(os.sched_getaffinity(0))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    t0 = time.perf_counter()
+    for start in range(0, len(x), 65_536):
+        session.run(None, {session.get_inputs()[0].name: x[start : start + 65_536]})
+    return {"seconds": time.perf_counter() - t0}
+
+
+COMMANDS = {
+    "ours": ours_command,
+    "ours_rf": lambda d, o, outputs: ours_command(d, o, outputs, model="rf_onnx"),
+    "ours_http": lambda d, o, outputs: ours_command(d, o, outputs, registry=os.environ["BENCH_HTTP_REGISTRY"]),
+}
+CASES = {
+    "duckdb": case_duckdb,
+    "polars": case_polars,
+    "floor_pyarrow": case_floor_pyarrow,
+    "floor_polars": case_floor_polars,
+    "ort_rf": case_ort_rf,
+}
+
+
+def run_case(name: str, data: Path, outputs: str) -> dict:
+    """One fresh process: its wall time from exec to exit, its peak RSS (``wait4``), and its own timing."""
+    out = OUT / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if name in COMMANDS:
+        command = COMMANDS[name](data, out, outputs)
+    else:
+        command = [
+            sys.executable,
+            __file__,
+            "--case",
+            name,
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--outputs",
+            outputs,
+        ]
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with (out / "stdout").open("wb") as stdout, (out / "stderr").open("wb") as stderr:
+        t0 = time.perf_counter()
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - t0
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{(out / 'stderr').read_text()[-3000:]}")
+    text = (out / "stdout").read_text()
+    if name in COMMANDS:  # "rows: 2,000,000" ... "rows/s: 9,876,543"
+        fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+        rows = int(fields["rows"].replace(",", ""))
+        result = {"seconds": rows / float(fields["rows/s"].replace(",", ""))}
+    else:
+        result = json.loads(text.strip().splitlines()[-1])
+    return {"seconds": float(result["seconds"]), "wall": wall, "rss_mib": usage.ru_maxrss / 1024}
+
+
+def median_of(repeat: int, name: str, data: Path, outputs: str) -> dict:
+    runs = [run_case(name, data, outputs) for _ in range(repeat)]
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0] if isinstance(runs[0][key], float)}
+
+
+# -- the HTTP tracking server ------------------------------------------------------------------
+
+
+@contextmanager
+def tracking_server():
+    """``mlflow server`` over the bench's SQLite registry on loopback (artifacts are file:// URIs)."""
+    from ml_assets.dev.services import free_port, wait_for_port
+
+    port = free_port()
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = (ROOT / "mlflow-server.log").open("wb")
+    command = [
+        str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{ROOT / 'mlflow.db'}",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for_port(port, server, what="mlflow server", timeout_s=600)  # slow on a loaded machine
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)
+        log.close()
+
+
+def set_aliases() -> None:
+    import sqlite3
+
+    with sqlite3.connect(ROOT / "mlflow.db") as db:
+        for name in ("lr_onnx", "rf_onnx"):
+            db.execute(
+                "INSERT OR IGNORE INTO registered_model_aliases (alias, version, name, workspace) "
+                "VALUES ('champion', 1, ?, 'default')",
+                (name,),
+            )
+
+
+# -- output encodings --------------------------------------------------------------------------
+
+
+def encodings_table(rows: int) -> list[str]:
+    """Size and write speed of the default outputs (id + label + both probabilities, as ours writes
+    them) under each candidate; the first row is what ``output_encoding`` chooses."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ml_assets.datasets import output_encoding
+
+    rng = np.random.default_rng(0)
+    p1 = (1 / (1 + np.exp(-rng.standard_normal(rows)))).astype(np.float32)
+    floats = {"probability_0": "BYTE_STREAM_SPLIT", "probability_1": "BYTE_STREAM_SPLIT"}
+    lines = ["| output encoding | key | write M rows/s | MiB | read M rows/s |", "|---|---|---:|---:|---:|"]
+    for key in ("sequential", "random"):
+        ids = np.arange(rows, dtype=np.int64) if key == "sequential" else rng.integers(0, 2**62, rows)
+        table = pa.table(
+            {"id": ids, "label": (p1 > 0.5).astype(np.int64), "probability_0": 1 - p1, "probability_1": p1}
+        )
+        candidates = {
+            "ours: zstd(1), delta ints, byte-stream-split floats": output_encoding(table.schema),
+            "before: snappy, plain": {"use_dictionary": False, "compression": "snappy"},
+            "pyarrow default: snappy, dictionary everywhere": {},
+            "lz4, plain": {"use_dictionary": False, "compression": "lz4"},
+            "zstd(1), plain": {"use_dictionary": False, "compression": "zstd", "compression_level": 1},
+            "lz4, delta ints, byte-stream-split floats": {
+                "use_dictionary": False,
+                "compression": "lz4",
+                "column_encoding": {"id": "DELTA_BINARY_PACKED", "label": "DELTA_BINARY_PACKED", **floats},
+            },
+            "none, plain": {"use_dictionary": False, "compression": "none"},
+        }
+        for label, options in candidates.items():
+            path = OUT / "encoding.parquet"
+            OUT.mkdir(parents=True, exist_ok=True)
+            writes, reads = [], []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                with pq.ParquetWriter(path, table.schema, **options) as writer:
+                    for start in range(0, rows, 262_144):
+                        writer.write_table(table.slice(start, 262_144))
+                writes.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                pq.read_table(path)
+                reads.append(time.perf_counter() - t0)
+            size = path.stat().st_size / 2**20
+            write, read = statistics.median(writes), statistics.median(reads)
+            lines.append(f"| {label} | {key} | {rows / write / 1e6:.1f} | {size:.1f} | {rows / read / 1e6:.1f} |")
+    return lines
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def header() -> list[str]:
+    import duckdb
+    import onnxruntime
+    import polars
+    import pyarrow
+
+    load = os.getloadavg()
+    return [
+        f"date {date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, load average "
+        f"{load[0]:.1f} at the start (the machine is shared: compare ratios within this run); Python "
+        f"{platform.python_version()}, pyarrow {pyarrow.__version__}, polars {polars.__version__}, duckdb "
+        f"{duckdb.__version__}, onnxruntime {onnxruntime.__version__}",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[2_000_000, 20_000_000])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--encodings", action="store_true", help="only the output encodings table")
+    parser.add_argument("--case")
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--outputs", default="one")
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(CASES[args.case](args.data, args.out, args.outputs)))
+        return
+    print("\n".join(header()))
+    if args.encodings:
+        print("\n".join(encodings_table(2_000_000)))
+        return
+    make_models()
+    set_aliases()
+    small = make_data(1_000)
+    datasets = {rows: make_data(rows) for rows in args.rows}
+    r = args.repeat
+    lines = [
+        "| rows | outputs | path | whole-process rows/s (start-up subtracted) | in-process rows/s | start-up s "
+        "| peak RSS MiB | ratio |",
+        "|---:|---|---|---:|---:|---:|---:|---|",
+    ]
+    with tracking_server() as http:
+        os.environ["BENCH_HTTP_REGISTRY"] = http
+        run_case("ours", small, "one")  # warms the artifact cache
+        startup = {name: median_of(r, name, small, "one") for name in ("ours", "ours_http", "duckdb", "polars")}
+        million = make_data(1_000_000)
+        whole_1m = {name: median_of(r, name, million, "one") for name in ("ours_http", "duckdb")}
+    for rows, data in datasets.items():
+        floors = {name: median_of(r, name, data, "one") for name in ("floor_pyarrow", "floor_polars")}
+        floor_rate = max(rows / f["seconds"] for f in floors.values())
+        for outputs in ("one", "default"):
+            measured = {name: median_of(r, name, data, outputs) for name in ("ours", "duckdb", "polars")}
+
+            whole = {n: rows / max(m["wall"] - startup[n]["wall"], 1e-9) for n, m in measured.items()}
+            labels = {
+                "ours": "ours (`ml-assets score`, SQLite registry)",
+                "duckdb": "DuckDB inline SQL",
+                "polars": "Polars inline expression",
+            }
+            for name, label in labels.items():
+                ratio = ""
+                if name == "ours":
+                    ratio = (
+                        f"{whole['ours'] / whole['polars']:.2f}x Polars, {whole['ours'] / whole['duckdb']:.2f}x "
+                        f"DuckDB, {whole['ours'] / floor_rate:.0%} of the faster read floor"
+                    )
+                m = measured[name]
+                lines.append(
+                    f"| {rows:,} | {'probability_1' if outputs == 'one' else 'default'} | {label} | {whole[name]:,.0f} "
+                    f"| {rows / m['seconds']:,.0f} | {startup[name]['wall']:.2f} | {m['rss_mib']:.0f} | {ratio} |"
+                )
+        for name, label in (("floor_pyarrow", "read only: pyarrow iter_batches"),
+                            ("floor_polars", "read only: Polars collect_batches")):  # fmt: skip
+            lines.append(f"| {rows:,} | | {label} | | {rows / floors[name]['seconds']:,.0f} | | "
+                         f"{floors[name]['rss_mib']:.0f} | |")  # fmt: skip
+        if rows != min(datasets):
+            continue  # rf is compute-bound: its ratio to onnxruntime does not change with size
+        rf = median_of(r, "ours_rf", data, "one")
+        ort_rf = median_of(r, "ort_rf", data, "one")
+        rf_rate = rows / rf["seconds"]
+        lines.append(
+            f"| {rows:,} | probability_1 | ours rf (in process) | | {rf_rate:,.0f} | | {rf['rss_mib']:.0f} "
+            f"| {rf_rate / (rows / ort_rf['seconds']):.0%} of onnxruntime compute |"
+        )
+        lines.append(f"| {rows:,} | | onnxruntime compute only, rf | | {rows / ort_rf['seconds']:,.0f} | | | |")
+    print("\n".join(lines))
+    print()
+    print("| start-up (1k rows, whole process, warm cache) | seconds | target |")
+    print("|---|---:|---|")
+    print(f"| ours, MLflow over HTTP | {startup['ours_http']['wall']:.2f} | <= 1.5 s |")
+    print(f"| ours, SQLite registry | {startup['ours']['wall']:.2f} | <= 2.5 s |")
+    print(f"| DuckDB peer (incl. unpickling sklearn) | {startup['duckdb']['wall']:.2f} | |")
+    print(f"| Polars peer (same) | {startup['polars']['wall']:.2f} | |")
+    print(
+        f"| 1M rows whole process: ours over HTTP {whole_1m['ours_http']['wall']:.2f} s, DuckDB "
+        f"{whole_1m['duckdb']['wall']:.2f} s | {whole_1m['ours_http']['wall'] / whole_1m['duckdb']['wall']:.2f}x "
+        "| < 2x DuckDB |"
+    )
+
+
+if __name__ == "__main__":
+    main()

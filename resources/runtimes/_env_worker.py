@@ -1,0 +1,121 @@
+"""A scoring worker inside a model environment: run by that environment's interpreter, not ours.
+
+Imports nothing of ml_assets (which the environment does not have): pyarrow, the model's own
+libraries, and ``_flavors.py`` (loaded by path from beside this file). It talks to the scoring
+core over an inherited socket with ``multiprocessing.connection`` framing:
+
+- after loading: ``ok`` + the output schema (Arrow IPC; empty for pyfunc), or ``er`` + the reason;
+- per request (one Arrow IPC stream holding a batch of the model's input columns): ``ok`` + an
+  Arrow IPC stream of the prediction columns, or ``er`` + the error; an empty request ends it.
+
+Usage: python -I _env_worker.py FD MODE(pyfunc|native) MODEL_DIR THREADS INPUT_DTYPE PARAMS_JSON
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+def _load_flavors() -> Any:
+    spec = importlib.util.spec_from_file_location("_ml_assets_flavors", Path(__file__).with_name("_flavors.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pyfunc_columns(prediction: Any, n: int) -> dict[str, Any]:
+    """Named columns of what pyfunc ``predict`` returned: the rules of pyfunc.predictions_to_columns."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(prediction, pd.DataFrame):
+        return {str(c): prediction[c].to_numpy() for c in prediction.columns}
+    if isinstance(prediction, pd.Series):
+        return {str(prediction.name) if prediction.name is not None else "prediction": prediction.to_numpy()}
+    if isinstance(prediction, dict):
+        return {str(k): np.asarray(v) for k, v in prediction.items()}
+    array = np.asarray(prediction)
+    if array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1):
+        return {"prediction": array.reshape(n)}
+    if array.ndim == 2:
+        return {f"prediction_{k}": array[:, k] for k in range(array.shape[1])}
+    msg = f"predict returned an array of shape {array.shape}; expected one or two dimensions"
+    raise ValueError(msg)
+
+
+def _ipc(table: Any) -> bytes:
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _error(exc: BaseException) -> bytes:
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return b"er" + text[-4000:].encode()
+
+
+def main(argv: list[str]) -> int:
+    # The parent stops it (an empty request, or the socket closing when the parent dies).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from multiprocessing.connection import Connection
+
+    fd, mode, model_dir, threads, input_dtype = int(argv[1]), argv[2], argv[3], int(argv[4]), argv[5]
+    params = json.loads(argv[6]) or None
+    conn = Connection(fd)
+    try:
+        import numpy as np
+        import pyarrow as pa
+
+        if mode == "native":
+            predictor = _load_flavors().load_native(model_dir, input_dtype=np.dtype(input_dtype), threads=threads)
+            schema = predictor.output_schema
+            if predictor.classes is not None:
+                schema = schema.with_metadata({"ml_assets.classes": json.dumps(predictor.classes)})
+            ready = schema.serialize().to_pybytes()
+
+            def predict(batch: Any) -> Any:
+                return pa.Table.from_batches([predictor.score(batch)])
+
+        else:
+            import mlflow.pyfunc
+
+            model = mlflow.pyfunc.load_model(model_dir)
+            ready = b""
+
+            def predict(batch: Any) -> Any:
+                frame = batch.to_pandas()
+                prediction = model.predict(frame, params=params) if params else model.predict(frame)
+                columns = _pyfunc_columns(prediction, batch.num_rows)
+                return pa.table({k: pa.array(v) for k, v in columns.items()})
+
+    except Exception as exc:  # noqa: BLE001 - any load failure is reported to the parent, which raises
+        conn.send_bytes(_error(exc))
+        return 0
+    conn.send_bytes(b"ok" + ready)
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            return 0
+        if not message:
+            return 0
+        try:
+            batch = pa.ipc.open_stream(message).read_next_batch()
+            conn.send_bytes(b"ok" + _ipc(predict(batch)))
+        except Exception as exc:  # noqa: BLE001 - the parent turns it into a ScoringError
+            conn.send_bytes(_error(exc))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

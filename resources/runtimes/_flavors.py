@@ -1,0 +1,301 @@
+"""The sklearn, xgboost and lightgbm flavors scored through their library's own predictor.
+
+Self-contained on purpose (numpy, pyarrow and the flavor's library only; nothing of ml_assets):
+the same code runs in this process and inside a model environment's worker, which loads this
+file by path. Outputs follow the prediction contract: classifiers ``label`` (typed like the
+classes) and ``probability_<class>`` in the model's class order, regressors ``prediction``,
+multi-output regressors ``prediction_<k>``. Each column is what the flavor's own
+``predict``/``predict_proba`` returns on the same rows, computed the way the library computes it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+NATIVE_FLAVORS = ("lightgbm", "xgboost", "sklearn")
+
+
+class NativeFlavorError(Exception):
+    """The model is not one the native predictor can score (the caller names the model version)."""
+
+
+def native_flavor(flavors: dict[str, Any]) -> str | None:
+    """The flavor of an MLmodel's ``flavors`` the native predictor reads, if any."""
+    return next((f for f in NATIVE_FLAVORS if f in flavors), None)
+
+
+def to_matrix(batch: pa.RecordBatch, dtype: np.dtype, order: str = "C") -> np.ndarray:
+    """A ``(rows, columns)`` matrix of ``batch``: each column read zero-copy from Arrow and written once
+    into the matrix (a single column of the right type is not copied at all). ``order`` "F" is the
+    layout of a pandas frame's values: what a linear model's BLAS call must see to sum in the same order."""
+    columns = batch.columns
+    if len(columns) == 1 and columns[0].type == pa.from_numpy_dtype(dtype) and columns[0].null_count == 0:
+        return columns[0].to_numpy(zero_copy_only=True).reshape(-1, 1)
+    matrix = np.empty((batch.num_rows, len(columns)), dtype=dtype, order=order)
+    for j, column in enumerate(columns):
+        matrix[:, j] = column.to_numpy(zero_copy_only=False)
+    return matrix
+
+
+def _label_type(classes: np.ndarray) -> pa.DataType:
+    kind = classes.dtype.kind
+    if kind in "iu":
+        return pa.int64()
+    if kind == "b":
+        return pa.bool_()
+    if kind == "f":
+        return pa.float64()
+    return pa.string()
+
+
+def _class_suffix(value: Any) -> str:
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class NativePredictor:
+    """A loaded flavor model: ``predict(matrix)`` -> named numpy columns, fixed ``output_schema``."""
+
+    def __init__(
+        self,
+        *,
+        flavor: str,
+        dtype: np.dtype,
+        output_schema: pa.Schema,
+        predict: Callable[[np.ndarray], dict[str, np.ndarray]],
+        classes: list[Any] | None = None,
+        feature_names: list[str] | None = None,
+    ) -> None:
+        self.flavor = flavor
+        self.dtype = np.dtype(dtype)
+        self.output_schema = output_schema
+        self.classes = classes
+        self.feature_names = feature_names
+        self.concurrency = 1
+        self.order = "C"
+        self._predict = predict
+
+    def predict(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
+        return self._predict(matrix)
+
+    def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        names = self.feature_names
+        if names and names != batch.schema.names and set(names) <= set(batch.schema.names):
+            batch = batch.select(names)  # the order the model was fitted in, where it knows its columns' names
+        columns = self._predict(to_matrix(batch, self.dtype, self.order))
+        arrays = [pa.array(columns[f.name]).cast(f.type) for f in self.output_schema]
+        return pa.RecordBatch.from_arrays(arrays, schema=self.output_schema)
+
+
+def _classifier(
+    flavor: str,
+    dtype: Any,
+    classes: np.ndarray,
+    proba: Callable[[np.ndarray], np.ndarray],
+    label_index: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> NativePredictor:
+    classes = np.asarray(classes)
+    names = [f"probability_{_class_suffix(c)}" for c in classes]
+    if len(set(names)) != len(names):
+        msg = f"the class labels {classes.tolist()} do not give distinct probability column names"
+        raise NativeFlavorError(msg)
+    label_type = _label_type(classes)
+    schema = pa.schema([pa.field("label", label_type), *(pa.field(n, pa.float64()) for n in names)])
+
+    def predict(matrix: np.ndarray) -> dict[str, np.ndarray]:
+        p = np.asarray(proba(matrix))
+        out = {"label": classes.take(label_index(matrix, p), axis=0)}
+        for k, name in enumerate(names):
+            out[name] = p[:, k]
+        return out
+
+    return NativePredictor(
+        flavor=flavor,
+        dtype=dtype,
+        output_schema=schema,
+        predict=predict,
+        classes=classes.tolist(),
+    )
+
+
+def _regressor(flavor: str, dtype: Any, outputs: int, values: Callable[[np.ndarray], np.ndarray]) -> NativePredictor:
+    if outputs == 1:
+        schema = pa.schema([pa.field("prediction", pa.float64())])
+
+        def predict(matrix: np.ndarray) -> dict[str, np.ndarray]:
+            return {"prediction": np.asarray(values(matrix)).reshape(-1)}
+
+    else:
+        schema = pa.schema([pa.field(f"prediction_{k}", pa.float64()) for k in range(outputs)])
+
+        def predict(matrix: np.ndarray) -> dict[str, np.ndarray]:
+            result = np.asarray(values(matrix))
+            return {f"prediction_{k}": result[:, k] for k in range(outputs)}
+
+    return NativePredictor(flavor=flavor, dtype=dtype, output_schema=schema, predict=predict)
+
+
+def _argmax(_matrix: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    return np.argmax(proba, axis=1)
+
+
+def _binary(column: np.ndarray) -> np.ndarray:
+    """``[1 - p, p]``: how LGBMClassifier/XGBClassifier turn one probability into two."""
+    return np.vstack((1.0 - column, column)).transpose()
+
+
+def load_native(model_dir: str, *, input_dtype: Any, threads: int) -> NativePredictor:
+    """The flavor model in the MLflow model folder ``model_dir``, loaded by its MLflow flavor.
+
+    ``input_dtype`` is the features' common type (float32 when every input is float32, else float64):
+    the matrix is built in it, so the library reads the same values as from the flavor's DataFrame.
+    """
+    from mlflow.models import Model
+
+    flavors = Model.load(model_dir).flavors
+    flavor = native_flavor(flavors)
+    if flavor == "lightgbm":
+        return _lightgbm(model_dir, input_dtype, threads)
+    if flavor == "xgboost":
+        return _xgboost(model_dir, input_dtype, threads)
+    if flavor == "sklearn":
+        return _sklearn(model_dir, input_dtype, threads)
+    msg = f"flavors {sorted(flavors)} include none of {', '.join(NATIVE_FLAVORS)}"
+    raise NativeFlavorError(msg)
+
+
+def _lightgbm(model_dir: str, dtype: Any, threads: int) -> NativePredictor:
+    import lightgbm as lgb
+    import mlflow.lightgbm
+
+    model = mlflow.lightgbm.load_model(model_dir)
+    if isinstance(model, lgb.LGBMModel):
+        names = list(getattr(model, "feature_name_", []))
+        if hasattr(model, "classes_"):
+            proba = lambda x: model.predict_proba(x, num_threads=threads)  # noqa: E731
+            return _named(_classifier("lightgbm", dtype, model.classes_, proba, _argmax), names)
+        return _named(_regressor("lightgbm", dtype, 1, lambda x: model.predict(x, num_threads=threads)), names)
+    booster: lgb.Booster = model
+    return _named(_lightgbm_booster(booster, dtype, threads), booster.feature_name())
+
+
+def _named(predictor: NativePredictor, names: list[str] | None) -> NativePredictor:
+    predictor.feature_names = [str(n) for n in names] if names else None
+    return predictor
+
+
+def _lightgbm_booster(booster: Any, dtype: Any, threads: int) -> NativePredictor:
+    objective = str(booster.dump_model(num_iteration=1).get("objective", "")).split(" ")[0]
+    if objective in ("binary", "cross_entropy"):
+        classes = np.array([0, 1], dtype=np.int64)
+        return _classifier(
+            "lightgbm", dtype, classes, lambda x: _binary(booster.predict(x, num_threads=threads)), _argmax
+        )
+    if objective in ("multiclass", "multiclassova", "softmax", "ova"):
+        classes = np.arange(booster.num_model_per_iteration(), dtype=np.int64)
+        return _classifier("lightgbm", dtype, classes, lambda x: booster.predict(x, num_threads=threads), _argmax)
+    return _regressor("lightgbm", dtype, 1, lambda x: booster.predict(x, num_threads=threads))
+
+
+def _xgboost(model_dir: str, dtype: Any, threads: int) -> NativePredictor:
+    import mlflow.xgboost
+    import xgboost as xgb
+
+    model = mlflow.xgboost.load_model(model_dir)
+    if isinstance(model, xgb.XGBModel):
+        model.set_params(n_jobs=threads)
+        if hasattr(model, "classes_") and hasattr(model, "predict_proba"):
+            classes = np.asarray(model.classes_)
+
+            def label_index(_x: np.ndarray, proba: np.ndarray) -> np.ndarray:
+                # XGBClassifier.predict: a binary model thresholds at 0.5, a multiclass one takes the argmax.
+                return (proba[:, 1] > 0.5).astype(np.int64) if proba.shape[1] == 2 else np.argmax(proba, axis=1)
+
+            names = model.get_booster().feature_names
+            return _named(_classifier("xgboost", dtype, classes, model.predict_proba, label_index), names)
+        return _named(_regressor("xgboost", dtype, 1, model.predict), model.get_booster().feature_names)
+    booster: xgb.Booster = model
+    return _named(_xgboost_booster(booster, dtype, threads), booster.feature_names)
+
+
+def _xgboost_booster(booster: Any, dtype: Any, threads: int) -> NativePredictor:
+    booster.set_param({"nthread": threads})
+    config = json.loads(booster.save_config())
+    objective = config["learner"]["objective"]["name"]
+    if objective == "binary:logistic":
+        classes = np.array([0, 1], dtype=np.int64)
+
+        def threshold(_x: np.ndarray, proba: np.ndarray) -> np.ndarray:
+            return (proba[:, 1] > 0.5).astype(np.int64)
+
+        return _classifier("xgboost", dtype, classes, lambda x: _binary(booster.inplace_predict(x)), threshold)
+    if objective == "multi:softprob":
+        classes = np.arange(int(config["learner"]["learner_model_param"]["num_class"]), dtype=np.int64)
+        return _classifier("xgboost", dtype, classes, booster.inplace_predict, _argmax)
+    targets = int(config["learner"]["learner_model_param"].get("num_target", "1") or 1)
+    return _regressor("xgboost", dtype, targets, booster.inplace_predict)
+
+
+def _sklearn(model_dir: str, dtype: Any, threads: int) -> NativePredictor:
+    import mlflow.sklearn
+    from sklearn.base import is_classifier
+    from sklearn.ensemble._forest import ForestClassifier, ForestRegressor
+    from sklearn.tree._classes import BaseDecisionTree
+
+    model = mlflow.sklearn.load_model(model_dir)
+    # n_jobs stays the model's own: a forest summed by more threads differs in the last bits. The
+    # core scores chunks in parallel instead (sklearn's predict releases the GIL).
+    names = [str(n) for n in getattr(model, "feature_names_in_", [])] or None
+    _forget_feature_names(model)
+    # sklearn's trees compute in float32: the matrix is built in it, sparing sklearn a second copy.
+    matrix_dtype = np.float32 if isinstance(model, (ForestClassifier, ForestRegressor, BaseDecisionTree)) else dtype
+    if is_classifier(model) and hasattr(model, "predict_proba"):
+        classes = np.asarray(model.classes_)
+        if classes.ndim != 1:
+            msg = "multi-output classifiers are not scored natively; use the pyfunc runtime"
+            raise NativeFlavorError(msg)
+        if isinstance(model, ForestClassifier):
+            # ForestClassifier.predict is exactly classes_.take(argmax(predict_proba)): computed once.
+            predictor = _classifier("sklearn", matrix_dtype, classes, model.predict_proba, _argmax)
+        else:
+            label_index = _own_label_index(model, classes)
+            predictor = _classifier("sklearn", matrix_dtype, classes, model.predict_proba, label_index)
+    else:
+        outputs = int(getattr(model, "n_outputs_", 1) or 1)
+        predictor = _regressor("sklearn", matrix_dtype, outputs, model.predict)
+    predictor.feature_names = names
+    predictor.concurrency = threads
+    # Trees read rows one by one; anything else may multiply the matrix: lay it out as the flavor's
+    # DataFrame does (column-major), so BLAS sums in the same order and the results are the same bits.
+    predictor.order = "C" if matrix_dtype == np.float32 else "F"
+    return predictor
+
+
+def _forget_feature_names(model: Any) -> None:
+    """A matrix has no column names; its columns are put in the fitted order (``feature_names``), so
+    this loaded copy drops the names it would check them against (and warn about on every chunk)."""
+    from sklearn.compose import ColumnTransformer
+
+    steps = [step for _, step in getattr(model, "steps", [])] or [model]
+    if any(isinstance(step, ColumnTransformer) for step in steps):
+        msg = "a ColumnTransformer selects its columns by name from a DataFrame; score it with the pyfunc runtime"
+        raise NativeFlavorError(msg)
+    for step in [model, *steps]:
+        vars(step).pop("feature_names_in_", None)
+
+
+def _own_label_index(model: Any, classes: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The index in ``classes`` of the model's own ``predict`` (for classifiers whose label is not the argmax)."""
+    order = np.argsort(classes, kind="stable")
+
+    def label_index(x: np.ndarray, _proba: np.ndarray) -> np.ndarray:
+        labels = np.asarray(model.predict(x))
+        return order[np.searchsorted(classes, labels, sorter=order)]
+
+    return label_index

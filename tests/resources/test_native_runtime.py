@@ -1,0 +1,130 @@
+"""The native runtime on sklearn models in this process, against the estimator's own predict/predict_proba."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from ml_assets.resources.core.errors import ModelLoadError
+from ml_assets.resources.core.models import ModelVersion
+from ml_assets.resources.core.plugins import create_runtime
+
+FEATURES = [f"x{i}" for i in range(5)]
+
+
+def version(name: str) -> ModelVersion:
+    return ModelVersion(name=name, version="1", format="native", artifact_uri=f"file:///{name}", registry="test")
+
+
+def frame(n: int, seed: int, dtype: str = "float64") -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(rng.standard_normal((n, len(FEATURES))).astype(dtype), columns=FEATURES)
+
+
+@pytest.fixture(scope="module")
+def sklearn_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, object, str]]:
+    """A forest classifier (int classes, float32 features), a logistic regression with string classes,
+    and a forest regressor; each saved with the sklearn flavor and a column signature."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+    from sklearn.linear_model import LogisticRegression
+
+    root = tmp_path_factory.mktemp("native")
+    train32, train = frame(3_000, 0, "float32"), frame(3_000, 1)
+    y = (train["x0"] + train["x1"] * train["x2"] > 0).to_numpy()
+    trained = {
+        "rf": (
+            RandomForestClassifier(n_estimators=20, max_depth=8, random_state=0).fit(train32, y.astype(int)),
+            "float32",
+        ),
+        "lr": (LogisticRegression(max_iter=500).fit(train, np.where(y, "fraud", "ok")), "float64"),
+        "rfreg": (
+            RandomForestRegressor(n_estimators=10, max_depth=6, random_state=0).fit(train, train["x3"] * 2),
+            "float64",
+        ),
+    }
+    saved = {}
+    for name, (model, dtype) in trained.items():
+        data = train32 if dtype == "float32" else train
+        path = root / name
+        mlflow.sklearn.save_model(
+            model,
+            str(path),
+            signature=infer_signature(data, model.predict(data)),
+            skops_trusted_types=["sklearn.tree._tree.Tree"] if name.startswith("rf") else None,
+            pip_requirements=["scikit-learn==1.9.0"],  # inferring them loads the model in a subprocess: slow
+        )
+        saved[name] = (path, model, dtype)
+    return saved
+
+
+def scored(path: Path, name: str, data: pd.DataFrame, **options) -> tuple[pa.Table, object]:
+    scorer = create_runtime("native", **options).load(version(name), path)
+    try:
+        batches = [
+            scorer.score(b)
+            for b in pa.Table.from_pandas(data, preserve_index=False).cast(scorer.input_schema).to_batches(1_000)
+        ]
+        return pa.Table.from_batches(batches, schema=scorer.output_schema), scorer
+    finally:
+        scorer.close()
+
+
+def test_forest_classifier_equals_predict_proba_and_predict(sklearn_models):
+    path, model, dtype = sklearn_models["rf"]
+    data = frame(4_000, 7, dtype)
+    output, scorer = scored(path, "rf", data, threads=2)
+    assert scorer.input_schema.names == FEATURES
+    assert output.column_names == ["label", "probability_0", "probability_1"]
+    assert output.schema.field("label").type == pa.int64()
+    assert scorer.classes == [0, 1]
+    proba = model.predict_proba(data)
+    assert np.array_equal(output["probability_0"].to_numpy(), proba[:, 0])
+    assert np.array_equal(output["probability_1"].to_numpy(), proba[:, 1])
+    assert np.array_equal(output["label"].to_numpy(), model.predict(data))
+
+
+def test_string_classes_keep_their_labels_and_order(sklearn_models):
+    path, model, _ = sklearn_models["lr"]
+    data = frame(2_500, 8)
+    output, _ = scored(path, "lr", data)
+    assert output.column_names == ["label", "probability_fraud", "probability_ok"]
+    assert output.schema.field("label").type == pa.string()
+    proba = model.predict_proba(data)
+    assert np.array_equal(output["probability_fraud"].to_numpy(), proba[:, 0])
+    assert np.array_equal(output["probability_ok"].to_numpy(), proba[:, 1])
+    assert output["label"].to_pylist() == model.predict(data).tolist()
+
+
+def test_regressor_equals_predict(sklearn_models):
+    path, model, _ = sklearn_models["rfreg"]
+    data = frame(2_000, 9)
+    output, _ = scored(path, "rfreg", data)
+    assert output.column_names == ["prediction"]
+    assert np.array_equal(output["prediction"].to_numpy(), model.predict(data))
+
+
+def test_not_a_tree_or_sklearn_flavor_is_refused(tmp_path):
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    class Doubler(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input["x0"] * 2
+
+    data = frame(10, 0)
+    mlflow.pyfunc.save_model(str(tmp_path / "m"), python_model=Doubler(), signature=infer_signature(data))
+    with pytest.raises(
+        ModelLoadError, match=r"model 'custom' version 1: flavors .* include none of lightgbm, xgboost, sklearn"
+    ):
+        create_runtime("native").load(version("custom"), tmp_path / "m")
+
+
+def test_unknown_env_manager_is_refused():
+    with pytest.raises(ValueError, match="env_manager must be one of local, uv, virtualenv, got 'conda'"):
+        create_runtime("native", env_manager="conda")
