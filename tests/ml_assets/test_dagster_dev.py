@@ -5,6 +5,7 @@ marks exactly the day the sensor did not re-score."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -218,21 +219,31 @@ def test_backfill_checks_and_staleness_through_graphql(dev):
     screenshot = os.environ.get("ML_ASSETS_UI_SCREENSHOT")
     if screenshot:  # a look at the partition page as a browser renders it (README: the score plot)
         profile = Path(screenshot).with_suffix(".profile")
-        subprocess.run(
-            [
-                "chromium",
-                *("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"),
-                *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
-                f"--user-data-dir={profile}",
-                "--window-size=1600,2400",
-                "--virtual-time-budget=30000",
-                f"--screenshot={screenshot}",
-                f"{server.url}/assets/fraud_scores?view=partitions&partition={DATES[1]}",
-            ],
-            timeout=180,
-            check=False,
-        )
-    assert node["staleStatusByPartition"] == ["FRESH", "FRESH", "MISSING"]
+        # A look only: a browser too slow on a loaded machine must not fail the test.
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+            _screenshot(server.url, screenshot, profile)
+    _after_promotion(server, client)
+
+
+def _screenshot(url: str, screenshot: str, profile: Path) -> None:
+    subprocess.run(
+        [
+            "chromium",
+            *("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"),
+            *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
+            f"--user-data-dir={profile}",
+            "--window-size=1600,2400",
+            "--timeout=20000",
+            f"--screenshot={screenshot}",
+            f"{url}/assets/fraud_scores?view=partitions&partition={DATES[1]}",
+        ],
+        timeout=180,
+        check=False,
+    )
+
+
+def _after_promotion(server: Dev, client: mlflow.MlflowClient) -> None:
+    assert server.asset(DATES)["staleStatusByPartition"] == ["FRESH", "FRESH", "MISSING"]
 
     # The sensor has recorded its baseline (version 1) by now; promote, it observes version 2 and
     # re-scores its window (the second day) only.
