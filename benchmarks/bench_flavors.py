@@ -88,6 +88,10 @@ def make_models() -> dict[str, tuple[Path, object]]:
     from mlflow.models import infer_signature
     from sklearn.ensemble import RandomForestClassifier
 
+    flavors = {"rf": mlflow.sklearn, "lgbm": mlflow.lightgbm, "xgb": mlflow.xgboost}
+    folder = ROOT / "flavors-models"
+    if all((folder / name / "MLmodel").exists() for name in flavors):
+        return {name: (folder / name, flavor.load_model(str(folder / name))) for name, flavor in flavors.items()}
     rng = np.random.default_rng(1)
     x = pd.DataFrame(rng.standard_normal((50_000, 20), dtype=np.float32), columns=FEATURES)
     y = ((x["f0"] + x["f1"] * x["f2"] - 0.5 * x["f3"] + rng.normal(0, 0.5, len(x))) > 0).astype(int).to_numpy()
@@ -102,9 +106,11 @@ def make_models() -> dict[str, tuple[Path, object]]:
         if not (path / "MLmodel").exists():
             flavor = {"rf": mlflow.sklearn, "lgbm": mlflow.lightgbm, "xgb": mlflow.xgboost}[name]
             extra = {"skops_trusted_types": ["sklearn.tree._tree.Tree"]} if name == "rf" else {}
-            flavor.save_model(
-                model, str(path), signature=infer_signature(x, model.predict(x)), pip_requirements=[], **extra
-            )
+            library = {"rf": "scikit-learn==1.9.0", "lgbm": "lightgbm==4.7.0", "xgb": "xgboost-cpu==3.2.0"}[name]
+            requirements = ["mlflow==3.17.2", "numpy==2.4.6", "pandas==3.1.1", "scikit-learn==1.9.0", library]
+            signature = infer_signature(x, model.predict(x))
+            pins = sorted(set(requirements))
+            flavor.save_model(model, str(path), signature=signature, pip_requirements=pins, **extra)
         models[name] = (path, model)
     return models
 
@@ -170,8 +176,11 @@ def onnx_case(name: str, model, matrix: np.ndarray, reference: np.ndarray) -> di
         import onnxmltools
         from onnxmltools.convert.common.data_types import FloatTensorType
 
-        convert = onnxmltools.convert_lightgbm if name == "lgbm" else onnxmltools.convert_xgboost
-        onnx = convert(model, initial_types=[("input", FloatTensorType([None, 20]))], zipmap=False)
+        types = [("input", FloatTensorType([None, 20]))]
+        if name == "lgbm":
+            onnx = onnxmltools.convert_lightgbm(model, initial_types=types, zipmap=False)
+        else:
+            onnx = onnxmltools.convert_xgboost(model, initial_types=types)
     session = ort.InferenceSession(onnx.SerializeToString(), providers=["CPUExecutionProvider"])
     output = session.get_outputs()[1].name
     started = time.perf_counter()
@@ -220,7 +229,7 @@ def inner(rows: int, repeat: int) -> None:
         cases["onnx"] = onnx_case(name, model, matrix, reference)
         cases["native"]["equal"] = check_equal(Path(cases["native"]["out"]), reference)
         results[name] = cases
-        print(f"{name}: done", file=sys.stderr, flush=True)
+        print(f"{name}: {json.dumps(cases)}", file=sys.stderr, flush=True)
     print(json.dumps(results))
 
 

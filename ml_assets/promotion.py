@@ -27,9 +27,10 @@ from ml_assets.webhooks import PromotionInbox
 
 # Registry calls run here so a hung call cannot hold a check past its budget.
 _resolver_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ml-assets-promotion")
-# Stands for the partition key while a dataset's path is turned into a glob: a valid path segment
-# (partition values are checked as such) that no real key or path holds.
-_KEY = "ml-assets-partition-placeholder-3f9d2c71"
+# Stands for the partition key while a dataset's path is turned into a glob.
+# Stands for "any partition" in a path built by ParquetDataset.partition_uri, then globbed as "*":
+# a valid partition value (partition values cross the path validation), never a real one.
+_KEY = "__ml_assets_any_partition__"
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """Rows that cannot be scored, set aside instead of failing the partition (``on_row_error="quarantine"``).
 
 Each chunk is screened before the model sees it: rows with a null in a feature (``nulls="error"``) or a
-value that the file's conversion rules (``ml_assets.reconcile``, the same ones that fail a ``fail`` run)
-refuse leave the chunk with a row-level mask. If the model
-raises on the rest, or a remote server answers 400/422, the chunk is narrowed to the offending rows by
-bisection: ``2·k·log2(n)`` calls at most for ``k`` bad rows in ``n``, and never more than the error budget
-needs to be exceeded. Good rows are scored as usual and keep their input order.
+value the file's conversion rules refuse (``ml_assets.reconcile``, the rules that fail a ``fail`` run)
+leave the chunk with a row-level mask. If the model raises on the rest, or a remote server answers
+400/422, the chunk is narrowed to the offending rows by bisection: ``2·k·log2(n)`` calls at most for
+``k`` bad rows in ``n``, and never more than the error budget needs to be exceeded. Good rows are
+scored as usual and keep their input order.
 
 The rows set aside go to an errors dataset beside the output (``<root>_errors``, same partitioning and
 lineage), committed before the output: whoever sees a new output can also see its errors. Over the budget
@@ -39,7 +39,7 @@ ERROR_FIELDS = (
     pa.field("error_message", pa.string()),
 )
 TOP_REASONS = 5
-# One chunk's failures before they get a file position: rows are positions in the chunk.
+# One chunk's failures before they get a file position: ``row`` is a position in the chunk.
 _FAILURE_SCHEMA = pa.schema(
     [("row", pa.int64()), ("stage", pa.string()), ("column", pa.string()), ("message", pa.string())]
 )

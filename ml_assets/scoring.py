@@ -247,8 +247,15 @@ class _Plan:
             ) from None
 
     def conversions(self, piece: FileBatch) -> list[Conversion]:
-        """How each model input of ``piece``'s file becomes the model's type."""
-        return self._rules[piece.file]
+        """How each model input of ``piece`` becomes the model's type: its file's rules, for the layout
+        the reader handed the columns in (as ``_cast`` does)."""
+        batch = piece.batch
+        return [
+            rule
+            if batch.column(f.name).type == rule.found
+            else conversion(batch.column(f.name).type, rule.expected, numeric_strings=self.numeric_strings)
+            for f, rule in zip(self.inputs, self._rules[piece.file], strict=True)
+        ]
 
     def features(self, piece: FileBatch, index: int, first_row: int) -> pa.RecordBatch:
         """The model's input columns of one file's batch, cast from that file's types to the model's.

@@ -112,7 +112,7 @@ def validated_params(params: Mapping[str, Any] | None, schema: Any, version: Mod
 
     specs = {spec.name: spec for spec in schema.params}
     known = ", ".join(
-        f"{n} ({s.dtype}{'' if s.shape is None else f', shape {list(s.shape)}'})" for n, s in specs.items()
+        f"{n} ({_dtype(s)}{'' if s.shape is None else f', shape {list(s.shape)}'})" for n, s in specs.items()
     )
     unknown = sorted(set(params) - set(specs))
     if unknown:

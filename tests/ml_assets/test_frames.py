@@ -215,7 +215,7 @@ def test_a_failing_query_names_the_chunk(champion, day):
 def test_what_is_not_a_frame(champion, day):
     with pytest.raises(TypeError, match=r"cannot score a builtins.dict; expected a polars.DataFrame, polars.LazyFrame"):
         score_frame(champion, {"amount": [1.0]})
-    with pytest.raises(ValueError, match="chunk_rows must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="chunk_rows must be an integer from 1 to 16,777,216, got 0"):
         score_frame(champion, day, chunk_rows=0)
 
 

@@ -135,9 +135,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
         signature=infer_signature(train[FEATURES], pipeline.predict_proba(train[FEATURES])),
     )
     tables = {
-        DAYS[0]: features(6_000, seed=1),
-        DAYS[1]: features(6_000, seed=2),
-        DAYS[2]: features(6_000, seed=3, shift=2.5),
+        DAYS[0]: features(4_000, seed=1),
+        DAYS[1]: features(4_000, seed=2),
+        DAYS[2]: features(4_000, seed=3, shift=2.5),
     }
     write_partitioned(
         lambda day: pa.Table.from_pandas(tables[day][FEATURES], preserve_index=False), root / "data", DAYS
@@ -192,6 +192,7 @@ RUNTIMES = ["onnx", "pmml", "h2o", "pyfunc", "remote"]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # five toolchains, two servers and two JVM runtimes, on a shared machine
 def test_every_runtime_one_contract_and_the_same_verdicts(exported, mlflow_serve, tmp_path):
     expected = [
         (DAYS[0], "signature", True),

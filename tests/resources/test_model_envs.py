@@ -84,7 +84,8 @@ def tree_models() -> Path:
 
 
 def score(tree_models: Path, tmp_path: Path, model: str, runtime: str) -> tuple[pa.Table, object]:
-    options = {runtime: {"env_manager": "uv", "env_dir": str(ENV_DIR)}}
+    # A first worker in a fresh environment writes the bytecode of everything it imports: minutes on a loaded host.
+    options = {runtime: {"env_manager": "uv", "env_dir": str(ENV_DIR), "load_timeout_s": 1200}}
     tracking = f"sqlite:///{tree_models / 'mlflow.db'}"
     with ModelService.from_uri("mlflow", tracking, runtime=runtime, runtime_options=options) as service:
         loaded = service.open(f"models:/{model}/1")
