@@ -8,10 +8,13 @@ import json
 import os
 import subprocess
 import textwrap
+from pathlib import Path
 
-from tests.airflow.conftest import AIRFLOW
-from tests.conftest import DATES, ROWS_PER_DAY
+from tests.conftest import DATES, ROWS_PER_DAY, VENV_BIN
 from tests.openlineage_receiver import Receiver, validate
+
+# Not imported from tests/airflow/conftest.py: importing it again would give Airflow a second home.
+AIRFLOW = str(Path(VENV_BIN) / "airflow")
 
 SCORE_DAG = textwrap.dedent(
     """
