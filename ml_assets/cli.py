@@ -290,6 +290,15 @@ def _score(
                 ) from None
         with service:
             scorer = service.load(version)
+            source = ParquetDataset(input_uri, partition_column=column)
+            dest = ParquetDataset(output_uri, partition_column=column)
+            # OpenLineage START/COMPLETE/FAIL, only when a transport is configured (OPENLINEAGE_URL, ...).
+            from ml_assets.openlineage import LineageRun, ScoringLineage
+
+            lineage = ScoringLineage(
+                source, dest, version, input_schema=scorer.input_schema, output_schema=scorer.output_schema
+            )
+            lineage_run = LineageRun.begin(f"ml-assets.score.{version.name}", lineage)
             # delay: no empty bar before the first chunk tells the total
             with tqdm(total=0, unit="row", unit_scale=True, disable=quiet, file=sys.stderr, delay=0.3) as bar:
 
@@ -297,23 +306,28 @@ def _score(
                     bar.total = progress.rows_total
                     bar.update(progress.rows_done - bar.n)
 
-                result = score_partition(
-                    scorer,
-                    version,
-                    ParquetDataset(input_uri, partition_column=column),
-                    ParquetDataset(output_uri, partition_column=column),
-                    partition=value,
-                    chunk_rows=chunk_rows,
-                    passthrough=_split(passthrough),
-                    nulls=nulls,  # type: ignore[arg-type]
-                    numeric_strings=numeric_strings,  # type: ignore[arg-type]
-                    version_column=version_column,
-                    on_progress=show,
-                    engine=ray_engine,
-                    on_row_error=on_row_error,  # type: ignore[arg-type]
-                    max_error_rate=max_error_rate,
-                    max_error_rows=max_error_rows,
-                )
+                try:
+                    result = score_partition(
+                        scorer,
+                        version,
+                        source,
+                        dest,
+                        partition=value,
+                        chunk_rows=chunk_rows,
+                        passthrough=_split(passthrough),
+                        nulls=nulls,  # type: ignore[arg-type]
+                        numeric_strings=numeric_strings,  # type: ignore[arg-type]
+                        version_column=version_column,
+                        on_progress=show,
+                        engine=ray_engine,
+                        on_row_error=on_row_error,  # type: ignore[arg-type]
+                        max_error_rate=max_error_rate,
+                        max_error_rows=max_error_rows,
+                    )
+                except BaseException as exc:
+                    lineage_run.fail(exc)
+                    raise
+                lineage_run.complete({dest.uri: result.rows_out})
     except PluginNotFoundError as exc:
         raise click.UsageError(str(exc)) from exc
     except MlAssetsError as exc:

@@ -522,9 +522,20 @@ class _StagedFile:
             raise DatasetError(msg)
         relative = self.final_path[len(root) + 1 :] if self.final_path.startswith(f"{root}/") else self.final_path
         self.stem = safe_join(staging, relative.lstrip("/"), what=f"staging path of {where}")
-        folder = self.stem.rsplit("/", 1)[0]
-        final_folder = self.final_path.rsplit("/", 1)[0]
+        self.staging_root = staging
+        self.folder = self.stem.rsplit("/", 1)[0]
         self.local = isinstance(self.filesystem, pafs.LocalFileSystem)
+        for attempt in range(3):
+            try:
+                self._open(where)
+                break
+            except FileNotFoundError:
+                # Another writer's commit removed the staging folder while it was empty: make it again.
+                if attempt == 2:
+                    raise
+
+    def _open(self, where: str) -> None:
+        folder, final_folder = self.folder, self.final_path.rsplit("/", 1)[0]
         try:
             self.filesystem.create_dir(folder, recursive=True)
             self.filesystem.create_dir(final_folder, recursive=True)
@@ -584,6 +595,7 @@ class _StagedFile:
                 os.close(fd)
         self.filesystem.move(self.temp_path, self.final_path)
         self._release()
+        self._prune()
 
     def abort(self) -> None:
         with contextlib.suppress(OSError, pa.ArrowException):
@@ -591,6 +603,20 @@ class _StagedFile:
         with contextlib.suppress(OSError):
             self.filesystem.delete_file(self.temp_path)
         self._release()
+        self._prune()
+
+    def _prune(self) -> None:
+        """Remove the staging folders, up to the staging root, that are now empty: a finished run
+        leaves no trace (a folder another writer still uses is not empty and stays)."""
+        if not self.local:
+            return
+        path = self.folder
+        while path == self.staging_root or path.startswith(f"{self.staging_root}/"):
+            try:
+                os.rmdir(path)
+            except OSError:
+                return
+            path = path.rsplit("/", 1)[0]
 
     def _release(self) -> None:
         if self._lock is not None:

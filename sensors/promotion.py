@@ -12,15 +12,16 @@ from typing import Any, Literal
 
 import dagster as dg
 
-from ml_assets.promotion import Promotion, PromotionCursor, PromotionWatch
+from ml_assets.dagster.models import MODEL_NAME_TAG, MODEL_VERSION_TAG, model_asset_key, model_observation
+from ml_assets.datasets import ParquetDataset
+from ml_assets.promotion import Promotion, PromotionCursor, PromotionWatch, stale_partitions
 from ml_assets.resources.core.models import ModelVersion
 
 __all__ = ["MODEL_NAME_TAG", "MODEL_VERSION_TAG", "REASON_TAG", "PromotionCursor", "build_model_promotion_sensor"]
 
 RescoreScope = Literal["stale", "materialized", "latest", "window"]
-# On every scoring materialization and run, so the sensor finds which version produced which partition.
-MODEL_NAME_TAG = "ml_assets/model_name"
-MODEL_VERSION_TAG = "ml_assets/model_version"
+# MODEL_NAME_TAG / MODEL_VERSION_TAG are on every scoring materialization and run, so the sensor finds
+# which version produced which partition.
 REASON_TAG = "ml_assets/reason"
 # Dagster gives a sensor tick 60 s by default; leave room to build and return the result.
 DEFAULT_TICK_BUDGET_S = 40.0
@@ -40,6 +41,7 @@ def build_model_promotion_sensor(
     webhook_inbox: str | None = None,
     tick_budget_s: float = DEFAULT_TICK_BUDGET_S,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    outputs: dict[str, ParquetDataset] | None = None,
 ) -> dg.SensorDefinition:
     """A sensor that requests re-scoring of ``target`` when a watched alias or stage moves.
 
@@ -47,7 +49,9 @@ def build_model_promotion_sensor(
         watch: refs with an alias or a stage, e.g. ``["models:/fraud@champion"]``.
         target: the scoring assets to re-materialize.
         rescore: which partitions: ``stale`` (those whose latest materialization used another
-            version), ``materialized`` (all materialized), ``latest`` (the last ``latest_n``
+            version, or whose committed output file names another version in its lineage: scores
+            written by ``ml-assets score`` or before the Dagster instance existed count too),
+            ``materialized`` (all materialized), ``latest`` (the last ``latest_n``
             partition keys), ``window`` (keys from ``window[0]`` to ``window[1]``, inclusive).
         registry_key: resource key of a ``ModelRegistryResource``.
         minimum_interval_seconds: how often the registry is polled. With ``webhook_inbox``,
@@ -56,6 +60,13 @@ def build_model_promotion_sensor(
         webhook_inbox: a folder an ``ml-assets webhook serve`` receiver writes verified MLflow
             ``model_version_alias.created`` events to.
         tick_budget_s: a tick that cannot finish its registry calls in this time skips.
+        outputs: per target asset key (``"fraud_scores"``), the output dataset whose files'
+            lineage ``stale`` reads; default: the ``output_dataset`` recorded on the asset by
+            ``build_scoring_asset`` (no storage options: give them here for object stores).
+
+    Each tick that sees a promotion also records an observation of the model asset
+    (``model_asset_key``) at the new version before it requests runs, so Dagster's staleness and the
+    partitions the runs record agree.
     """
     promotion_watch = PromotionWatch(watch, poll_interval_s=minimum_interval_seconds, webhook_inbox=webhook_inbox)
     if rescore == "window" and window is None:
@@ -87,14 +98,17 @@ def build_model_promotion_sensor(
             request
             for promotion in promotions
             for key in target_keys
-            for request in _run_requests(context, name, key, promotion, rescore, latest_n, window)
+            for request in _run_requests(context, name, key, promotion, rescore, latest_n, window, outputs)
         ]
         for promotion in promotions:
             context.log.info(promotion.reason)
+        observations = [model_observation(model_asset_key(p.ref), p.version) for p in promotions]
         if not requests:
             notes.extend(f"{p.reason}; no partition of the targets needs re-scoring" for p in promotions)
-            return dg.SensorResult(skip_reason="; ".join(notes) or "no promotion", cursor=cursor.encode())
-        return dg.SensorResult(run_requests=requests, cursor=cursor.encode())
+            return dg.SensorResult(
+                skip_reason="; ".join(notes) or "no promotion", cursor=cursor.encode(), asset_events=observations
+            )
+        return dg.SensorResult(run_requests=requests, cursor=cursor.encode(), asset_events=observations)
 
     return _sensor
 
@@ -113,6 +127,7 @@ def _run_requests(
     rescore: RescoreScope,
     latest_n: int,
     window: tuple[str, str] | None,
+    outputs: dict[str, ParquetDataset] | None,
 ) -> list[dg.RunRequest]:
     version = promotion.version
     tags = {MODEL_NAME_TAG: version.name, MODEL_VERSION_TAG: version.version, REASON_TAG: promotion.reason}
@@ -123,7 +138,8 @@ def _run_requests(
         if rescore == "stale" and _latest_versions(context.instance, key).get(None) == version.version:
             return []
         return [dg.RunRequest(run_key=base_key, asset_selection=[key], tags=tags)]
-    keys = _partitions(context, key, partitions_def, version, rescore, latest_n, window)
+    output = (outputs or {}).get(key.to_user_string()) or _recorded_output(assets_def, key)
+    keys = _partitions(context, key, partitions_def, version, rescore, latest_n, window, output)
     single_run = assets_def is not None and assets_def.backfill_policy == dg.BackfillPolicy.single_run()
     if single_run:
         # One run per contiguous range: one unit in the UI, the model loaded once per range.
@@ -149,6 +165,7 @@ def _partitions(
     rescore: RescoreScope,
     latest_n: int,
     window: tuple[str, str] | None,
+    output: ParquetDataset | None,
 ) -> list[str]:
     all_keys = partitions_def.get_partition_keys(dynamic_partitions_store=context.instance)
     if rescore == "latest":
@@ -160,7 +177,25 @@ def _partitions(
     if rescore == "materialized":
         return [k for k in all_keys if k in materialized]
     latest = _latest_versions(context.instance, key, expected=len(materialized))
-    return [k for k in all_keys if k in materialized and latest.get(k) != version.version]
+    stale = {k for k in materialized if latest.get(k) != version.version}
+    if output is not None:
+        # The files say which version wrote them: what `ml-assets score`, another Dagster instance or
+        # a run before this instance existed committed is seen too. A partition this instance scored
+        # with the new version since then is not stale, whatever an older file said.
+        fresh = {k for k in materialized if latest.get(k) == version.version}
+        stale |= {k for k in stale_partitions(output, version, partitions=all_keys) if k not in fresh}
+    return [k for k in all_keys if k in stale]
+
+
+def _recorded_output(assets_def: dg.AssetsDefinition | None, key: dg.AssetKey) -> ParquetDataset | None:
+    """The output dataset ``build_scoring_asset`` recorded on the asset (local paths and URLs whose
+    credentials come from the environment)."""
+    metadata = assets_def.metadata_by_key.get(key, {}) if assets_def is not None else {}
+    uri = getattr(metadata.get("output_dataset"), "value", metadata.get("output_dataset"))
+    if not isinstance(uri, str):
+        return None
+    column = getattr(metadata.get("partition_column"), "value", metadata.get("partition_column"))
+    return ParquetDataset(uri, partition_column=column if isinstance(column, str) and column else None)
 
 
 def _latest_versions(instance: dg.DagsterInstance, key: dg.AssetKey, expected: int = 1) -> dict[str | None, str | None]:

@@ -10,6 +10,7 @@ from airflow.sdk import BaseOperator
 
 from ml_assets.airflow.hooks import DEFAULT_CONN_ID, ModelRegistryHook
 from ml_assets.datasets import ParquetDataset
+from ml_assets.openlineage import ScoringLineage
 from ml_assets.promotion import stale_partitions
 from ml_assets.quarantine import OnRowError, error_budget
 from ml_assets.reconcile import NumericStrings
@@ -45,6 +46,11 @@ class ScorePartitionOperator(BaseOperator):
         on_row_error / max_error_rate / max_error_rows: ``quarantine`` sets rows that cannot be scored
             aside in ``<output root>_errors`` within the budget (see ``score_partition``); the XCom and
             the asset events then carry the count, rate, top reasons and the errors location.
+
+    OpenLineage: with ``apache-airflow-providers-openlineage`` installed and configured, the task's
+    events carry the input dataset and the model version as inputs, the output dataset (rows written
+    on COMPLETE) and the ``mlModel`` run facet (name, version, registry, URI, format): see
+    ``get_openlineage_facets_on_start/complete/failure``.
     """
 
     template_fields: Sequence[str] = ("model", "input_dataset", "output_dataset", "partition")
@@ -91,22 +97,34 @@ class ScorePartitionOperator(BaseOperator):
         self.version_column = version_column
         self.registry_conn_id = registry_conn_id
         self.storage_options = dict(storage_options or {})
+        # What the OpenLineage methods report: filled in as the task learns it (the version, the rows).
+        self._lineage: ScoringLineage | None = None
+        self._rows: dict[str, int] | None = None
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        partition = self.partition or None
+    def _datasets(self) -> tuple[ParquetDataset, ParquetDataset]:
         storage = self.storage_options
         source = ParquetDataset(self.input_dataset, partition_column=self.partition_column, storage_options=storage)
         dest = ParquetDataset(self.output_dataset, partition_column=self.partition_column, storage_options=storage)
+        return source, dest
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        partition = self.partition or None
+        source, dest = self._datasets()
         with ModelRegistryHook(self.registry_conn_id).get_conn() as service:
             if self.runtime:
                 service.runtime = self.runtime
             version = service.resolve(self.model)
             self.log.info("%s -> %s (%s, %s)", self.model, version.describe(), version.format, version.uri)
+            self._lineage = ScoringLineage(source, dest, version)
             if self.runtime_options:
                 name = service.runtime_for(version)
                 service.runtime_options[name] = {**service.runtime_options.get(name, {}), **self.runtime_options}
+            scorer = service.load(version)
+            self._lineage = ScoringLineage(
+                source, dest, version, input_schema=scorer.input_schema, output_schema=scorer.output_schema
+            )
             result = score_partition(
-                service.load(version),
+                scorer,
                 version,
                 source,
                 dest,
@@ -133,6 +151,7 @@ class ScorePartitionOperator(BaseOperator):
             "output": result.output_uri,
             **(result.row_errors.metadata() if result.row_errors else {}),
         }
+        self._rows = {dest.uri: result.rows_out}
         self.log.info(
             "scored %s rows of %s in %.2f s (%.0f rows/s) -> %s",
             f"{result.rows_out:,}",
@@ -148,6 +167,21 @@ class ScorePartitionOperator(BaseOperator):
             if partition is not None and hasattr(event, "add_partitions"):
                 event.add_partitions(partition)
         return summary
+
+    def get_openlineage_facets_on_start(self) -> Any:
+        """Before the run: the datasets (the ref is not resolved yet, so no model facet)."""
+        source, dest = self._datasets()
+        return _operator_lineage(ScoringLineage(source, dest))
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """The datasets, the model version as an input and the ``mlModel`` facet, the rows written."""
+        source, dest = self._datasets()
+        return _operator_lineage(self._lineage or ScoringLineage(source, dest), rows=self._rows)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        """As far as the task got: the model version when it was resolved before the failure."""
+        source, dest = self._datasets()
+        return _operator_lineage(self._lineage or ScoringLineage(source, dest))
 
     def _progress_logger(self) -> Any:
         last = [time.monotonic()]
@@ -211,6 +245,12 @@ class StalePartitionsOperator(BaseOperator):
             ", ".join(stale) or "none",
         )
         return stale
+
+
+def _operator_lineage(lineage: ScoringLineage, rows: Mapping[str, int] | None = None) -> Any:
+    from airflow.providers.openlineage.extractors import OperatorLineage
+
+    return OperatorLineage(inputs=lineage.inputs(), outputs=lineage.outputs(rows), run_facets=lineage.run_facets())
 
 
 def _run_facts(context: Context) -> dict[str, Any]:

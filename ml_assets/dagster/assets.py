@@ -1,11 +1,18 @@
 """The asset factory: a partitioned Dagster asset that scores one dataset partition per partition key,
 with model-aware asset checks and, optionally, a challenger model scored in the same pass."""
 
+import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import dagster as dg
 from dagster import AssetExecutionContext
+
+# Not exported by name; an evaluation yielded by the op must point at its partition's materialization.
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 
 from ml_assets.checks import (
     DEFAULT_CHECKS,
@@ -15,19 +22,31 @@ from ml_assets.checks import (
     budget_exceeded,
     check_signature,
     evaluate_checks,
-    worst,
 )
+from ml_assets.dagster.models import model_asset_key, model_observation, observed_model_version
+from ml_assets.dagster.plots import score_histogram
 from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource, RayEngineResource
 from ml_assets.datasets import ParquetDataset, PartitionReader
+from ml_assets.openlineage import LineageRun, ScoringLineage, run_id_for
 from ml_assets.quarantine import OnRowError, error_budget
 from ml_assets.reconcile import NumericStrings
 from ml_assets.resources.core.errors import ErrorBudgetExceededError, MlAssetsError
 from ml_assets.resources.core.models import ModelVersion
+from ml_assets.resources.core.predictions import score_columns
 from ml_assets.scoring import DEFAULT_CHUNK_ROWS, Challenger, NullPolicy, Progress, ScoringResult, score_partition
 from ml_assets.sensors.promotion import MODEL_NAME_TAG, MODEL_VERSION_TAG
 from ml_assets.summary import ScoreSummary
 
 _NO_PARTITION = "_"
+
+
+def dataset_asset_key(dataset: ParquetDataset | str) -> dg.AssetKey:
+    """The external asset standing for an input dataset: ``datasets/<last folder of its URI>``
+    (``s3://lake/transactions`` -> ``datasets/transactions``; a template's placeholders are cut off)."""
+    uri = dataset.uri if isinstance(dataset, ParquetDataset) else dataset
+    head = uri.split("{", 1)[0].rstrip("/")
+    name = head.rsplit("/", 1)[-1].removesuffix(".parquet") or "input"
+    return dg.AssetKey(["datasets", re.sub(r"[^A-Za-z0-9_]", "_", name)])
 
 
 def _as_dataset(value: ParquetDataset | str, partition_column: str | None) -> ParquetDataset:
@@ -62,6 +81,8 @@ def build_scoring_asset(
     engine: Literal["local", "ray"] = "local",
     engine_key: str = "ray_engine",
     pool: str | None = None,
+    input_asset: dg.AssetKey | str | None = None,
+    automation_condition: dg.AutomationCondition | None = None,
     on_row_error: OnRowError = "fail",
     max_error_rate: float | None = None,
     max_error_rows: int | None = None,
@@ -89,6 +110,13 @@ def build_scoring_asset(
         pool: Dagster concurrency pool of the asset: with a pool limit on the instance, a backfill
             (e.g. ``BackfillPolicy.multi_run(max_partitions_per_run=N)``) never runs more than that
             many scoring steps at once, so it cannot overload a model server or a cluster.
+        input_asset: the key of the input dataset in the graph (default ``dataset_asset_key``): an
+            upstream external asset, so lineage shows what was scored. The model ref is upstream
+            too, as ``model_asset_key(model)`` (see ``build_model_asset``); each partition records
+            the model version as its input's data version, so Dagster marks partitions scored
+            with another version stale.
+        automation_condition: e.g. ``rescore_on_new_model_version([model_asset_key(model)])`` to
+            re-score by Declarative Automation instead of (or beside) the promotion sensor.
         on_row_error / max_error_rate / max_error_rows: see ``score_partition``. With ``quarantine`` the
             materialization records the quarantined rows (count, rate, top reasons, errors location) and
             a ``row_errors`` check warns when there are some, and fails with the run over the budget.
@@ -98,7 +126,11 @@ def build_scoring_asset(
     dest = _as_dataset(output_dataset, partition_column)
     prefix = [key_prefix] if isinstance(key_prefix, str) else list(key_prefix or [])
     main_key = dg.AssetKey([*prefix, name])
-    specs = [_spec(main_key, model, source, dest, description, tags, group_name, deps)]
+    model_key = model_asset_key(model)
+    input_key = dg.AssetKey.from_user_string(input_asset) if isinstance(input_asset, str) else input_asset
+    upstream = [*(deps or []), input_key or dataset_asset_key(source)]
+    main_deps = [*upstream, model_key]
+    specs = [_spec(main_key, model, source, dest, description, tags, group_name, main_deps, automation_condition)]
     challenger_key = None
     challenger_dest = None
     if challenger is not None:
@@ -107,22 +139,64 @@ def build_scoring_asset(
             raise ValueError(msg)
         challenger_dest = _as_dataset(challenger_output, partition_column)
         challenger_key = dg.AssetKey([*prefix, challenger_name or f"{name}_challenger"])
-        specs.append(_spec(challenger_key, challenger, source, challenger_dest, None, tags, group_name, deps))
+        specs.append(
+            _spec(
+                challenger_key,
+                challenger,
+                source,
+                challenger_dest,
+                None,
+                tags,
+                group_name,
+                [*upstream, model_asset_key(challenger)],
+                automation_condition,
+            )
+        )
     check_specs = []
     if checks is not None:
-        check_specs = [
-            dg.AssetCheckSpec("signature", asset=main_key, blocking=True, description="Input fits the model's inputs."),
-            dg.AssetCheckSpec("prediction_health", asset=main_key, description="No null/NaN or out-of-range scores."),
-            dg.AssetCheckSpec("score_drift", asset=main_key, description="PSI/KS vs previous partition and version."),
-        ]
-        if quarantine:
-            check_specs.append(
-                dg.AssetCheckSpec("row_errors", asset=main_key, description="Rows quarantined, within the budget.")
-            )
-        if challenger_key is not None:
-            check_specs.append(
-                dg.AssetCheckSpec("champion_challenger", asset=challenger_key, description="Agreement with champion.")
-            )
+        # Partitioned like the asset, so each evaluation names its partition (the UI's per-partition
+        # check status); Dagster marks partitioned check specs as a preview.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=dg.PreviewWarning)
+            check_specs = [
+                dg.AssetCheckSpec(
+                    "signature",
+                    asset=main_key,
+                    blocking=True,
+                    description="Input fits the model's inputs.",
+                    partitions_def=partitions_def,
+                ),
+                dg.AssetCheckSpec(
+                    "prediction_health",
+                    asset=main_key,
+                    description="No null/NaN or out-of-range scores.",
+                    partitions_def=partitions_def,
+                ),
+                dg.AssetCheckSpec(
+                    "score_drift",
+                    asset=main_key,
+                    description="PSI/KS vs previous partition and version.",
+                    partitions_def=partitions_def,
+                ),
+            ]
+            if quarantine:
+                check_specs.append(
+                    dg.AssetCheckSpec(
+                        "row_errors",
+                        asset=main_key,
+                        description="Rows quarantined, within the budget.",
+                        partitions_def=partitions_def,
+                    )
+                )
+            if challenger_key is not None:
+                check_specs.append(
+                    dg.AssetCheckSpec(
+                        "champion_challenger",
+                        asset=challenger_key,
+                        description="Agreement with champion.",
+                        partitions_def=partitions_def,
+                    )
+                )
 
     @dg.multi_asset(
         name=name,
@@ -150,11 +224,13 @@ def build_scoring_asset(
         try:
             version = service.resolve(model)
             context.log.info(f"{model} resolves to {version.describe()} ({version.format})")
+            yield from _observe_model(context, model_key, version)
             scorer = service.load(version)
             contenders = []
             if challenger is not None and challenger_dest is not None:
                 challenger_version = service.resolve(challenger)
                 context.log.info(f"challenger {challenger} resolves to {challenger_version.describe()}")
+                yield from _observe_model(context, model_asset_key(challenger), challenger_version)
                 challenger_scorer = service.load(challenger_version)
                 contenders.append(Challenger(challenger_scorer, challenger_version, challenger_dest))
             if checks is not None:
@@ -168,52 +244,90 @@ def build_scoring_asset(
                         numeric_strings=numeric_strings,
                     )
                     if not outcome.passed:
-                        yield _check_result(main_key, outcome, {"partition": partition})
+                        if dg.AssetCheckKey(main_key, "signature") in context.selected_asset_check_keys:
+                            yield _check_evaluation(context, main_key, outcome, partition, blocking=True)
                         where = source.describe(partition)
                         msg = f"{where}: the input does not fit {version.describe()}: {outcome.description}"
                         raise dg.Failure(description=msg, allow_retries=False)
             references = _reference_histograms(context, main_key, partitions_def, partitions, version.version)
-            results = [
-                score_partition(
-                    scorer,
-                    version,
-                    source,
-                    dest,
-                    partition=partition,
-                    chunk_rows=chunk_rows,
-                    passthrough=passthrough,
-                    nulls=nulls,
-                    numeric_strings=numeric_strings,
-                    version_column=version_column,
-                    challengers=contenders,
-                    on_progress=_progress_logger(context, partition),
-                    extra_metadata={"dagster_run_id": context.run_id, "asset": main_key.to_user_string()},
-                    engine=ray_engine,
-                    on_row_error=on_row_error,
-                    max_error_rate=max_error_rate,
-                    max_error_rows=max_error_rows,
-                )
-                for partition in partitions
-            ]
+            lineage = ScoringLineage(
+                source,
+                dest,
+                version,
+                input_schema=scorer.input_schema,
+                output_schema=scorer.output_schema,
+                extra_outputs=[challenger_dest] if challenger_dest is not None else (),
+            )
+            lineage_run = LineageRun.begin(main_key.to_user_string(), lineage, run_id=run_id_for(context.run_id))
+            try:
+                results = [
+                    score_partition(
+                        scorer,
+                        version,
+                        source,
+                        dest,
+                        partition=partition,
+                        chunk_rows=chunk_rows,
+                        passthrough=passthrough,
+                        nulls=nulls,
+                        numeric_strings=numeric_strings,
+                        version_column=version_column,
+                        challengers=contenders,
+                        on_progress=_progress_logger(context, partition),
+                        extra_metadata={"dagster_run_id": context.run_id, "asset": main_key.to_user_string()},
+                        engine=ray_engine,
+                        on_row_error=on_row_error,
+                        max_error_rate=max_error_rate,
+                        max_error_rows=max_error_rows,
+                    )
+                    for partition in partitions
+                ]
+            except BaseException as exc:
+                lineage_run.fail(exc)
+                raise
+            rows = {dest.uri: sum(r.rows_out for r in results)}
+            if challenger_dest is not None:
+                rows[challenger_dest.uri] = rows[dest.uri]
+            lineage_run.complete(rows)
         except ErrorBudgetExceededError as exc:
-            if checks is not None:
-                yield _check_result(main_key, budget_exceeded(str(exc)))
+            if checks is not None and dg.AssetCheckKey(main_key, "row_errors") in context.selected_asset_check_keys:
+                # The error names the partition over its budget; the run's partitions share the failure.
+                for partition in partitions:
+                    yield _check_evaluation(context, main_key, budget_exceeded(str(exc)), partition, blocking=False)
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
         except MlAssetsError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
-        yield _materialization(main_key, results, scorer=scorer)
+        partitioned = partitions_def is not None
+        references = _with_this_runs_partitions(context, partitions_def, references, results)
+        yield _materialization(context, main_key, results, references, partitioned=partitioned, scorer=scorer)
         if challenger_key is not None:
             challenged = [r.challengers[0] for r in results]
-            yield _materialization(challenger_key, challenged, champion=results, scorer=contenders[0].scorer)
+            yield _materialization(
+                context,
+                challenger_key,
+                challenged,
+                {},
+                partitioned=partitioned,
+                champion=results,
+                scorer=contenders[0].scorer,
+            )
         if checks is not None:
             classes = getattr(scorer, "classes", None)
-            per_partition = [
-                evaluate_checks(r, settings=checks, references=references.get(r.partition, ()), classes=classes)
-                for r in results
-            ]
-            for outcomes in zip(*per_partition, strict=True):
-                key = challenger_key if outcomes[0].name == "champion_challenger" else main_key
-                yield _check_result(key, worst(outcomes))
+            selected = context.selected_asset_check_keys
+            for r in results:
+                outcomes = evaluate_checks(
+                    r, settings=checks, references=references.get(r.partition, ()), classes=classes
+                )
+                for outcome in outcomes:
+                    key = challenger_key if outcome.name == "champion_challenger" else main_key
+                    assert key is not None
+                    if dg.AssetCheckKey(key, outcome.name) in selected:
+                        blocking = outcome.name == "signature"
+                        yield _check_evaluation(context, key, outcome, r.partition, blocking=blocking)
+            # The evaluations above carry the results; the check outputs only complete the step.
+            for output_name, spec in context.assets_def.check_specs_by_output_name.items():
+                if spec.key in selected:
+                    yield dg.Output(None, output_name=output_name)
 
     return _score
 
@@ -227,16 +341,36 @@ def _spec(
     tags: Mapping[str, str] | None,
     group_name: str | None,
     deps: Sequence[Any] | None,
+    automation_condition: dg.AutomationCondition | None,
 ) -> dg.AssetSpec:
     return dg.AssetSpec(
         key=key,
         description=description or f"Scores {source.uri} with {model} into {dest.uri}.",
-        metadata={"model_ref": model, "input_dataset": source.uri, "output_dataset": dest.uri},
+        # output_dataset/partition_column: the promotion sensor reads the committed outputs' lineage.
+        metadata={
+            "model_ref": model,
+            "input_dataset": source.uri,
+            "output_dataset": dest.uri,
+            "partition_column": dest.partition_column or "",
+        },
         tags=dict(tags or {}),
         kinds={"parquet", "python"},
         group_name=group_name,
         deps=deps,
+        automation_condition=automation_condition,
     )
+
+
+def _observe_model(context: AssetExecutionContext, key: dg.AssetKey, version: ModelVersion) -> Iterator[Any]:
+    """Record the resolved version on the model asset when Dagster has not observed it yet.
+
+    The step read its inputs' data versions when it started; it forgets the model's so that this
+    run's partitions record the version they were really scored with (not a stale observation).
+    """
+    if observed_model_version(context.instance, key) == version.version:
+        return
+    yield model_observation(key, version)
+    context.get_step_execution_context().wipe_input_asset_version_info(key)
 
 
 def _progress_logger(context: AssetExecutionContext, partition: str | None) -> Any:
@@ -275,75 +409,127 @@ def scoring_metadata(
     }
 
 
-def _materialization(
-    key: dg.AssetKey, results: list[ScoringResult], champion: list[ScoringResult] | None = None, *, scorer: Any = None
-) -> dg.MaterializeResult:
-    first = results[0]
-    version = first.version
+def _partition_metadata(result: ScoringResult, reference: DriftReference | None) -> dict[str, Any]:
+    """What one partition's materialization records beside the model lineage: its own counts, speed,
+    output, score summary and histogram."""
     metadata = scoring_metadata(
-        version,
-        rows_in=sum(r.rows_in for r in results),
-        rows_out=sum(r.rows_out for r in results),
-        seconds=sum(r.seconds for r in results),
-        chunks=sum(r.chunks for r in results),
-        summaries={r.partition: r.summary for r in results},
+        result.version,
+        rows_in=result.rows_in,
+        rows_out=result.rows_out,
+        seconds=result.seconds,
+        chunks=result.chunks,
+        summaries={result.partition: result.summary},
     )
+    metadata["output"] = dg.MetadataValue.path(result.output_uri)
+    metadata["score_summary"] = dg.MetadataValue.md(result.summary.as_markdown())
+    if result.reader:
+        metadata["reader"] = dg.MetadataValue.text(result.reader)
+    report = result.row_errors
+    if report is not None:
+        rate = report.rows / result.rows_in if result.rows_in else 0.0
+        metadata["row_errors"] = dg.MetadataValue.int(report.rows)
+        metadata["row_error_rate"] = dg.MetadataValue.float(round(rate, 6))
+        metadata["row_error_budget"] = dg.MetadataValue.text(report.budget.describe())
+        metadata["row_error_top_reasons"] = dg.MetadataValue.json(list(report.top_reasons)[:5])
+        metadata["errors"] = dg.MetadataValue.path(report.uri)
+    columns = score_columns(result.prediction_schema) if result.prediction_schema is not None else []
+    summary = result.summary.as_dict()
+    for column in columns:
+        stats = summary.get(column)
+        if not isinstance(stats, dict):
+            continue
+        # One score column (binary, regression): plain names; multiclass: one per class.
+        suffix = "" if len(columns) == 1 else f"[{column}]"
+        if stats.get("mean") is not None:
+            metadata[f"score_mean{suffix}"] = dg.MetadataValue.float(round(float(stats["mean"]), 6))
+        table = score_histogram(column, stats, reference)
+        if table is not None:
+            metadata[f"score_histogram{suffix}"] = table
+    return metadata
+
+
+def _materialization(
+    context: AssetExecutionContext,
+    key: dg.AssetKey,
+    results: list[ScoringResult],
+    references: Mapping[str | None, Sequence[DriftReference]],
+    *,
+    partitioned: bool,
+    champion: list[ScoringResult] | None = None,
+    scorer: Any = None,
+) -> dg.MaterializeResult:
+    """One materialization per partition, each with its own metadata, also for a ranged run: the
+    run-wide result carries what is the same for all (the model's lineage), and each partition's
+    counts, output and summary go to that partition only (``add_asset_metadata(partition_key=...)``)."""
+    version = results[0].version
+    shared: dict[str, Any] = {k: dg.MetadataValue.text(v) for k, v in version.lineage().items()}
     note = getattr(scorer, "output_note", "")
     if note:  # how the runtime's outputs map to the prediction contract (e.g. a documented fallback)
-        metadata["prediction_outputs"] = dg.MetadataValue.text(note)
-    if first.reader:
-        metadata["reader"] = dg.MetadataValue.text(first.reader)
-    if len(results) == 1:
-        metadata["output"] = dg.MetadataValue.path(first.output_uri)
-        metadata["score_summary"] = dg.MetadataValue.md(first.summary.as_markdown())
-    else:
-        metadata["outputs"] = dg.MetadataValue.json({r.partition: r.output_uri for r in results})
-        metadata["score_summary"] = dg.MetadataValue.md(
-            "\n\n".join(f"**{r.partition}**\n\n{r.summary.as_markdown()}" for r in results)
-        )
-    reports = [r.row_errors for r in results if r.row_errors is not None]
-    if reports:
-        rows_in = sum(r.rows_in for r in results)
-        quarantined = sum(r.rows for r in reports)
-        metadata["row_errors"] = dg.MetadataValue.int(quarantined)
-        metadata["row_error_rate"] = dg.MetadataValue.float(round(quarantined / rows_in if rows_in else 0.0, 6))
-        metadata["row_error_budget"] = dg.MetadataValue.text(reports[0].budget.describe())
-        metadata["row_error_top_reasons"] = dg.MetadataValue.json([r for rep in reports for r in rep.top_reasons][:5])
-        if len(reports) == 1:
-            metadata["errors"] = dg.MetadataValue.path(reports[0].uri)
+        shared["prediction_outputs"] = dg.MetadataValue.text(note)
+    champions = champion or [None] * len(results)
+    for result, champion_result in zip(results, champions, strict=True):
+        found = references.get(result.partition, ())
+        # The plot shows the previous version when there is one, else the previous partition.
+        reference = next((r for r in found if r.kind == "previous_version"), found[0] if found else None)
+        metadata = _partition_metadata(result, reference)
+        if champion_result is not None:
+            metadata.update(_comparison_metadata(champion_result))
+        if partitioned:
+            context.add_asset_metadata(metadata, asset_key=key, partition_key=result.partition)
         else:
-            metadata["errors"] = dg.MetadataValue.json({r.partition: r.row_errors.uri for r in results if r.row_errors})
-    if champion is not None:
-        comparisons = [r.comparisons[0] for r in champion]
-        metadata["champion_version"] = dg.MetadataValue.text(champion[0].version.version)
-        agreement = [c.agreement for c in comparisons if c.agreement is not None]
-        diffs = [c.mean_abs_diff for c in comparisons if c.mean_abs_diff is not None]
-        if agreement:
-            metadata["agreement_with_champion"] = dg.MetadataValue.float(min(agreement))
-        if diffs:
-            metadata["mean_abs_diff_from_champion"] = dg.MetadataValue.float(max(diffs))
+            shared.update(metadata)
     return dg.MaterializeResult(
         asset_key=key,
-        metadata=metadata,
+        metadata=shared,
         data_version=dg.DataVersion(f"{version.name}/{version.version}"),
         tags={MODEL_NAME_TAG: version.name, MODEL_VERSION_TAG: version.version},
     )
 
 
-def _check_result(
-    key: dg.AssetKey, outcome: CheckOutcome, extra: Mapping[str, Any] | None = None
-) -> dg.AssetCheckResult:
+def _comparison_metadata(champion: ScoringResult) -> dict[str, Any]:
+    comparison = champion.comparisons[0]
+    metadata: dict[str, Any] = {"champion_version": dg.MetadataValue.text(champion.version.version)}
+    if comparison.agreement is not None:
+        metadata["agreement_with_champion"] = dg.MetadataValue.float(comparison.agreement)
+    if comparison.mean_abs_diff is not None:
+        metadata["mean_abs_diff_from_champion"] = dg.MetadataValue.float(comparison.mean_abs_diff)
+    return metadata
+
+
+def _check_evaluation(
+    context: AssetExecutionContext,
+    key: dg.AssetKey,
+    outcome: CheckOutcome,
+    partition: str | None,
+    *,
+    blocking: bool,
+) -> dg.AssetCheckEvaluation:
+    """The evaluation of one check on one partition, naming it (also in a ranged run) and pointing at
+    that partition's latest materialization."""
     metadata: dict[str, Any] = {"description": outcome.description}
-    for name, value in {**outcome.metrics, **(extra or {})}.items():
+    if partition is not None:
+        metadata["partition"] = partition
+    for name, value in outcome.metrics.items():
         if value is not None:
             metadata[name] = value if isinstance(value, (int, float, str)) else str(value)
-    return dg.AssetCheckResult(
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]) if partition is not None else key, limit=1
+    ).records
+    target = None
+    if records:
+        target = AssetCheckEvaluationTargetMaterializationData(
+            run_id=records[0].run_id, storage_id=records[0].storage_id, timestamp=records[0].timestamp
+        )
+    return dg.AssetCheckEvaluation(
         asset_key=key,
         check_name=outcome.name,
         passed=outcome.passed,
-        severity=dg.AssetCheckSeverity.ERROR if outcome.severity == "error" else dg.AssetCheckSeverity.WARN,
         metadata=metadata,
+        target_materialization_data=target,
+        severity=dg.AssetCheckSeverity.ERROR if outcome.severity == "error" else dg.AssetCheckSeverity.WARN,
         description=outcome.description,
+        blocking=blocking,
+        partition=partition,
     )
 
 
@@ -381,6 +567,30 @@ def _reference_histograms(
                 break
         references[partition] = found
     return references
+
+
+def _with_this_runs_partitions(
+    context: AssetExecutionContext,
+    partitions_def: dg.PartitionsDefinition | None,
+    references: dict[str | None, list[DriftReference]],
+    results: list[ScoringResult],
+) -> dict[str | None, list[DriftReference]]:
+    """In a ranged run, a partition's previous partition is the one this run just scored, not what an
+    earlier run stored for it."""
+    if partitions_def is None or len(results) < 2:
+        return references
+    keys = partitions_def.get_partition_keys(dynamic_partitions_store=context.instance)
+    order = {k: i for i, k in enumerate(keys)}
+    scored = {r.partition: r for r in results}
+    updated = dict(references)
+    for result in results:
+        index = order.get(result.partition or "")
+        previous = keys[index - 1] if index else None
+        if previous in scored:
+            fresh = DriftReference.from_summary("previous_partition", previous, scored[previous].summary.as_dict())
+            others = [r for r in references.get(result.partition, []) if r.kind != "previous_partition"]
+            updated[result.partition] = [fresh, *others]
+    return updated
 
 
 def _stored_summary(materialization: dg.AssetMaterialization, partition: str | None) -> Any:

@@ -26,6 +26,7 @@ import dagster as dg
 from pydantic import Field
 
 from ml_assets import CheckSettings, build_scoring_asset
+from ml_assets.dagster.models import build_model_asset, model_asset_key, rescore_on_new_model_version
 from ml_assets.dagster.resources import (
     TRUST_DESCRIPTION,
     ModelRegistryResource,
@@ -127,6 +128,12 @@ class PromotionSensorConfig(dg.Resolvable, dg.Model):
     running: bool = False
 
 
+class DeclarativeAutomationConfig(dg.Resolvable, dg.Model):
+    observe_cron: str = Field(
+        default="*/5 * * * *", description="How often Declarative Automation observes the model refs."
+    )
+
+
 class ScoringPipelineScaffolder(dg.Scaffolder):
     def scaffold(self, request: dg.ScaffoldRequest) -> None:
         request.target_path.mkdir(parents=True, exist_ok=True)
@@ -195,12 +202,28 @@ with warnings.catch_warnings():
         )
         pool: str | None = Field(default=None, description="Dagster concurrency pool limiting scoring steps at once.")
         engine: EngineConfig = Field(default_factory=EngineConfig, description="Where partitions are scored.")
+        model_assets: Literal["observable", "external"] = Field(
+            default="observable",
+            description="observable: define the model refs' observable assets here; external: another "
+            "pipeline of the code location defines them (two definitions of one key are an error).",
+        )
+        input_asset: str | None = Field(
+            default=None, description="Asset key of the input dataset (default: datasets/<last folder of input.uri>)."
+        )
+        declarative_automation: DeclarativeAutomationConfig | None = Field(
+            default=None,
+            description="Re-score stale partitions by Declarative Automation (rescore_on_new_model_version); "
+            "the model refs are observed on observe_cron.",
+        )
 
         def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
             registry_key, runtime_key = f"{self.name}_model_registry", f"{self.name}_model_runtime"
             engine_key = f"{self.name}_ray_engine"
             partitions_def = self.partitions.definition() if self.partitions else None
             checks = None if self.checks is None else CheckSettings(**self.checks.model_dump())
+            refs = [self.model, *([self.challenger.model] if self.challenger else [])]
+            automation = self.declarative_automation
+            condition = rescore_on_new_model_version([model_asset_key(r) for r in refs]) if automation else None
             asset = build_scoring_asset(
                 name=self.name,
                 model=self.model,
@@ -225,10 +248,19 @@ with warnings.catch_warnings():
                 engine=self.engine.kind,
                 engine_key=engine_key,
                 pool=self.pool,
+                input_asset=self.input_asset,
+                automation_condition=condition,
                 on_row_error=self.on_row_error,
                 max_error_rate=self.max_error_rate,
                 max_error_rows=self.max_error_rows,
             )
+            model_assets = []
+            if self.model_assets == "observable":
+                cron = automation.observe_cron if automation else None
+                model_assets = [
+                    build_model_asset(r, registry_key=registry_key, group_name=self.group_name, observe_cron=cron)
+                    for r in dict.fromkeys(refs)
+                ]
             main_key = next(iter(asset.keys_by_output_name.values())) if asset.keys else None
             sensors, schedules = [], []
             if self.promotion_sensor is not None:
@@ -252,6 +284,7 @@ with warnings.catch_warnings():
                         default_status=dg.DefaultSensorStatus.RUNNING
                         if config.running
                         else dg.DefaultSensorStatus.STOPPED,
+                        outputs={main_key.to_user_string(): self.output.dataset()},
                     )
                 )
             if self.schedule is not None:
@@ -273,7 +306,7 @@ with warnings.catch_warnings():
                 )
             registry = self.registry
             return dg.Definitions(
-                assets=[asset],
+                assets=[*model_assets, asset],
                 sensors=sensors,
                 schedules=schedules,
                 resources={
