@@ -52,6 +52,8 @@ TRAINER_REQUIREMENTS = [
     "numpy==2.4.6",
     "scipy==1.17.1",
     "pyarrow==25.0.1",
+    "onnxmltools==1.16.0",
+    "onnx==1.23.2",
 ]
 # Small and already in uv's cache after the first build: the tests of building itself.
 SMALL = ["numpy==2.4.6", "pyarrow==25.0.1"]
@@ -117,6 +119,33 @@ def test_xgboost_native_in_its_environment_equals_xgboost(tree_models, tmp_path)
     regression, _ = score(tree_models, tmp_path, "xgbreg", "native")
     assert regression.column_names == ["prediction"]
     assert np.array_equal(regression["prediction"].to_numpy(), reference["xgbreg_prediction"].to_numpy())
+
+
+def test_lightgbm_through_onnxmltools_scores_as_onnxruntime_and_near_lightgbm(tree_models):
+    """The usual workaround for a host without LightGBM: the booster converted by onnxmltools (in the
+    trainer's environment). Our ONNX runtime equals onnxruntime exactly; LightGBM itself differs a little."""
+    import onnxruntime as ort
+
+    from ml_assets.resources.core.models import ModelVersion
+    from ml_assets.resources.runtimes.onnx import OnnxRuntime
+
+    data = pq.read_table(tree_models / "data" / f"date={PARTITION}" / "part-0.parquet")
+    x = np.column_stack([data[f"f{i}"].to_numpy() for i in range(6)]).astype(np.float32)
+    path = tree_models / "lgbm.onnx"
+    scorer = OnnxRuntime(threads=1, features=[f"f{i}" for i in range(6)]).load(
+        ModelVersion(name="lgbm_onnx", version="1", format="onnx", artifact_uri=path.as_uri(), registry="direct"), path
+    )
+    assert scorer.output_schema.names == ["label", "probability_0", "probability_1"]
+    columns = [pa.array(x[:, j]) for j in range(x.shape[1])]
+    out = scorer.score(pa.RecordBatch.from_arrays(columns, schema=scorer.input_schema))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # like our runtime here, so tree sums run in the same order
+    maps = ort.InferenceSession(str(path), options).run(None, {"input": x})[1]
+    np.testing.assert_array_equal(out["probability_1"].to_numpy(), np.array([m[1] for m in maps], np.float32))
+    # LightGBM's thresholds are doubles, ONNX's float32: rows on a threshold may take the other branch.
+    lightgbm = pq.read_table(tree_models / "reference.parquet")["lgbm_probability_1"].to_numpy()
+    np.testing.assert_allclose(out["probability_1"].to_numpy(), lightgbm, atol=0.03)
+    assert np.mean(out["label"].to_numpy() == (lightgbm > 0.5)) > 0.99
 
 
 @pytest.mark.parametrize(("model", "column"), [("lgbm", "lgbm_pyfunc"), ("xgb", "xgb_pyfunc")])

@@ -185,28 +185,6 @@ def test_double_pipeline_with_zipmap_loads_and_equals_sklearn(table, tmp_path):
     np.testing.assert_array_equal(out["label"].to_numpy(), pipeline.predict(x))
 
 
-def test_lightgbm_through_onnxmltools(table, tmp_path):
-    lightgbm = pytest.importorskip("lightgbm")
-    onnxmltools = pytest.importorskip("onnxmltools")
-    from onnxmltools.convert.common.data_types import FloatTensorType as MlFloat
-
-    x = features_of(table)
-    y = (x[:, 0] + x[:, 1] * x[:, 2] > 0).astype(np.int64)
-    model = lightgbm.LGBMClassifier(n_estimators=30, num_leaves=15, verbose=-1, random_state=0).fit(x, y)
-    converted = onnxmltools.convert_lightgbm(model, initial_types=[("input", MlFloat([None, len(FEATURES)]))])
-    path = tmp_path / "lgbm.onnx"
-    path.write_bytes(converted.SerializeToString())
-    scorer = OnnxRuntime(threads=1).load(version(), path)
-    assert scorer.output_schema.names == ["label", "probability_0", "probability_1"]
-    out = scorer.score(batch_of(table, scorer.input_schema))
-    theirs = model.predict_proba(x)[:, 1]
-    # LightGBM's thresholds are doubles, ONNX's float32: rows on a threshold may take the other branch.
-    np.testing.assert_allclose(out["probability_1"].to_numpy(), theirs, atol=0.03)
-    assert np.mean(out["label"].to_numpy() == model.predict(x)) > 0.995
-    maps = reference(path, x)[1]  # onnxmltools adds a ZipMap: one {class: probability} per row
-    np.testing.assert_array_equal(out["probability_1"].to_numpy(), np.array([m[1] for m in maps], np.float32))
-
-
 def test_column_transformer_with_one_input_per_column(tmp_path):
     """skl2onnx's ColumnTransformer pipeline, a strict OneHotEncoder (unknown levels are errors, so the
     load-time probe row cannot run: the outputs come from the graph's declared types)."""
