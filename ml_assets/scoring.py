@@ -722,12 +722,6 @@ def _conform(predictions: pa.RecordBatch, schema: pa.Schema, plan: _Plan, chunk:
         raise ScoringError(msg) from exc
 
 
-def _done(predictions: pa.RecordBatch) -> Future[pa.RecordBatch]:
-    future: Future[pa.RecordBatch] = Future()
-    future.set_result(predictions)
-    return future
-
-
 def _drain(q: queue.Queue[Any]) -> None:
     """Empty the queue so a producer blocked on put() wakes up and sees the failure."""
     while True:

@@ -24,7 +24,7 @@ from ml_assets.resources.core.envs import ENV_MANAGERS, EnvManager, IndexSetting
 from ml_assets.resources.core.errors import ModelLoadError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.resources.runtimes._common import available_cores, empty_batch
-from ml_assets.resources.runtimes.pyfunc import PyfuncScorer, _signature_schemas
+from ml_assets.resources.runtimes.pyfunc import PyfuncScorer, _signature_schemas, mlflow_model_folder
 
 
 def _input_dtype(schema: pa.Schema) -> str:
@@ -128,12 +128,7 @@ class NativeRuntime:
         self.load_timeout_s = load_timeout_s
 
     def load(self, version: ModelVersion, path: Path) -> Any:
-        model_dir = Path(path)
-        if model_dir.is_file() and model_dir.name == "MLmodel":
-            model_dir = model_dir.parent
-        if not (model_dir / "MLmodel").is_file():
-            msg = f"{version.describe()}: {model_dir} is not an MLflow model folder (no MLmodel file)"
-            raise ModelLoadError(msg)
+        model_dir = mlflow_model_folder(version, path)
         environment = model_environment(
             model_dir,
             what=version.describe(),

@@ -217,6 +217,17 @@ def predictions_to_columns(prediction: Any, n: int) -> dict[str, Any]:
     raise ScoringError(msg)
 
 
+def mlflow_model_folder(version: ModelVersion, path: Path) -> Path:
+    """The folder holding ``MLmodel`` (a registry may hand over the folder or the file itself)."""
+    model_dir = Path(path)
+    if model_dir.is_file() and model_dir.name == "MLmodel":
+        model_dir = model_dir.parent
+    if not (model_dir / "MLmodel").is_file():
+        msg = f"{version.describe()}: {model_dir} is not an MLflow model folder (no MLmodel file)"
+        raise ModelLoadError(msg)
+    return model_dir
+
+
 class _LoadedModel:
     """A pyfunc model and what it takes to turn an Arrow batch into predictions."""
 
@@ -586,12 +597,7 @@ class PyfuncRuntime:
         self.index = IndexSettings.of(index_url, extra_index_urls, find_links)
 
     def load(self, version: ModelVersion, path: Path) -> PyfuncScorer:
-        model_dir = Path(path)
-        if model_dir.is_file() and model_dir.name == "MLmodel":
-            model_dir = model_dir.parent
-        if not (model_dir / "MLmodel").is_file():
-            msg = f"{version.describe()}: {model_dir} is not an MLflow model folder (no MLmodel file)"
-            raise ModelLoadError(msg)
+        model_dir = mlflow_model_folder(version, path)
         environment = model_environment(
             model_dir,
             what=version.describe(),
