@@ -233,7 +233,7 @@ def _screenshot(url: str, screenshot: str, profile: Path) -> None:
             *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
             f"--user-data-dir={profile}",
             "--window-size=1600,2400",
-            "--timeout=20000",
+            "--virtual-time-budget=30000",  # wait for the single-page app to render, not a fixed wall time
             f"--screenshot={screenshot}",
             f"{url}/assets/fraud_scores?view=partitions&partition={DATES[1]}",
         ],
