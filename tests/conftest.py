@@ -132,3 +132,28 @@ def component_defs(attributes: Mapping[str, object]) -> Iterator[tuple[object, o
             warnings.simplefilter("ignore")
             with sandbox.load_component_and_build_defs(defs_path=path) as loaded:
                 yield loaded
+
+
+def run_writer_script(script: Path, spec: dict, *, pause_at: str | None, tmp_path: Path) -> None:
+    """Runs a writer script (``script SPEC_JSON``) to completion, or until it touches the marker at
+    ``pause_at``, and SIGKILLs it there: the kill-point tests of the commit protocol and the quarantine."""
+    import json
+    import signal
+    import time
+
+    marker = tmp_path / f"reached-{time.monotonic_ns()}"
+    spec = {**spec, "pause_at": pause_at, "marker": str(marker)}
+    process = subprocess.Popen([sys.executable, str(script), json.dumps(spec)], stderr=subprocess.PIPE)
+    if pause_at is None:
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err.decode()
+        return
+    deadline = time.monotonic() + 120
+    try:
+        while not marker.exists():
+            assert process.poll() is None, f"the writer exited before {pause_at}: {process.stderr.read().decode()}"
+            assert time.monotonic() < deadline, f"the writer did not reach {pause_at} within 120s"
+            time.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)

@@ -4,11 +4,7 @@ local disk and on S3 (moto); the next run of the partition sweeps what the kille
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +19,7 @@ import pytest
 
 from ml_assets.datasets import AtomicPartitionWriter, ParquetDataset
 from ml_assets.resources.core.errors import DatasetError
+from tests.conftest import run_writer_script
 
 WRITER = Path(__file__).with_name("commit_writer.py")
 ROWS = 500_000  # 12 MB of incompressible doubles: a 5 MiB multipart part is out by the mid-write kill, two by the end
@@ -30,23 +27,7 @@ PARTITION = "2026-11-01"
 
 
 def run_writer(spec: dict, *, pause_at: str | None = None, tmp_path: Path) -> None:
-    """Runs the writer to completion, or until it reaches ``pause_at``, and SIGKILLs it there."""
-    marker = tmp_path / f"reached-{time.monotonic_ns()}"
-    spec = {**spec, "pause_at": pause_at, "marker": str(marker)}
-    process = subprocess.Popen([sys.executable, str(WRITER), json.dumps(spec)], stderr=subprocess.PIPE)
-    if pause_at is None:
-        _, err = process.communicate(timeout=120)
-        assert process.returncode == 0, err.decode()
-        return
-    deadline = time.monotonic() + 120
-    try:
-        while not marker.exists():
-            assert process.poll() is None, f"the writer exited before {pause_at}: {process.stderr.read().decode()}"
-            assert time.monotonic() < deadline, f"the writer did not reach {pause_at} within 120s"
-            time.sleep(0.02)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+    run_writer_script(WRITER, spec, pause_at=pause_at, tmp_path=tmp_path)
 
 
 class Store:

@@ -7,12 +7,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import signal
-import subprocess
-import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,7 +34,7 @@ from ml_assets.resources.runtimes.http import HttpRuntime
 from ml_assets.resources.runtimes.onnx import OnnxRuntime
 from ml_assets.resources.runtimes.pyfunc import PyfuncRuntime
 from ml_assets.scoring import score_partition
-from tests.conftest import features_of
+from tests.conftest import features_of, run_writer_script
 
 DAY = "2026-11-01"
 ROWS = 6_000
@@ -439,23 +435,7 @@ QUARANTINE_WRITER = Path(__file__).with_name("quarantine_writer.py")
 
 
 def run_quarantine_writer(spec: dict, *, pause_at: str | None, tmp_path: Path) -> None:
-    """Runs the writer to completion, or until it reaches ``pause_at``, and SIGKILLs it there."""
-    marker = tmp_path / f"reached-{time.monotonic_ns()}"
-    spec = {**spec, "pause_at": pause_at, "marker": str(marker)}
-    process = subprocess.Popen([sys.executable, str(QUARANTINE_WRITER), json.dumps(spec)], stderr=subprocess.PIPE)
-    if pause_at is None:
-        _, err = process.communicate(timeout=120)
-        assert process.returncode == 0, err.decode()
-        return
-    deadline = time.monotonic() + 120
-    try:
-        while not marker.exists():
-            assert process.poll() is None, f"the writer exited before {pause_at}: {process.stderr.read().decode()}"
-            assert time.monotonic() < deadline, f"the writer did not reach {pause_at} within 120s"
-            time.sleep(0.02)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+    run_writer_script(QUARANTINE_WRITER, spec, pause_at=pause_at, tmp_path=tmp_path)
 
 
 def readers_of(root: Path) -> dict[str, Any]:
