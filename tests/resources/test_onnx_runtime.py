@@ -16,7 +16,7 @@ from ml_assets.dev.demo import FEATURES, make_transactions
 from ml_assets.resources.core.errors import SchemaMismatchError
 from ml_assets.resources.core.models import ColumnSpec, ModelVersion, Signature
 from ml_assets.resources.core.plugins import create_runtime
-from ml_assets.resources.runtimes.onnx import OnnxRuntime
+from ml_assets.resources.runtimes.onnx import COLUMNS_SUFFIX, OnnxRuntime
 from tests.conftest import features_of
 
 SIGNATURE = Signature(inputs=tuple(ColumnSpec(c, "float") for c in FEATURES))
@@ -114,6 +114,20 @@ def test_one_input_per_feature_is_mapped_by_name(models, tmp_path, table):
     out = scorer.score(batch_of(shuffled, scorer.input_schema))
     expected = reference(models.lr_onnx, features_of(table))[1][:, 1]
     np.testing.assert_array_equal(out["probability_1"].to_numpy(), expected)
+
+
+def test_matrix_input_is_fed_column_major(models, table):
+    """A graph's one [N, K] input is fed as Arrow's columns end to end ([K, N]) and transposed by the graph
+    itself (cheaper than building rows in Arrow): the predictions are the untouched graph's, bit for bit."""
+    scorer = OnnxRuntime(threads=1).load(version(), models.lr_onnx)
+    (node,) = scorer.session.get_inputs()
+    original = ort.InferenceSession(str(models.lr_onnx)).get_inputs()[0]
+    assert (node.name, node.shape) == (original.name + COLUMNS_SUFFIX, [len(FEATURES), original.shape[0]])
+    out = scorer.score(batch_of(table, scorer.input_schema))
+    labels, probabilities = reference(models.lr_onnx, features_of(table))
+    np.testing.assert_array_equal(out["label"].to_numpy(), labels)
+    np.testing.assert_array_equal(out["probability_0"].to_numpy(), probabilities[:, 0])
+    np.testing.assert_array_equal(out["probability_1"].to_numpy(), probabilities[:, 1])
 
 
 def test_single_tensor_without_signature_asks_for_features(models):
