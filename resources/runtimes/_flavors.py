@@ -10,7 +10,11 @@ multi-output regressors ``prediction_<k>``. Each column is what the flavor's own
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import pickle
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -150,39 +154,115 @@ def _binary(column: np.ndarray) -> np.ndarray:
     return np.vstack((1.0 - column, column)).transpose()
 
 
-def load_native(model_dir: str, *, input_dtype: Any, threads: int) -> NativePredictor:
-    """The flavor model in the MLflow model folder ``model_dir``, loaded by its MLflow flavor.
+_SERIALIZATIONS = ("skops", "cloudpickle", "pickle")
+# What MLflow 3's flavor loaders assume when an MLmodel leaves a key out: (file key, serialization, class).
+_DEFAULTS = {
+    "sklearn": ("pickled_model", "pickle", None),
+    "lightgbm": ("data", "cloudpickle", "lightgbm.basic.Booster"),
+    "xgboost": ("data", None, "xgboost.core.Booster"),
+}
+
+
+def flavor_files(flavors: dict[str, Any], join: Callable[[str, str], str]) -> dict[str, Any]:
+    """What ``load_native`` needs from an MLmodel's ``flavors``: the flavor, its model file, how that file
+    was written (``serialization_format``, ``skops_trusted_types``, ``model_class``) and the logged code
+    folder, with the keys and defaults of MLflow's own loaders. The MLmodel is not trusted: ``join(relative,
+    what)`` turns each of its paths into one proven to lie inside the model folder (or raises).
+    Plain JSON-able data: it is handed as is to a worker in a model environment."""
+    flavor = native_flavor(flavors)
+    if flavor is None:
+        msg = f"flavors {sorted(flavors)} include none of {', '.join(NATIVE_FLAVORS)}"
+        raise NativeFlavorError(msg)
+    conf = flavors[flavor]
+    if not isinstance(conf, dict):
+        msg = f"the MLmodel's {flavor} flavor is not a mapping"
+        raise NativeFlavorError(msg)
+    key, serialization, model_class = _DEFAULTS[flavor]
+    name = conf.get(key)
+    serialization = conf.get("serialization_format") or serialization
+    model_class = conf.get("model_class") or model_class
+    trusted = conf.get("skops_trusted_types")
+    code = conf.get("code")
+    if not isinstance(name, str) or not name:
+        msg = f"the MLmodel's {flavor} flavor names no model file ({key!r})"
+        raise NativeFlavorError(msg)
+    if not all(v is None or isinstance(v, str) for v in (serialization, model_class, code)) or not (
+        trusted is None or (isinstance(trusted, list) and all(isinstance(t, str) for t in trusted))
+    ):
+        msg = f"the MLmodel's {flavor} flavor has a serialization_format, model_class, code or skops_trusted_types "
+        msg += "that is not a string (a list of strings for skops_trusted_types)"
+        raise NativeFlavorError(msg)
+    return {
+        "flavor": flavor,
+        "name": name,
+        "file": join(name, f"{flavor} model file"),
+        "serialization_format": serialization,
+        "skops_trusted_types": trusted,
+        "model_class": model_class,
+        "code": join(code, f"{flavor} code folder") if code else None,
+    }
+
+
+def load_native(spec: dict[str, Any], *, input_dtype: Any, threads: int) -> NativePredictor:
+    """The model ``spec`` (``flavor_files``) describes, loaded from its file by the flavor's library alone:
+    MLflow is not imported (in a fresh model environment, importing it took most of a worker's start).
 
     ``input_dtype`` is the features' common type (float32 when every input is float32, else float64):
     the matrix is built in it, so the library reads the same values as from the flavor's DataFrame.
     """
-    from mlflow.models import Model
+    flavor, name = spec["flavor"], spec["name"]
+    if not os.path.isfile(spec["file"]):
+        msg = f"the {flavor} model file {name!r} is missing from the model folder"
+        raise NativeFlavorError(msg)
+    if spec["code"] and spec["code"] not in sys.path:
+        sys.path.insert(0, spec["code"])  # as MLflow's loaders do: a pickled model may import its logged code
+    loader = {"lightgbm": _lightgbm, "xgboost": _xgboost, "sklearn": _sklearn}[flavor]
+    try:
+        return loader(spec, input_dtype, threads)
+    except (ModuleNotFoundError, NativeFlavorError):
+        raise
+    except Exception as exc:
+        msg = f"cannot load the {flavor} model file {name!r}: {type(exc).__name__}: {exc}"
+        raise NativeFlavorError(msg) from exc
 
-    flavors = Model.load(model_dir).flavors
-    flavor = native_flavor(flavors)
-    if flavor == "lightgbm":
-        return _lightgbm(model_dir, input_dtype, threads)
-    if flavor == "xgboost":
-        return _xgboost(model_dir, input_dtype, threads)
-    if flavor == "sklearn":
-        return _sklearn(model_dir, input_dtype, threads)
-    msg = f"flavors {sorted(flavors)} include none of {', '.join(NATIVE_FLAVORS)}"
-    raise NativeFlavorError(msg)
+
+def _deserialize(spec: dict[str, Any]) -> Any:
+    """A scikit-learn-API model file, read as ``mlflow.sklearn`` reads it (skops with the types the model's
+    MLmodel trusts, cloudpickle or pickle), and refused where MLflow's own switch refuses it."""
+    fmt, name = spec["serialization_format"], spec["name"]
+    if fmt not in _SERIALIZATIONS:
+        msg = f"the model file {name!r} has serialization_format {fmt!r}; expected one of {', '.join(_SERIALIZATIONS)}"
+        raise NativeFlavorError(msg)
+    if os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true").strip().lower() in ("false", "0"):
+        msg = f"MLFLOW_ALLOW_PICKLE_DESERIALIZATION is false here: deserializing {name!r} ({fmt}) is disallowed"
+        raise NativeFlavorError(msg)
+    if fmt == "skops":
+        import skops.io
+
+        return skops.io.load(spec["file"], trusted=spec["skops_trusted_types"])
+    with open(spec["file"], "rb") as f:
+        if fmt == "pickle":
+            return pickle.load(f)  # what the model's MLmodel says it is, as MLflow loads it
+        import cloudpickle
+
+        return cloudpickle.load(f)
 
 
-def _lightgbm(model_dir: str, dtype: Any, threads: int) -> NativePredictor:
+def _lightgbm(spec: dict[str, Any], dtype: Any, threads: int) -> NativePredictor:
     import lightgbm as lgb
-    import mlflow.lightgbm
 
-    model = mlflow.lightgbm.load_model(model_dir)
-    if isinstance(model, lgb.LGBMModel):
-        names = list(getattr(model, "feature_name_", []))
-        if hasattr(model, "classes_"):
-            proba = lambda x: model.predict_proba(x, num_threads=threads)  # noqa: E731
-            return _named(_classifier("lightgbm", dtype, model.classes_, proba, _argmax), names)
-        return _named(_regressor("lightgbm", dtype, 1, lambda x: model.predict(x, num_threads=threads)), names)
-    booster: lgb.Booster = model
-    return _named(_lightgbm_booster(booster, dtype, threads), booster.feature_name())
+    if spec["model_class"] == "lightgbm.basic.Booster":
+        booster = lgb.Booster(model_file=spec["file"])
+        return _named(_lightgbm_booster(booster, dtype, threads), booster.feature_name())
+    model = _deserialize(spec)
+    if not isinstance(model, lgb.LGBMModel):
+        msg = f"the lightgbm model file {spec['name']!r} holds a {type(model).__name__}, not a LightGBM model"
+        raise NativeFlavorError(msg)
+    names = list(getattr(model, "feature_name_", []))
+    if hasattr(model, "classes_"):
+        proba = lambda x: model.predict_proba(x, num_threads=threads)  # noqa: E731
+        return _named(_classifier("lightgbm", dtype, model.classes_, proba, _argmax), names)
+    return _named(_regressor("lightgbm", dtype, 1, lambda x: model.predict(x, num_threads=threads)), names)
 
 
 def _named(predictor: NativePredictor, names: list[str] | None) -> NativePredictor:
@@ -203,11 +283,25 @@ def _lightgbm_booster(booster: Any, dtype: Any, threads: int) -> NativePredictor
     return _regressor("lightgbm", dtype, 1, lambda x: booster.predict(x, num_threads=threads))
 
 
-def _xgboost(model_dir: str, dtype: Any, threads: int) -> NativePredictor:
-    import mlflow.xgboost
+def _xgboost_class(name: Any) -> type:
+    """The class an MLmodel's ``model_class`` names, if it is XGBoost's (MLflow imports whatever it names)."""
     import xgboost as xgb
 
-    model = mlflow.xgboost.load_model(model_dir)
+    module, _, attribute = str(name).rpartition(".")
+    found = None
+    if module == "xgboost" or module.startswith("xgboost."):
+        found = getattr(importlib.import_module(module), attribute, None)
+    if not (isinstance(found, type) and issubclass(found, (xgb.Booster, xgb.XGBModel))):
+        msg = f"the xgboost flavor's model_class {str(name)[:120]!r} is not an XGBoost Booster or model class"
+        raise NativeFlavorError(msg)
+    return found
+
+
+def _xgboost(spec: dict[str, Any], dtype: Any, threads: int) -> NativePredictor:
+    import xgboost as xgb
+
+    model = _xgboost_class(spec["model_class"])()
+    model.load_model(spec["file"])  # the format (json, ubj, deprecated binary) is told by the file, as in MLflow
     if isinstance(model, xgb.XGBModel):
         model.set_params(n_jobs=threads)
         if hasattr(model, "classes_") and hasattr(model, "predict_proba"):
@@ -242,13 +336,12 @@ def _xgboost_booster(booster: Any, dtype: Any, threads: int) -> NativePredictor:
     return _regressor("xgboost", dtype, targets, booster.inplace_predict)
 
 
-def _sklearn(model_dir: str, dtype: Any, threads: int) -> NativePredictor:
-    import mlflow.sklearn
+def _sklearn(spec: dict[str, Any], dtype: Any, threads: int) -> NativePredictor:
     from sklearn.base import is_classifier
     from sklearn.ensemble._forest import ForestClassifier, ForestRegressor
     from sklearn.tree._classes import BaseDecisionTree
 
-    model = mlflow.sklearn.load_model(model_dir)
+    model = _deserialize(spec)
     # n_jobs stays the model's own: a forest summed by more threads differs in the last bits. The
     # core scores chunks in parallel instead (sklearn's predict releases the GIL).
     names = [str(n) for n in getattr(model, "feature_names_in_", [])] or None

@@ -56,7 +56,10 @@ class _Process:
 
 
 class EnvWorker:
-    """One worker process inside ``environment``, with the model loaded (``predictor`` pyfunc or native)."""
+    """One worker process inside ``environment``, with the model loaded (``predictor`` pyfunc or native).
+
+    ``params``: the pyfunc model's ``predict`` params, or for the native predictor what
+    ``native.native_files`` read from the MLmodel (paths already proven to lie inside the model folder)."""
 
     def __init__(
         self,

@@ -23,12 +23,38 @@ import pyarrow as pa
 from ml_assets.resources.core.envs import ENV_MANAGERS, EnvManager, IndexSettings, model_environment
 from ml_assets.resources.core.errors import ModelLoadError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
+from ml_assets.resources.core.paths import safe_join
 from ml_assets.resources.runtimes._common import available_cores, empty_batch
 from ml_assets.resources.runtimes.pyfunc import PyfuncScorer, _signature_schemas, mlflow_model_folder
 
 
 def _input_dtype(schema: pa.Schema) -> str:
     return "float32" if all(pa.types.is_float32(f.type) for f in schema) else "float64"
+
+
+def native_files(version: ModelVersion, model_dir: Path) -> dict[str, Any]:
+    """The flavor, model file and serialization the model's MLmodel records (``_flavors.flavor_files``),
+    each path in it proven to lie inside ``model_dir``: the MLmodel came with the model, not from us."""
+    from ml_assets.resources.registries.mlflow_lookup import parse_mlmodel
+    from ml_assets.resources.runtimes._flavors import NativeFlavorError, flavor_files
+
+    try:
+        flavors = parse_mlmodel((model_dir / "MLmodel").read_text()).get("flavors") or {}
+    except Exception as exc:
+        msg = f"{version.describe()}: cannot read MLmodel in {model_dir}: {exc}"
+        raise ModelLoadError(msg) from exc
+    if not isinstance(flavors, dict):
+        msg = f"{version.describe()}: the MLmodel in {model_dir} has no flavors mapping"
+        raise ModelLoadError(msg)
+
+    def join(relative: str, what: str) -> str:
+        return safe_join(str(model_dir), relative, what=f"{what} in the MLmodel of {version.describe()}")
+
+    try:
+        return flavor_files(flavors, join)
+    except NativeFlavorError as exc:
+        msg = f"{version.describe()}: {exc}"
+        raise ModelLoadError(msg) from exc
 
 
 class NativeScorer:
@@ -38,6 +64,7 @@ class NativeScorer:
     def __init__(self, version: ModelVersion, model_dir: Path, *, threads: int) -> None:
         from ml_assets.resources.runtimes._flavors import NativeFlavorError, load_native
 
+        files = native_files(version, model_dir)
         self.version = version
         self.input_schema, _, _ = _signature_schemas(model_dir, version)
         bad = [f"{f.name} ({f.type})" for f in self.input_schema if not _numeric(f.type)]
@@ -45,9 +72,7 @@ class NativeScorer:
             msg = f"{version.describe()}: the native runtime takes numeric features only; not {', '.join(bad)}"
             raise ModelLoadError(msg)
         try:
-            self._predictor = load_native(
-                str(model_dir), input_dtype=np.dtype(_input_dtype(self.input_schema)), threads=threads
-            )
+            self._predictor = load_native(files, input_dtype=np.dtype(_input_dtype(self.input_schema)), threads=threads)
         except ModuleNotFoundError as exc:
             msg = (
                 f"{version.describe()}: its flavor needs the package {exc.name!r}, not installed here; "
@@ -151,6 +176,7 @@ class NativeRuntime:
             load_timeout_s=self.load_timeout_s,
             environment=environment,
             predictor="native",
+            native_files=native_files(version, model_dir),
             worker_threads=self.threads,
         )
 

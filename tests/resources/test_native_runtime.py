@@ -128,3 +128,62 @@ def test_not_a_tree_or_sklearn_flavor_is_refused(tmp_path):
 def test_unknown_env_manager_is_refused():
     with pytest.raises(ValueError, match="env_manager must be one of local, uv, virtualenv, got 'conda'"):
         create_runtime("native", env_manager="conda")
+
+
+@pytest.mark.parametrize("serialization", ["cloudpickle", "pickle"])
+def test_pickled_models_load_without_mlflow_as_mlflow_does(tmp_path, sklearn_models, serialization):
+    import mlflow.sklearn
+
+    _, model, _ = sklearn_models["lr"]
+    path = tmp_path / serialization
+    mlflow.sklearn.save_model(model, str(path), serialization_format=serialization, pip_requirements=["scikit-learn"])
+    (path / "MLmodel").write_text((path / "MLmodel").read_text() + SIGNATURE)
+    data = frame(1_500, 11)
+    output, _ = scored(path, "lr", data)
+    assert np.array_equal(output["probability_ok"].to_numpy(), model.predict_proba(data)[:, 1])
+    assert output["label"].to_pylist() == mlflow.sklearn.load_model(str(path)).predict(data).tolist()
+
+
+SIGNATURE = "signature:\n  inputs: '[" + ", ".join(f'{{"type": "double", "name": "{f}"}}' for f in FEATURES) + "]'\n"
+
+
+def copy_with_mlmodel(source: Path, target: Path, edit) -> Path:
+    import shutil
+
+    import yaml
+
+    shutil.copytree(source, target)
+    meta = yaml.safe_load((target / "MLmodel").read_text())
+    edit(meta["flavors"]["sklearn"])
+    (target / "MLmodel").write_text(yaml.safe_dump(meta))
+    return target
+
+
+def test_mlmodel_paths_outside_the_model_folder_are_refused(tmp_path, sklearn_models):
+    from ml_assets.resources.core.errors import UnsafePathError
+
+    source = sklearn_models["lr"][0]
+    (tmp_path / "outside.pkl").write_bytes(b"not loaded")
+    escaping = copy_with_mlmodel(source, tmp_path / "m", lambda f: f.update(pickled_model="../outside.pkl"))
+    with pytest.raises(UnsafePathError, match=r"sklearn model file in the MLmodel of model 'lr' version 1"):
+        create_runtime("native").load(version("lr"), escaping)
+    absolute = copy_with_mlmodel(source, tmp_path / "a", lambda f: f.update(code=str(tmp_path)))
+    with pytest.raises(UnsafePathError, match=r"sklearn code folder .* it is absolute"):
+        create_runtime("native").load(version("lr"), absolute)
+
+
+def test_unreadable_flavor_files_are_named(tmp_path, sklearn_models, monkeypatch):
+    source = sklearn_models["lr"][0]
+    missing = copy_with_mlmodel(source, tmp_path / "m", lambda f: f.update(pickled_model="gone.skops"))
+    with pytest.raises(ModelLoadError, match=r"'lr' version 1: the sklearn model file 'gone.skops' is missing"):
+        create_runtime("native").load(version("lr"), missing)
+    odd = copy_with_mlmodel(source, tmp_path / "o", lambda f: f.update(serialization_format="joblib"))
+    with pytest.raises(ModelLoadError, match=r"'lr' version 1: .*serialization_format 'joblib'; expected one of skops"):
+        create_runtime("native").load(version("lr"), odd)
+    (tmp_path / "c").mkdir()
+    corrupt = copy_with_mlmodel(source, tmp_path / "c" / "m", lambda f: f.update(serialization_format="pickle"))
+    with pytest.raises(ModelLoadError, match=r"'lr' version 1: cannot load the sklearn model file 'model.skops'"):
+        create_runtime("native").load(version("lr"), corrupt)
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    with pytest.raises(ModelLoadError, match=r"MLFLOW_ALLOW_PICKLE_DESERIALIZATION is false here"):
+        create_runtime("native").load(version("lr"), source)
