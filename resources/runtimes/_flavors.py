@@ -28,6 +28,10 @@ class NativeFlavorError(Exception):
     """The model is not one the native predictor can score (the caller names the model version)."""
 
 
+class NativeUnsupported(NativeFlavorError):
+    """A sound model of a native flavor that only pyfunc scores (by its structure, not a broken file)."""
+
+
 def native_flavor(flavors: dict[str, Any]) -> str | None:
     """The flavor of an MLmodel's ``flavors`` the native predictor reads, if any."""
     return next((f for f in NATIVE_FLAVORS if f in flavors), None)
@@ -108,7 +112,7 @@ def _classifier(
     names = [f"probability_{_class_suffix(c)}" for c in classes]
     if len(set(names)) != len(names):
         msg = f"the class labels {classes.tolist()} do not give distinct probability column names"
-        raise NativeFlavorError(msg)
+        raise NativeUnsupported(msg)
     label_type = _label_type(classes)
     schema = pa.schema([pa.field("label", label_type), *(pa.field(n, pa.float64()) for n in names)])
 
@@ -172,7 +176,7 @@ def flavor_files(flavors: dict[str, Any], join: Callable[[str, str], str]) -> di
     flavor = native_flavor(flavors)
     if flavor is None:
         msg = f"flavors {sorted(flavors)} include none of {', '.join(NATIVE_FLAVORS)}"
-        raise NativeFlavorError(msg)
+        raise NativeUnsupported(msg)
     conf = flavors[flavor]
     if not isinstance(conf, dict):
         msg = f"the MLmodel's {flavor} flavor is not a mapping"
@@ -352,7 +356,7 @@ def _sklearn(spec: dict[str, Any], dtype: Any, threads: int) -> NativePredictor:
         classes = np.asarray(model.classes_)
         if classes.ndim != 1:
             msg = "multi-output classifiers are not scored natively; use the pyfunc runtime"
-            raise NativeFlavorError(msg)
+            raise NativeUnsupported(msg)
         if isinstance(model, ForestClassifier):
             # ForestClassifier.predict is exactly classes_.take(argmax(predict_proba)): computed once.
             predictor = _classifier("sklearn", matrix_dtype, classes, model.predict_proba, _argmax)
@@ -378,7 +382,7 @@ def _forget_feature_names(model: Any) -> None:
     steps = [step for _, step in getattr(model, "steps", [])] or [model]
     if any(isinstance(step, ColumnTransformer) for step in steps):
         msg = "a ColumnTransformer selects its columns by name from a DataFrame; score it with the pyfunc runtime"
-        raise NativeFlavorError(msg)
+        raise NativeUnsupported(msg)
     for step in [model, *steps]:
         vars(step).pop("feature_names_in_", None)
 

@@ -187,3 +187,89 @@ def test_unreadable_flavor_files_are_named(tmp_path, sklearn_models, monkeypatch
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     with pytest.raises(ModelLoadError, match=r"MLFLOW_ALLOW_PICKLE_DESERIALIZATION is false here"):
         create_runtime("native").load(version("lr"), source)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, sklearn_models) -> str:
+    """A SQLite MLflow registry: ``rf`` (the forest), ``picked`` (a ColumnTransformer pipeline on numeric
+    columns: native cannot hand it named columns) and ``custom`` (a pyfunc-only model)."""
+    import mlflow
+    import mlflow.pyfunc
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    class Doubler(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input["x0"] * 2
+
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("native", artifact_location=(root / "artifacts").as_uri())
+    _, rf, _ = sklearn_models["rf"]
+    train = frame(2_000, 3, "float32")
+    picked = make_pipeline(
+        ColumnTransformer([("scaled", StandardScaler(), ["x0", "x1"])], remainder="passthrough"), LogisticRegression()
+    ).fit(train, train["x2"] > 0)
+    logged = {"rf": rf, "picked": picked}
+    try:
+        for name, model in logged.items():
+            with mlflow.start_run(experiment_id=experiment):
+                mlflow.sklearn.log_model(
+                    model,
+                    name="model",
+                    signature=infer_signature(train, model.predict(train)),
+                    registered_model_name=name,
+                    serialization_format="cloudpickle",
+                    pip_requirements=["scikit-learn==1.9.0"],
+                )
+        with mlflow.start_run(experiment_id=experiment):
+            mlflow.pyfunc.log_model(
+                name="model", python_model=Doubler(), signature=infer_signature(train), registered_model_name="custom"
+            )
+    finally:
+        mlflow.set_tracking_uri(None)
+    return uri
+
+
+def test_sklearn_models_are_native_by_default_and_pyfunc_on_request(registry, sklearn_models):
+    from ml_assets.service import ModelService
+
+    _, rf, _ = sklearn_models["rf"]
+    data = frame(3_000, 12, "float32")
+    batch = pa.RecordBatch.from_pandas(data, preserve_index=False)
+    with ModelService.from_uri("mlflow", registry) as service:
+        loaded = service.open("models:/rf/1")
+        assert loaded.version.format == "native"
+        output = loaded.scorer.score(batch)
+        assert output.schema.names == ["label", "probability_0", "probability_1"]
+        assert np.array_equal(output["probability_1"].to_numpy(), rf.predict_proba(data)[:, 1])
+        assert np.array_equal(output["label"].to_numpy(), rf.predict(data))
+        assert service.resolve("models:/custom/1").format == "pyfunc"
+    with ModelService.from_uri("mlflow", registry, runtime="pyfunc") as service:
+        output = service.open("models:/rf/1").scorer.score(batch)
+        assert output.schema.names == ["prediction"]  # what pyfunc's predict gives a classifier: labels only
+        assert np.array_equal(output["prediction"].to_numpy(), rf.predict(data))
+
+
+def test_a_model_only_pyfunc_scores_falls_back_unless_native_was_asked_for(registry, caplog):
+    from ml_assets.resources.core.errors import NativeUnsupportedError
+    from ml_assets.service import ModelService
+
+    data = frame(500, 13, "float32")
+    with ModelService.from_uri("mlflow", registry) as service:
+        loaded = service.open("models:/picked/1")
+        assert loaded.version.format == "native"
+        output = loaded.scorer.score(pa.RecordBatch.from_pandas(data, preserve_index=False))
+    assert output.schema.names == ["prediction"]
+    assert "'picked' version 1: a ColumnTransformer selects its columns by name" in caplog.text
+    assert "scoring it with the pyfunc runtime" in caplog.text
+    with (
+        ModelService.from_uri("mlflow", registry, runtime="native") as service,
+        pytest.raises(NativeUnsupportedError, match=r"'picked' version 1: a ColumnTransformer"),
+    ):
+        service.open("models:/picked/1")
