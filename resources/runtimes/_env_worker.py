@@ -80,7 +80,10 @@ def main(argv: list[str]) -> int:
         import pyarrow as pa
 
         if mode == "native":
-            predictor = _load_flavors().load_native(params, input_dtype=np.dtype(input_dtype), threads=threads)
+            # One request at a time: each matrix is split across the threads (see _flavors.load_native).
+            predictor = _load_flavors().load_native(
+                params, input_dtype=np.dtype(input_dtype), threads=threads, parallel="split"
+            )
             schema = predictor.output_schema
             if predictor.classes is not None:
                 schema = schema.with_metadata({"ml_assets.classes": json.dumps(predictor.classes)})
