@@ -273,3 +273,27 @@ def test_a_model_only_pyfunc_scores_falls_back_unless_native_was_asked_for(regis
         pytest.raises(NativeUnsupportedError, match=r"'picked' version 1: a ColumnTransformer"),
     ):
         service.open("models:/picked/1")
+
+
+def test_threads_go_across_chunks_in_process_and_across_rows_in_a_worker(sklearn_models):
+    """In this process the core scores ``threads`` chunks at once; a worker (one request at a time) splits
+    each matrix across its threads instead. Rows are independent: the same bits either way."""
+    from ml_assets.resources.runtimes._flavors import load_native
+    from ml_assets.resources.runtimes.native import native_files
+
+    path, model, _ = sklearn_models["rf"]
+    files = native_files(version("rf"), path)
+    in_process = load_native(files, input_dtype=np.float32, threads=3)
+    assert (in_process.concurrency, in_process.split) == (3, 1)
+    worker = load_native(files, input_dtype=np.float32, threads=3, parallel="split")
+    assert (worker.concurrency, worker.split) == (1, 3)
+    data = frame(30_000, 14, "float32")
+    output = worker.score(pa.RecordBatch.from_pandas(data, preserve_index=False))
+    assert np.array_equal(output["probability_1"].to_numpy(), model.predict_proba(data)[:, 1])
+    assert np.array_equal(output["label"].to_numpy(), model.predict(data))
+    # a linear model gets a column-major matrix (see README); its row slices would reach BLAS strided
+    linear = load_native(native_files(version("lr"), sklearn_models["lr"][0]), input_dtype=np.float64, threads=3)
+    assert linear.order == "F"
+    assert load_native(
+        native_files(version("lr"), sklearn_models["lr"][0]), input_dtype=np.float64, threads=3, parallel="split"
+    ).split == 1
