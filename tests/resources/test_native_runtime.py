@@ -292,8 +292,6 @@ def test_threads_go_across_chunks_in_process_and_across_rows_in_a_worker(sklearn
     assert np.array_equal(output["probability_1"].to_numpy(), model.predict_proba(data)[:, 1])
     assert np.array_equal(output["label"].to_numpy(), model.predict(data))
     # a linear model gets a column-major matrix (see README); its row slices would reach BLAS strided
-    linear = load_native(native_files(version("lr"), sklearn_models["lr"][0]), input_dtype=np.float64, threads=3)
-    assert linear.order == "F"
-    assert load_native(
-        native_files(version("lr"), sklearn_models["lr"][0]), input_dtype=np.float64, threads=3, parallel="split"
-    ).split == 1
+    lr = native_files(version("lr"), sklearn_models["lr"][0])
+    linear = load_native(lr, input_dtype=np.float64, threads=3, parallel="split")
+    assert (linear.order, linear.split) == ("F", 1)
