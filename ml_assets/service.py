@@ -7,6 +7,7 @@ through ``ModelService``, so a ref resolves, caches and loads the same way every
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ml_assets.resources.core.errors import MissingDependencyError, PluginNotFoundError
+from ml_assets.resources.core.errors import MissingDependencyError, NativeUnsupportedError, PluginNotFoundError
 from ml_assets.resources.core.models import ModelRef, ModelVersion, Registry, Scorer
 from ml_assets.resources.core.plugins import RUNTIME_GROUP, create_registry, load_plugin
 from ml_assets.resources.core.trust import TrustPolicy
@@ -22,6 +23,8 @@ from ml_assets.resources.registries.direct import REGISTRY_ID, DirectFiles
 
 #: Keyword arguments a runtime may take that hold credentials: passed only to runtimes that accept them.
 SECRET_OPTIONS = ("token", "username", "password")
+log = logging.getLogger(__name__)
+
 # Optional packages (imported lazily by registries and runtimes) -> the extra that installs them.
 _EXTRAS = {
     "onnxruntime": "onnx",
@@ -183,10 +186,28 @@ class ModelService:
                 name = self.runtime_for(version)
                 options = runtime_options(name, self.runtime_options.get(name), secrets=self._secrets)
                 path = self.fetch(version)
-                with _install_hint(f"the {name} runtime ({version.describe()})"):
-                    scorer = load_plugin(RUNTIME_GROUP, name)(**options).load(version, path)
+                try:
+                    with _install_hint(f"the {name} runtime ({version.describe()})"):
+                        scorer = load_plugin(RUNTIME_GROUP, name)(**options).load(version, path)
+                except NativeUnsupportedError as exc:
+                    # native is only the default of the tree/sklearn flavors: a model of theirs that it does not
+                    # score (by structure) is scored as it was logged, unless the user asked for native.
+                    if self.runtime is not None:
+                        raise
+                    log.warning("%s; scoring it with the pyfunc runtime", exc)
+                    options = runtime_options("pyfunc", self._fallback_options(name), secrets=self._secrets)
+                    with _install_hint(f"the pyfunc runtime ({version.describe()})"):
+                        scorer = load_plugin(RUNTIME_GROUP, "pyfunc")(**options).load(version, path)
                 self._scorers[key] = scorer
             return scorer
+
+    def _fallback_options(self, native: str) -> dict[str, Any]:
+        """The pyfunc runtime's options where given; else those of the native runtime that pyfunc takes too
+        (``env_manager``, ``env_path``, the index settings, ``workers``...): the model's environment stays."""
+        if "pyfunc" in self.runtime_options:
+            return dict(self.runtime_options["pyfunc"])
+        taken = inspect.signature(load_plugin(RUNTIME_GROUP, "pyfunc")).parameters
+        return {k: v for k, v in self.runtime_options.get(native, {}).items() if k in taken}
 
     def open(self, ref: ModelRef | str) -> LoadedModel:
         """Resolve ``ref`` now and load its version."""

@@ -35,6 +35,12 @@ class ModelLoadError(MlAssetsError):
     """A runtime could not load a model's files."""
 
 
+class NativeUnsupportedError(ModelLoadError):
+    """A model of the sklearn, xgboost or lightgbm flavor built in a way the native runtime does not score
+    (a ColumnTransformer picking columns by name, a multi-output classifier, non-numeric features); the
+    pyfunc runtime can."""
+
+
 class SchemaMismatchError(MlAssetsError):
     """The data does not fit the model's inputs (missing column, unsafe cast, nulls)."""
 

@@ -1,13 +1,16 @@
 """Which runtime a model needs: from its MLflow flavors, its file extension or its content.
 
-``detect_format(path)`` answers one of ``onnx``, ``pmml``, ``h2o_mojo``, ``pyfunc``; a user's
-explicit choice (``override``) always wins and is only checked against the known formats.
+``detect_format(path)`` answers one of ``onnx``, ``pmml``, ``h2o_mojo``, ``native``, ``pyfunc``; a
+user's explicit choice (``override``) always wins and is only checked against the known formats.
+``mlmodel_format`` is the one rule for an MLflow model, used by every registry that reads an MLmodel.
 """
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from ml_assets.resources.core.errors import ModelLoadError
 from ml_assets.resources.core.models import MODEL_FORMATS
@@ -15,7 +18,40 @@ from ml_assets.resources.core.models import MODEL_FORMATS
 _BY_SUFFIX = {".onnx": "onnx", ".pmml": "pmml"}
 # Flavors with a runtime of their own (the MLflow registry writes "pmml" and "h2o_mojo" flavors
 # for model files it registers); any other flavor that has python_function goes to pyfunc.
-_NATIVE_FLAVORS = {"onnx": "onnx", "pmml": "pmml", "h2o_mojo": "h2o_mojo"}
+_FILE_FLAVORS = {"onnx": "onnx", "pmml": "pmml", "h2o_mojo": "h2o_mojo"}
+# Scored by their library's own predictor (the native runtime): classifiers get their probabilities,
+# which pyfunc's predict drops. The same names as _flavors.NATIVE_FLAVORS (which must not import us).
+_TREE_FLAVORS = ("lightgbm", "xgboost", "sklearn")
+# MLflow signature column types the native runtime turns into a numeric matrix.
+_NUMERIC_TYPES = {"double", "float", "long", "integer", "boolean"}
+
+
+def mlmodel_format(meta: dict[str, Any]) -> str | None:
+    """The default format of an MLflow model (its MLmodel as data); None when no runtime can load it.
+
+    ``native`` for the sklearn, xgboost and lightgbm flavors unless the signature has a column that is
+    not a number (a string column for a pipeline's encoder: only pyfunc hands it over as a DataFrame).
+    """
+    flavors = meta.get("flavors") if isinstance(meta.get("flavors"), dict) else {}
+    for flavor, fmt in _FILE_FLAVORS.items():
+        if flavor in flavors:
+            return fmt
+    if any(flavor in flavors for flavor in _TREE_FLAVORS) and _numeric_inputs(meta):
+        return "native"
+    if "python_function" in flavors:
+        return "pyfunc"
+    return None
+
+
+def _numeric_inputs(meta: dict[str, Any]) -> bool:
+    signature = meta.get("signature") if isinstance(meta.get("signature"), dict) else {}
+    try:
+        inputs = json.loads(signature.get("inputs") or "[]")
+    except (TypeError, ValueError):
+        return True  # the runtime reads the signature again and names what is wrong with it
+    return not isinstance(inputs, list) or all(
+        not isinstance(spec, dict) or spec.get("type", "double") in _NUMERIC_TYPES for spec in inputs
+    )
 
 
 def _from_mlmodel(mlmodel: Path) -> str:
@@ -26,14 +62,12 @@ def _from_mlmodel(mlmodel: Path) -> str:
     except (OSError, yaml.YAMLError) as exc:
         msg = f"cannot read {mlmodel}: {exc}"
         raise ModelLoadError(msg) from exc
-    flavors = meta.get("flavors") or {}
-    for flavor, fmt in _NATIVE_FLAVORS.items():
-        if flavor in flavors:
-            return fmt
-    if "python_function" in flavors:
-        return "pyfunc"
-    msg = f"{mlmodel} has flavors {sorted(flavors)}; none is loadable (no python_function flavor)"
-    raise ModelLoadError(msg)
+    fmt = mlmodel_format(meta if isinstance(meta, dict) else {})
+    if fmt is None:
+        flavors = meta.get("flavors") if isinstance(meta, dict) and isinstance(meta.get("flavors"), dict) else {}
+        msg = f"{mlmodel} has flavors {sorted(flavors)}; none is loadable (no python_function flavor)"
+        raise ModelLoadError(msg)
+    return fmt
 
 
 def _from_content(path: Path) -> str | None:
@@ -95,4 +129,4 @@ def _detect_file(path: Path) -> str | None:
     return _BY_SUFFIX.get(path.suffix.lower())
 
 
-__all__ = ["detect_format"]
+__all__ = ["detect_format", "mlmodel_format"]

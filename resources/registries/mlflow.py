@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ml_assets.resources.core.cache import ArtifactCache
 from ml_assets.resources.core.errors import ArtifactError, ModelNotFoundError, RegistryUnavailableError
+from ml_assets.resources.core.formats import mlmodel_format
 from ml_assets.resources.core.http import RetryPolicy, redact
 from ml_assets.resources.core.models import ColumnSpec, ModelRef, ModelVersion, Signature
 from ml_assets.resources.registries.mlflow_lookup import VersionRecord, lookup_for, parse_mlmodel, signature_columns
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 FORMAT_TAG = "ml_assets.format"
-# MLflow flavors whose files one of our runtimes reads directly; anything else is scored as pyfunc.
-_FLAVOR_FORMATS = {"onnx": "onnx", "h2o_mojo": "h2o_mojo", "pmml": "pmml"}
 # MLflow signature types -> Arrow type names
 _MLFLOW_TYPES = {
     "double": "double",
@@ -324,9 +323,9 @@ class MlflowRegistry:
                 artifact_uri = self._call(lambda c: c.get_model_version_download_uri(mv.name, mv.version), ref)
             mlmodel = self._read_mlmodel(artifact_uri, mv)
             flavors = mlmodel.get("flavors") or {}
-            fmt = (mv.tags or {}).get(FORMAT_TAG) or next(
-                (f for flavor, f in _FLAVOR_FORMATS.items() if flavor in flavors), "pyfunc"
-            )
+            # A version's tag wins; else the flavors decide (mlmodel_format), and pyfunc is what a model
+            # without a loadable flavor is tried with (its load says what is missing).
+            fmt = (mv.tags or {}).get(FORMAT_TAG) or mlmodel_format(mlmodel) or "pyfunc"
             extra = {}
             if "onnx" in flavors and flavors["onnx"].get("data"):
                 extra["model_file"] = flavors["onnx"]["data"]

@@ -5,6 +5,8 @@ libraries, and ``_flavors.py`` (loaded by path from beside this file). It talks 
 core over an inherited socket with ``multiprocessing.connection`` framing:
 
 - after loading: ``ok`` + the output schema (Arrow IPC; empty for pyfunc), or ``er`` + the reason;
+- native mode reads no MLmodel and imports no MLflow: PARAMS_JSON is the model file and how it was
+  written, as the parent read (and checked) it from the MLmodel (``_flavors.flavor_files``);
 - per request (one Arrow IPC stream holding a batch of the model's input columns): ``ok`` + an
   Arrow IPC stream of the prediction columns, or ``er`` + the error; an empty request ends it.
 
@@ -78,7 +80,10 @@ def main(argv: list[str]) -> int:
         import pyarrow as pa
 
         if mode == "native":
-            predictor = _load_flavors().load_native(model_dir, input_dtype=np.dtype(input_dtype), threads=threads)
+            # One request at a time: each matrix is split across the threads (see _flavors.load_native).
+            predictor = _load_flavors().load_native(
+                params, input_dtype=np.dtype(input_dtype), threads=threads, parallel="split"
+            )
             schema = predictor.output_schema
             if predictor.classes is not None:
                 schema = schema.with_metadata({"ml_assets.classes": json.dumps(predictor.classes)})

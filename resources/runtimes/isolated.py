@@ -25,7 +25,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from ml_assets.resources.core.envs import ModelEnvironment
-from ml_assets.resources.core.errors import ModelLoadError
+from ml_assets.resources.core.errors import ModelLoadError, NativeUnsupportedError
 from ml_assets.resources.core.models import ModelVersion
 
 WORKER_SCRIPT = Path(__file__).with_name("_env_worker.py")
@@ -56,7 +56,10 @@ class _Process:
 
 
 class EnvWorker:
-    """One worker process inside ``environment``, with the model loaded (``predictor`` pyfunc or native)."""
+    """One worker process inside ``environment``, with the model loaded (``predictor`` pyfunc or native).
+
+    ``params``: the pyfunc model's ``predict`` params, or for the native predictor what
+    ``native.native_files`` read from the MLmodel (paths already proven to lie inside the model folder)."""
 
     def __init__(
         self,
@@ -117,8 +120,11 @@ class EnvWorker:
             raise ModelLoadError(msg) from exc
         if not reply.startswith(b"ok"):
             self.kill()
-            msg = f"{version.describe()}: {where} could not load the model: {reply[2:].decode(errors='replace')}"
-            raise ModelLoadError(msg)
+            reason = reply[2:].decode(errors="replace")
+            msg = f"{version.describe()}: {where} could not load the model: {reason}"
+            # _flavors.NativeUnsupported: a model only pyfunc scores, as in this process (NativeScorer)
+            unsupported = reason.split(":", 1)[0].endswith(".NativeUnsupported")
+            raise (NativeUnsupportedError if unsupported else ModelLoadError)(msg)
         if len(reply) > 2:
             schema = pa.ipc.read_schema(pa.py_buffer(reply[2:]))
             metadata = schema.metadata or {}

@@ -21,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 
 from ml_assets.resources.core.envs import ENV_MANAGERS, EnvManager, IndexSettings, model_environment
-from ml_assets.resources.core.errors import ModelLoadError, ScoringError
+from ml_assets.resources.core.errors import ModelLoadError, NativeUnsupportedError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
+from ml_assets.resources.core.paths import safe_join
 from ml_assets.resources.runtimes._common import available_cores, empty_batch
 from ml_assets.resources.runtimes.pyfunc import PyfuncScorer, _signature_schemas, mlflow_model_folder
 
@@ -31,23 +32,47 @@ def _input_dtype(schema: pa.Schema) -> str:
     return "float32" if all(pa.types.is_float32(f.type) for f in schema) else "float64"
 
 
+def native_files(version: ModelVersion, model_dir: Path) -> dict[str, Any]:
+    """The flavor, model file and serialization the model's MLmodel records (``_flavors.flavor_files``),
+    each path in it proven to lie inside ``model_dir``: the MLmodel came with the model, not from us."""
+    from ml_assets.resources.registries.mlflow_lookup import parse_mlmodel
+    from ml_assets.resources.runtimes._flavors import NativeFlavorError, NativeUnsupported, flavor_files
+
+    try:
+        flavors = parse_mlmodel((model_dir / "MLmodel").read_text()).get("flavors") or {}
+    except Exception as exc:
+        msg = f"{version.describe()}: cannot read MLmodel in {model_dir}: {exc}"
+        raise ModelLoadError(msg) from exc
+    if not isinstance(flavors, dict):
+        msg = f"{version.describe()}: the MLmodel in {model_dir} has no flavors mapping"
+        raise ModelLoadError(msg)
+
+    def join(relative: str, what: str) -> str:
+        return safe_join(str(model_dir), relative, what=f"{what} in the MLmodel of {version.describe()}")
+
+    try:
+        return flavor_files(flavors, join)
+    except NativeFlavorError as exc:
+        msg = f"{version.describe()}: {exc}"
+        raise (NativeUnsupportedError if isinstance(exc, NativeUnsupported) else ModelLoadError)(msg) from exc
+
+
 class NativeScorer:
     """A flavor model loaded in this process; the library's own threads (trees of xgboost, lightgbm)
     or the core's concurrent chunks (sklearn, whose predict releases the GIL) do the parallel work."""
 
     def __init__(self, version: ModelVersion, model_dir: Path, *, threads: int) -> None:
-        from ml_assets.resources.runtimes._flavors import NativeFlavorError, load_native
+        from ml_assets.resources.runtimes._flavors import NativeFlavorError, NativeUnsupported, load_native
 
+        files = native_files(version, model_dir)
         self.version = version
         self.input_schema, _, _ = _signature_schemas(model_dir, version)
         bad = [f"{f.name} ({f.type})" for f in self.input_schema if not _numeric(f.type)]
         if bad:
             msg = f"{version.describe()}: the native runtime takes numeric features only; not {', '.join(bad)}"
-            raise ModelLoadError(msg)
+            raise NativeUnsupportedError(msg)
         try:
-            self._predictor = load_native(
-                str(model_dir), input_dtype=np.dtype(_input_dtype(self.input_schema)), threads=threads
-            )
+            self._predictor = load_native(files, input_dtype=np.dtype(_input_dtype(self.input_schema)), threads=threads)
         except ModuleNotFoundError as exc:
             msg = (
                 f"{version.describe()}: its flavor needs the package {exc.name!r}, not installed here; "
@@ -56,7 +81,7 @@ class NativeScorer:
             raise ModelLoadError(msg) from exc
         except NativeFlavorError as exc:
             msg = f"{version.describe()}: {exc}"
-            raise ModelLoadError(msg) from exc
+            raise (NativeUnsupportedError if isinstance(exc, NativeUnsupported) else ModelLoadError)(msg) from exc
         self.output_schema = self._predictor.output_schema
         self.classes = self._predictor.classes
         self.concurrency = self._predictor.concurrency
@@ -151,6 +176,7 @@ class NativeRuntime:
             load_timeout_s=self.load_timeout_s,
             environment=environment,
             predictor="native",
+            native_files=native_files(version, model_dir),
             worker_threads=self.threads,
         )
 

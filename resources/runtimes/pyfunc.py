@@ -332,9 +332,11 @@ class PyfuncScorer:
         naming: Naming = "contract",
         environment: ModelEnvironment | None = None,
         predictor: Literal["pyfunc", "native"] = "pyfunc",
+        native_files: Mapping[str, Any] | None = None,
         worker_threads: int = 1,
     ) -> None:
         self.version = version
+        self.native_files = native_files
         self.environment = environment
         self.predictor = predictor
         self.worker_threads = worker_threads
@@ -394,7 +396,7 @@ class PyfuncScorer:
                 threads=self.worker_threads,
                 input_dtype=dtype,
                 load_timeout_s=self.load_timeout_s,
-                params=self.params,
+                params=self.native_files if self.predictor == "native" else self.params,
             )
         with self._lock:
             self._all.append(worker)

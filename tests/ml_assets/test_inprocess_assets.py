@@ -52,7 +52,15 @@ def register_file_model(tracking_uri: str, name: str, model_file: Path, flavor: 
 
 
 def materialize(
-    models, name: str, model: str, input_dataset: Path, output: Path, options: dict, *, nulls: str = "pass"
+    models,
+    name: str,
+    model: str,
+    input_dataset: Path,
+    output: Path,
+    options: dict,
+    *,
+    nulls: str = "pass",
+    runtime: str | None = None,
 ) -> pa.Table:
     asset = build_scoring_asset(
         name=name,
@@ -66,7 +74,7 @@ def materialize(
     )
     resources = {
         "model_registry": ModelRegistryResource(kind="mlflow", uri=models.tracking_uri),
-        "model_runtime": ModelRuntimeResource(options=options),
+        "model_runtime": ModelRuntimeResource(runtime=runtime, options=options),
     }
     with dg.instance_for_test() as instance:
         result = dg.materialize([asset], partition_key=DATES[1], resources=resources, instance=instance)
@@ -177,6 +185,7 @@ def test_pyfunc_partition(models, numeric_data, tmp_path):
         tmp_path / "out",
         {"pyfunc": {"isolation": "process", "workers": 2}},
         nulls="error",
+        runtime="pyfunc",  # an sklearn model is scored natively by default (test_native_runtime.py)
     )
     source = pq.read_table(data / f"date={DATES[1]}").to_pandas()
     assert out["row_id"].to_pylist() == source["row_id"].tolist()

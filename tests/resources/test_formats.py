@@ -22,13 +22,35 @@ def write_mlmodel(folder: Path, flavors: str) -> Path:
     ("flavors", "expected"),
     [
         ("  onnx:\n    data: model.onnx\n  python_function:\n    loader_module: mlflow.onnx\n", "onnx"),
-        ("  sklearn:\n    pickled_model: model.pkl\n  python_function:\n    loader_module: mlflow.sklearn\n", "pyfunc"),
+        ("  sklearn:\n    pickled_model: model.pkl\n  python_function:\n    loader_module: mlflow.sklearn\n", "native"),
+        ("  xgboost:\n    data: model.ubj\n  python_function:\n    loader_module: mlflow.xgboost\n", "native"),
+        ("  lightgbm:\n    data: model.lgb\n  python_function:\n    loader_module: mlflow.lightgbm\n", "native"),
+        ("  python_function:\n    loader_module: mlflow.pyfunc.model\n", "pyfunc"),
         ("  pmml:\n    data: model.pmml\n", "pmml"),
         ("  h2o_mojo:\n    data: model.zip\n", "h2o_mojo"),
     ],
 )
 def test_from_mlflow_flavor(tmp_path, flavors, expected):
     assert detect_format(write_mlmodel(tmp_path / "m", flavors)) == expected
+
+
+def test_a_tree_flavor_with_a_string_column_stays_pyfunc(tmp_path):
+    """Only pyfunc hands a pipeline its string columns (as a DataFrame); numbers and booleans go native."""
+    flavors = "  sklearn:\n    pickled_model: model.pkl\n  python_function:\n    loader_module: mlflow.sklearn\n"
+    columns = '[{"type": "double", "name": "amount"}, {"type": "%s", "name": "country"}]'
+    for kind, expected in (("string", "pyfunc"), ("boolean", "native"), ("long", "native")):
+        folder = write_mlmodel(tmp_path / kind, flavors)
+        (folder / "MLmodel").write_text(
+            (folder / "MLmodel").read_text() + f"signature:\n  inputs: '{columns % kind}'\n"
+        )
+        assert detect_format(folder) == expected
+
+
+def test_the_default_native_flavors_are_those_the_native_predictor_reads():
+    from ml_assets.resources.core.formats import _TREE_FLAVORS
+    from ml_assets.resources.runtimes._flavors import NATIVE_FLAVORS
+
+    assert set(_TREE_FLAVORS) == set(NATIVE_FLAVORS)
 
 
 def test_flavor_without_python_function_is_refused(tmp_path):

@@ -177,8 +177,10 @@ def test_model_without_signature_is_refused(tmp_path):
 
 
 def test_format_detection(sklearn_model, models):
-    assert detect_format(sklearn_model) == "pyfunc"
-    assert detect_format(sklearn_model / "MLmodel") == "pyfunc"
+    # sklearn models are scored natively by default (labels and probabilities); pyfunc on request
+    assert detect_format(sklearn_model) == "native"
+    assert detect_format(sklearn_model / "MLmodel") == "native"
+    assert detect_format(sklearn_model, override="pyfunc") == "pyfunc"
     assert detect_format(models.lr_onnx) == "onnx"
 
 
