@@ -27,6 +27,10 @@ collect_ignore = [] if importlib.util.find_spec("airflow") else ["airflow"]
 DATES = ["2026-11-01", "2026-11-02", "2026-11-03"]
 ROWS_PER_DAY = 20_000
 VENV_BIN = str(Path(sys.executable).parent)
+# Environments built from the package index (model environments, MLServer's) and fixtures trained in them,
+# by content hash: only the first suite run on a machine builds them.
+TEST_CACHE = Path(os.environ.get("ML_ASSETS_TEST_ENV_DIR") or Path.home() / ".cache" / "ml-assets-test")
+TEST_ENV_DIR = TEST_CACHE / "envs"
 
 
 @pytest.fixture(scope="session", autouse=True)
