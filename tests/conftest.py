@@ -27,6 +27,58 @@ collect_ignore = [] if importlib.util.find_spec("airflow") else ["airflow"]
 DATES = ["2026-11-01", "2026-11-02", "2026-11-03"]
 ROWS_PER_DAY = 20_000
 VENV_BIN = str(Path(sys.executable).parent)
+# Environments built from the package index (model environments, MLServer's) and fixtures trained in them,
+# by content hash: only the first suite run on a machine builds them.
+TEST_CACHE = Path(os.environ.get("ML_ASSETS_TEST_ENV_DIR") or Path.home() / ".cache" / "ml-assets-test")
+TEST_ENV_DIR = TEST_CACHE / "envs"
+
+
+# pytest-xdist runs the suite on two workers (`-n 2 --dist loadscope`, pyproject.toml); a group runs whole on
+# one worker. Each module is a group of its own, so its module-scoped servers, JVMs and Ray cluster start once;
+# XDIST_GROUPS joins the modules that share a session fixture too costly to build twice. (Groups are made by
+# the scheduler below, not by xdist_group marks: xdist 3.8's loadgroup renames node ids through an attribute
+# pytest 9 no longer reads, so those marks group nothing.)
+XDIST_GROUPS = {
+    "tests/airflow/": "airflow",  # `airflow db migrate` of the session's Airflow home
+}
+# Groups that take longest (pytest --durations on the 2-core CI machine), handed out first: a long group
+# started last would leave one worker idle while the other finishes it. Order only, never what runs.
+HEAVIEST_FIRST = [
+    "airflow",  # ~320 s, half of it the `airflow standalone` deployment test
+    "tests/resources/test_http_runtime.py",
+    "tests/ml_assets/test_dagster_dev.py",
+    "tests/ml_assets/test_ray_engine.py",
+    "tests/resources/test_mlflow_services.py",
+    "tests/ml_assets/test_signals.py",
+    "tests/resources/test_model_envs.py",
+    "tests/ml_assets/test_prediction_contract.py",
+    "tests/sensors/test_promotion.py",
+    "tests/resources/test_pyfunc_runtime.py",
+    "tests/ml_assets/test_inprocess_assets.py",
+]
+
+
+def xdist_group_of(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return next((group for prefix, group in XDIST_GROUPS.items() if path.startswith(prefix)), path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    if config.getvalue("dist") != "loadscope":
+        return None  # another --dist given on the command line: xdist's own scheduler
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group_of(nodeid)
+
+    return GroupScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {group: index for index, group in enumerate(HEAVIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(xdist_group_of(item.nodeid), len(rank)))  # stable: the rest keep order
 
 
 @pytest.fixture(scope="session", autouse=True)

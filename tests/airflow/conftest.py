@@ -6,6 +6,7 @@ test module imports it; ``airflow db migrate`` builds the metadata database once
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -21,6 +22,8 @@ if "airflow" in sys.modules:
     msg = "Airflow was imported before tests/airflow/conftest.py set AIRFLOW_HOME; it would use ~/airflow"
     raise RuntimeError(msg)
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="ml-assets-airflow-"))
+# Also when no Airflow test runs in this process (an xdist worker given other modules, --collect-only).
+atexit.register(shutil.rmtree, AIRFLOW_HOME, ignore_errors=True)
 DAGS_FOLDER = AIRFLOW_HOME / "dags"
 DAGS_FOLDER.mkdir()
 os.environ.update(

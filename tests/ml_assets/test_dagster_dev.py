@@ -137,6 +137,17 @@ class Dev:
             time.sleep(2)
         pytest.fail(f"timed out waiting for {what}: {json.dumps(node)[:2000]}")
 
+    def wait_checks(self, name: str, timeout: float = 120.0) -> list[dict]:
+        """The check's executions of the two backfilled days, once none is running."""
+        deadline = time.monotonic() + timeout
+        while True:
+            executions = self.graphql(CHECKS, name=name)["assetCheckExecutions"]
+            if len(executions) >= 2 and all(e["status"] != "IN_PROGRESS" for e in executions):
+                return executions
+            if time.monotonic() > deadline:
+                pytest.fail(f"check {name} still running after {timeout}s: {json.dumps(executions)[:2000]}")
+            time.sleep(0.5)
+
 
 @pytest.fixture
 def dev(models, transactions, tmp_path):
@@ -213,7 +224,8 @@ def test_backfill_checks_and_staleness_through_graphql(dev):
         records = [json.loads(r) for r in values["score_histogram"]["records"]]
         assert sum(r["rows"] for r in records) == ROWS_PER_DAY
     for name in ("signature", "prediction_health", "score_drift"):
-        executions = server.graphql(CHECKS, name=name)["assetCheckExecutions"]
+        # The run records a day's materialization before its checks' evaluations: wait for them to end.
+        executions = server.wait_checks(name)
         assert sorted(e["partition"] for e in executions) == DATES[:2]
         assert {e["status"] for e in executions} == {"SUCCEEDED"}
     screenshot = os.environ.get("ML_ASSETS_UI_SCREENSHOT")

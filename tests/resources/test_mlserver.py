@@ -1,8 +1,9 @@
 """MLServer (Open Inference Protocol v2) with its scikit-learn runtime, in a virtualenv of its own.
 
 MLServer pins older fastapi/starlette/protobuf than Airflow, so it cannot share the project's
-virtualenv: the fixture builds one from the package index, once, under the pytest cache (reused by
-later sessions). If it cannot be built (no index, no wheel), the test is skipped and says why.
+virtualenv: the fixture builds one from the package index with uv, once per machine, in the model-environment
+tests' cache (keyed by content hash, under a file lock; a fresh clone reuses it). If it cannot be built (no
+index, no wheel), the test is skipped and says why.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import os
 import signal
 import subprocess
 import time
-import venv
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +22,11 @@ import pyarrow as pa
 import pytest
 
 from ml_assets.dev.services import free_port
+from ml_assets.resources.core.envs import EnvironmentStore
+from ml_assets.resources.core.errors import EnvironmentBuildError
 from ml_assets.resources.core.models import ColumnSpec, ModelVersion, Signature
 from ml_assets.resources.runtimes.http import HttpRuntime
+from tests.conftest import TEST_ENV_DIR
 
 # The server's own pins: scikit-learn as in ours, so the pickled pipeline loads unchanged.
 MLSERVER_REQUIREMENTS = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "scikit-learn==1.9.0"]
@@ -40,24 +43,13 @@ def training(n: int, seed: int) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="session")
-def mlserver_bin(request: pytest.FixtureRequest) -> Path:
-    folder = Path(request.config.cache.mkdir("ml-assets-mlserver-venv"))
-    marker = folder / "installed.json"
-    mlserver = folder / "bin" / "mlserver"
-    if marker.is_file() and json.loads(marker.read_text()) == MLSERVER_REQUIREMENTS and mlserver.is_file():
-        return mlserver
-    if not (folder / "bin" / "python").is_file():
-        venv.EnvBuilder(with_pip=True).create(folder)
-    # pip keeps what an interrupted earlier install left, so a second try goes on where it stopped.
-    cmd = [str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet", *MLSERVER_REQUIREMENTS]
+def mlserver_bin() -> Path:
+    store = EnvironmentStore(TEST_ENV_DIR, build_timeout_s=INSTALL_TIMEOUT_S)
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"MLServer did not install from the package index within {INSTALL_TIMEOUT_S} s")
-    if done.returncode != 0 or not mlserver.is_file():
-        pytest.skip(f"MLServer does not install from the package index: {done.stderr.strip()[-600:]}")
-    marker.write_text(json.dumps(MLSERVER_REQUIREMENTS))
-    return mlserver
+        env = store.ensure(MLSERVER_REQUIREMENTS, what="MLServer")
+    except EnvironmentBuildError as failed:
+        pytest.skip(f"MLServer does not install from the package index: {str(failed)[-600:]}")
+    return env.path / "bin" / "mlserver"
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -35,12 +34,12 @@ from ml_assets.resources.core.envs import (
 from ml_assets.resources.core.errors import EnvironmentBuildError, ModelLoadError
 from ml_assets.scoring import score_partition
 from ml_assets.service import ModelService
+from tests.conftest import TEST_CACHE, TEST_ENV_DIR
 
 # The first run on a machine builds three environments (minutes on a loaded host); later runs reuse them.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
-CACHE = Path(os.environ.get("ML_ASSETS_TEST_ENV_DIR") or Path.home() / ".cache" / "ml-assets-test")
-ENV_DIR = CACHE / "envs"
+CACHE, ENV_DIR = TEST_CACHE, TEST_ENV_DIR
 TRAINER = Path(__file__).parent / "fixtures" / "train_tree_flavors.py"
 # The trainer's environment; the same pins as constraints.txt, so uv's cache serves both it and the models'.
 TRAINER_REQUIREMENTS = [
