@@ -157,11 +157,10 @@ def test_pyfunc_in_its_environment_equals_mlflow_pyfunc(tree_models, tmp_path, m
 
 def test_tree_flavor_in_process_without_its_library_names_the_way_out(tree_models):
     tracking = f"sqlite:///{tree_models / 'mlflow.db'}"
-    with (
-        ModelService.from_uri("mlflow", tracking, runtime="native") as service,
-        pytest.raises(ModelLoadError, match=r"'lgbm' version 1: .*'lightgbm'.*env_manager='uv'"),
-    ):
-        service.open("models:/lgbm/1")
+    with ModelService.from_uri("mlflow", tracking) as service:  # native: the default of the lightgbm flavor
+        assert service.resolve("models:/lgbm/1").format == "native"
+        with pytest.raises(ModelLoadError, match=r"'lgbm' version 1: .*'lightgbm'.*env_manager='uv'"):
+            service.open("models:/lgbm/1")
 
 
 BUILD = textwrap.dedent(
