@@ -280,11 +280,19 @@ def environment_reuse(lgbm_model: Path) -> dict:
         started = time.perf_counter()
         EnvironmentStore(root).for_model(lgbm_model, what="lgbm")
         lookups.append(time.perf_counter() - started)
-    started = time.perf_counter()
-    scorer = NativeRuntime(env_manager="uv", env_dir=str(root)).load(_version("lgbm"), lgbm_model)
-    worker_start = time.perf_counter() - started
-    scorer.close()
-    return {"first_build": first_build, "recorded": built.build_seconds, "lookup": min(lookups), "worker": worker_start}
+    starts = []
+    for _ in range(2):  # the first start in a fresh environment also writes the bytecode of what it imports
+        started = time.perf_counter()
+        scorer = NativeRuntime(env_manager="uv", env_dir=str(root)).load(_version("lgbm"), lgbm_model)
+        starts.append(time.perf_counter() - started)
+        scorer.close()
+    return {
+        "first_build": first_build,
+        "recorded": built.build_seconds,
+        "lookup": min(lookups),
+        "worker": starts[0],
+        "worker_again": starts[1],
+    }
 
 
 def main() -> None:
@@ -338,7 +346,8 @@ def main() -> None:
         f"\nModel environments (uv {_uv_version()}): first build of the LightGBM model's environment "
         f"{reuse['first_build']:.1f} s (warm uv cache; benchmark environment {bench_env_seconds:.1f} s, "
         f"{'built' if env.built else 'reused'}); once built, looking it up {reuse['lookup'] * 1000:.1f} ms; "
-        f"a worker starting in it (interpreter, imports, model load) {reuse['worker']:.1f} s."
+        f"a native worker starting in it (interpreter, imports, model load; an LGBMClassifier, so scikit-learn "
+        f"is imported) {reuse['worker']:.1f} s the first time, {reuse['worker_again']:.1f} s the next."
     )
 
 

@@ -45,7 +45,7 @@ spec = importlib.util.spec_from_file_location("_flavors", sys.argv[3])
 flavors = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(flavors)
 import numpy as np
-flavors.load_native(json.loads(sys.argv[4]), input_dtype=np.dtype("float64"), threads=1)
+flavors.load_native(json.loads(sys.argv[4]), input_dtype=np.dtype("float64"), threads=1, lean_imports=True)
 assert "mlflow" not in sys.modules
 print(time.perf_counter() - started)
 """
@@ -128,7 +128,7 @@ def in_process(repeat: int) -> list[tuple[str, str, float, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tracking-uri", help="an MLflow registry holding the models (version 1 of each)")
-    parser.add_argument("--models", default="lgbm,xgb")
+    parser.add_argument("--models", default="lgbm,xgb,xgbreg")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--env-dir", default=str(Path.home() / ".cache" / "ml-assets-test" / "envs"))
     args = parser.parse_args()

@@ -80,9 +80,10 @@ def main(argv: list[str]) -> int:
         import pyarrow as pa
 
         if mode == "native":
-            # One request at a time: each matrix is split across the threads (see _flavors.load_native).
+            # One model and one request at a time: each matrix is split across the threads, and a Booster's
+            # library is imported without scikit-learn and pandas (see _flavors.load_native).
             predictor = _load_flavors().load_native(
-                params, input_dtype=np.dtype(input_dtype), threads=threads, parallel="split"
+                params, input_dtype=np.dtype(input_dtype), threads=threads, parallel="split", lean_imports=True
             )
             schema = predictor.output_schema
             if predictor.classes is not None:

@@ -15,8 +15,9 @@ import json
 import os
 import pickle
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -222,7 +223,12 @@ def flavor_files(flavors: dict[str, Any], join: Callable[[str, str], str]) -> di
 
 
 def load_native(
-    spec: dict[str, Any], *, input_dtype: Any, threads: int, parallel: Literal["chunks", "split"] = "chunks"
+    spec: dict[str, Any],
+    *,
+    input_dtype: Any,
+    threads: int,
+    parallel: Literal["chunks", "split"] = "chunks",
+    lean_imports: bool = False,
 ) -> NativePredictor:
     """The model ``spec`` (``flavor_files``) describes, loaded from its file by the flavor's library alone:
     MLflow is not imported (in a fresh model environment, importing it took most of a worker's start).
@@ -235,7 +241,15 @@ def load_native(
     the library's own threads on one big matrix, and faster on 64k-row chunks (no fork/join per call, and
     the matrix building and output columns run in parallel too). A model whose predict is not thread-safe
     gets the library's own threads instead.
+
+    ``lean_imports``: for a process that holds this one model (a worker), a LightGBM or XGBoost Booster is
+    loaded with its library imported without scikit-learn and pandas, which both import when present
+    (most of their import time: scipy.stats) and a Booster does not use. Not in a process that may load
+    other models: the library would stay imported without its scikit-learn estimators.
     """
+    if lean_imports and spec["model_class"] == _BOOSTERS.get(spec["flavor"]) and spec["flavor"] not in sys.modules:
+        with _not_importable("sklearn", "pandas"):
+            importlib.import_module(spec["flavor"])
     predictor = _load(spec, input_dtype, threads)
     if predictor.thread_safe and threads > 1:
         if parallel == "chunks":
@@ -243,6 +257,23 @@ def load_native(
         elif predictor.order == "C":  # row slices of a column-major matrix would reach BLAS strided
             predictor.split = threads
     return predictor
+
+
+_BOOSTERS = {"lightgbm": "lightgbm.basic.Booster", "xgboost": "xgboost.core.Booster"}
+
+
+@contextmanager
+def _not_importable(*modules: str) -> Iterator[None]:
+    """``import`` of ``modules`` raises ImportError meanwhile (a None in sys.modules), as if not installed."""
+    blocked = [m for m in modules if m not in sys.modules]
+    for module in blocked:
+        sys.modules[module] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for module in blocked:
+            if sys.modules.get(module, 0) is None:
+                del sys.modules[module]
 
 
 def _load(spec: dict[str, Any], input_dtype: Any, threads: int) -> NativePredictor:

@@ -156,11 +156,10 @@ def test_pyfunc_in_its_environment_equals_mlflow_pyfunc(tree_models, tmp_path, m
 
 def test_tree_flavor_in_process_without_its_library_names_the_way_out(tree_models):
     tracking = f"sqlite:///{tree_models / 'mlflow.db'}"
-    with (
-        ModelService.from_uri("mlflow", tracking, runtime="native") as service,
-        pytest.raises(ModelLoadError, match=r"'lgbm' version 1: .*'lightgbm'.*env_manager='uv'"),
-    ):
-        service.open("models:/lgbm/1")
+    with ModelService.from_uri("mlflow", tracking) as service:  # native: the default of the lightgbm flavor
+        assert service.resolve("models:/lgbm/1").format == "native"
+        with pytest.raises(ModelLoadError, match=r"'lgbm' version 1: .*'lightgbm'.*env_manager='uv'"):
+            service.open("models:/lgbm/1")
 
 
 BUILD = textwrap.dedent(
@@ -281,3 +280,39 @@ def test_index_credentials_never_reach_the_error(tmp_path):
         store.ensure(["ml-assets-no-such-package-zq==1.0"], what="model 'private' version 1")
     assert "s3cret" not in str(failed.value)
     assert "model 'private' version 1: uv could not install" in str(failed.value)
+
+
+def test_a_native_worker_imports_no_mlflow_and_a_booster_no_sklearn(tree_models, tmp_path):
+    """What a worker start costs is mostly imports: the native worker reads the model file without MLflow,
+    and a Booster's library is imported without scikit-learn and pandas (both in these environments)."""
+    from ml_assets.resources.registries.mlflow import MlflowRegistry
+    from ml_assets.resources.runtimes.native import native_files
+
+    registry = MlflowRegistry(f"sqlite:///{tree_models / 'mlflow.db'}", cache_dir=tmp_path / "cache")
+    probe = textwrap.dedent(
+        """
+        import importlib.util, json, sys
+        spec = importlib.util.spec_from_file_location("_flavors", sys.argv[1])
+        flavors = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(flavors)
+        import numpy as np
+        flavors.load_native(json.loads(sys.argv[2]), input_dtype=np.dtype("float64"), threads=2, lean_imports=True)
+        print(json.dumps(sorted(m for m in ("mlflow", "sklearn", "pandas") if m in sys.modules)))
+        """
+    )
+    imported = {}
+    for name in ("lgbm", "xgbreg", "xgb"):
+        version = registry.resolve(f"models:/{name}/1")
+        model_dir = registry.fetch(version)
+        env = EnvironmentStore(ENV_DIR).for_model(model_dir, what=name)
+        assert subprocess.run([str(env.python), "-I", "-c", "import sklearn, pandas"], timeout=300).returncode == 0
+        flavors = Path(__file__).parents[2] / "resources" / "runtimes" / "_flavors.py"
+        files = json.dumps(native_files(version, model_dir))
+        done = subprocess.run(
+            [str(env.python), "-I", "-c", probe, str(flavors), files], capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        imported[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert imported["lgbm"] == imported["xgbreg"] == []  # Boosters
+    assert "mlflow" not in imported["xgb"]
+    assert "sklearn" in imported["xgb"]  # an XGBClassifier is a scikit-learn estimator
