@@ -3,6 +3,7 @@ actor leaves no half output; a promotion during the run does not change the pinn
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -123,15 +124,17 @@ def pinned_model(models, tmp_path_factory) -> tuple[str, str]:
 
 
 def _kill_first_actor_after(promote: Callable[[], object], deadline_s: float, killed: list[int]) -> None:
-    """Promote v2, then SIGKILL the first scoring actor process to appear (bounded in time)."""
+    """Promote v2, then SIGKILL the first scoring actor process to appear (bounded in time). Only this
+    process's own Ray (its raylet and workers are its descendants): never another test run's actors."""
     promote()
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline and not killed:
-        for process in psutil.process_iter(["pid", "cmdline"]):
-            if ACTOR_TITLE in " ".join(process.info["cmdline"] or []):
-                process.kill()
-                killed.append(process.info["pid"])
-                return
+        for process in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                if ACTOR_TITLE in " ".join(process.cmdline()):
+                    process.kill()
+                    killed.append(process.pid)
+                    return
         time.sleep(0.01)
 
 
