@@ -144,6 +144,7 @@ def case_ours(data: Path, model: str, out: Path) -> dict:
     # The reader is Polars' decoder: its one import per process (~0.1 s) is start-up, like the model load,
     # not part of the steady state (at 2M rows it would be a third of score_partition's time).
     import polars  # noqa: F401
+
     load = time.perf_counter() - t_start
     result = score_partition(
         scorer,
