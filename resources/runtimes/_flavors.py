@@ -338,18 +338,15 @@ def _named(predictor: NativePredictor, names: list[str] | None) -> NativePredict
 
 
 def _lightgbm_booster(booster: Any, dtype: Any) -> NativePredictor:
-    # One thread per call (LightGBM predicts under a shared lock: calls run at once); see load_native.
-    threads = 1
+    # One thread per call: LightGBM predicts under a shared lock, so calls run at once (see load_native).
     objective = str(booster.dump_model(num_iteration=1).get("objective", "")).split(" ")[0]
     if objective in ("binary", "cross_entropy"):
         classes = np.array([0, 1], dtype=np.int64)
-        return _classifier(
-            "lightgbm", dtype, classes, lambda x: _binary(booster.predict(x, num_threads=threads)), _argmax
-        )
+        return _classifier("lightgbm", dtype, classes, lambda x: _binary(booster.predict(x, num_threads=1)), _argmax)
     if objective in ("multiclass", "multiclassova", "softmax", "ova"):
         classes = np.arange(booster.num_model_per_iteration(), dtype=np.int64)
-        return _classifier("lightgbm", dtype, classes, lambda x: booster.predict(x, num_threads=threads), _argmax)
-    return _regressor("lightgbm", dtype, 1, lambda x: booster.predict(x, num_threads=threads))
+        return _classifier("lightgbm", dtype, classes, lambda x: booster.predict(x, num_threads=1), _argmax)
+    return _regressor("lightgbm", dtype, 1, lambda x: booster.predict(x, num_threads=1))
 
 
 def _xgboost_class(name: Any) -> type:
