@@ -38,29 +38,43 @@ class ColumnSummary:
     out_of_range: int = 0  # probabilities below -PROBABILITY_EPSILON or above 1 + PROBABILITY_EPSILON
 
     def update(self, column: pa.Array, *, probability: bool) -> None:
+        # A few whole-array passes and no Python per value: this runs on every chunk of every run.
         self.nulls += column.null_count
         values = (column.drop_null() if column.null_count else column).to_numpy(zero_copy_only=False)
-        if values.dtype.kind == "f" and not np.isfinite(values.sum(dtype=np.float64)):
+        if values.dtype.kind != "f":
+            values = values.astype(np.float64)
+        total = float(values.sum(dtype=np.float64))
+        if not math.isfinite(total):
             finite = values[np.isfinite(values)]
             self.nans += len(values) - len(finite)
             values = finite
+            total = float(values.sum(dtype=np.float64))
         n = len(values)
         if not n:
             return
-        mean = float(values.mean(dtype=np.float64))
-        m2 = float(values.var(dtype=np.float64)) * n
-        total = self.count + n
+        mean = total / n
+        low, high = float(values.min()), float(values.max())
+        # Deviations in the column's own type (one temporary), squared in place, summed in float64.
+        deviations = values - values.dtype.type(mean)
+        m2 = float(np.square(deviations, out=deviations).sum(dtype=np.float64))
+        merged = self.count + n
         delta = mean - self.mean_
-        self.mean_ += delta * n / total
-        self.m2 += m2 + delta * delta * self.count * n / total
-        self.count = total
-        self.minimum = min(self.minimum, float(values.min()))
-        self.maximum = max(self.maximum, float(values.max()))
+        self.mean_ += delta * n / merged
+        self.m2 += m2 + delta * delta * self.count * n / merged
+        self.count = merged
+        self.minimum = min(self.minimum, low)
+        self.maximum = max(self.maximum, high)
         if probability:
-            outside = (values < -PROBABILITY_EPSILON) | (values > 1.0 + PROBABILITY_EPSILON)
-            self.out_of_range += int(np.count_nonzero(outside))
-            bins = np.clip((values * HISTOGRAM_BINS).astype(np.int32), 0, HISTOGRAM_BINS - 1)
-            counts = np.bincount(bins, minlength=HISTOGRAM_BINS)
+            inside = low >= -PROBABILITY_EPSILON and high <= 1.0 + PROBABILITY_EPSILON
+            if not inside:
+                outside = (values < -PROBABILITY_EPSILON) | (values > 1.0 + PROBABILITY_EPSILON)
+                self.out_of_range += int(np.count_nonzero(outside))
+            bins = np.multiply(values, HISTOGRAM_BINS, out=deviations).astype(np.intp)
+            if low < 0.0 or high > 1.0:
+                np.clip(bins, 0, HISTOGRAM_BINS, out=bins)
+            counts = np.bincount(bins, minlength=HISTOGRAM_BINS + 1)
+            counts[HISTOGRAM_BINS - 1] += counts[HISTOGRAM_BINS]  # 1.0 (and above) falls in the last bin
+            counts = counts[:HISTOGRAM_BINS]
             self.histogram = counts if self.histogram is None else self.histogram + counts
 
     @property
@@ -106,9 +120,9 @@ class ScoreSummary:
                 counts = self.value_counts.setdefault(name, {})
                 if len(counts) > self.MAX_DISTINCT:
                     continue
-                for entry in pc.value_counts(column).to_pylist():
-                    key = str(entry["values"])
-                    counts[key] = counts.get(key, 0) + entry["counts"]
+                for value, count in _value_counts(column):
+                    key = str(value)
+                    counts[key] = counts.get(key, 0) + count
 
     def as_dict(self) -> dict[str, Any]:
         summary: dict[str, Any] = {name: s.as_dict() for name, s in self.columns.items()}
@@ -132,6 +146,24 @@ class ScoreSummary:
             top = ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:5])
             lines.append(f"| {name} | {sum(counts.values()):,} | | | | | | {top} |")
         return "\n".join(lines)
+
+
+# Integer labels spanning at most this many values (class labels) are counted by comparisons, which
+# is ten times quicker than hashing them; wider ranges and strings are hashed.
+COMPARED_RANGE = 16
+
+
+def _value_counts(column: pa.Array) -> list[tuple[Any, int]]:
+    """Each distinct value of ``column`` (None for nulls) and how often it occurs."""
+    if pa.types.is_integer(column.type) and len(column) > column.null_count:
+        values = (column.drop_null() if column.null_count else column).to_numpy()
+        low, high = int(values.min()), int(values.max())
+        if high - low < COMPARED_RANGE:
+            counts = [(value, int(np.count_nonzero(values == value))) for value in range(low, high + 1)]
+            if column.null_count:
+                counts.append((None, column.null_count))
+            return [(value, count) for value, count in counts if count]
+    return [(entry["values"], entry["counts"]) for entry in pc.value_counts(column).to_pylist()]
 
 
 def _looks_like_label(name: str) -> bool:
