@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -39,6 +40,11 @@ def reference(path: Path, x: np.ndarray) -> list:
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options)
     return session.run(None, {session.get_inputs()[0].name: x})
+
+
+def ulps(values: np.ndarray, count: int) -> float:
+    """``count`` float32 steps at the largest magnitude in ``values``: rounding, not a different model."""
+    return count * float(np.spacing(np.float32(np.abs(values).max())))
 
 
 def batch_of(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:
@@ -86,7 +92,9 @@ def test_regressor_and_empty_batch(tmp_path, table):
     scorer = OnnxRuntime(threads=1).load(version(), path)
     assert scorer.output_schema.names == ["prediction"]
     out = scorer.score(batch_of(table, scorer.input_schema))
-    np.testing.assert_array_equal(out["prediction"].to_numpy(), reference(path, x)[0][:, 0])
+    expected = reference(path, x)[0][:, 0]
+    # Computed on the columns (``_linear_on_columns``): the one-target sum runs in another order.
+    np.testing.assert_allclose(out["prediction"].to_numpy(), expected, rtol=0, atol=ulps(expected, 8))
     native = OnnxRuntime(threads=1, naming="native").load(version(), path)
     assert native.output_schema.names == ["variable"]
     empty = scorer.score(batch_of(table.slice(0, 0), scorer.input_schema))
@@ -228,3 +236,76 @@ def test_column_transformer_with_one_input_per_column(tmp_path):
     out = scorer.score(batch)
     assert out["label"].to_pylist() == list(pipeline.predict(df))
     np.testing.assert_allclose(out["probability_fraud"].to_numpy(), pipeline.predict_proba(df)[:, 0], atol=1e-5)
+
+
+def linear_exports(x: np.ndarray) -> dict[str, tuple[Any, np.ndarray]]:
+    """skl2onnx's linear exports as users make them, each with the target it is fit on."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    binary = (x[:, 0] - x[:, 2] > 0).astype(np.int64)
+    three = np.digitize(x[:, 0] + 0.5 * x[:, 1], [-0.5, 0.5])
+    return {
+        "logistic, ZipMap, labels through Cast": (LogisticRegression(), binary),
+        "logistic, string classes": (LogisticRegression(), np.where(binary, "fraud", "ok")),
+        "multinomial logistic, softmax + Normalizer": (LogisticRegression(), three),
+        "scaler + logistic pipeline": (make_pipeline(StandardScaler(), LogisticRegression()), three),
+        "linear SVC, raw scores": (LinearSVC(), three),
+        "ridge, two targets": (Ridge(), x[:, :2] @ np.array([[1.0, -2.0], [0.5, 3.0]], dtype=np.float32)),
+    }
+
+
+@pytest.mark.parametrize("kind", list(linear_exports(np.zeros((4, 3), np.float32))))
+def test_linear_models_are_computed_on_the_columns_with_the_kernels_results(kind, table, tmp_path):
+    """The graph is rewritten to read the [K, N] feed itself, and gives onnxruntime's own predictions."""
+    import onnx
+
+    from ml_assets.resources.runtimes.onnx import _linear_on_columns, _strip_zipmap
+
+    x = features_of(table)
+    estimator, y = linear_exports(x)[kind]
+    estimator.fit(x, y)
+    path = tmp_path / "linear.onnx"
+    path.write_bytes(to_onnx(estimator, x[:1], target_opset=17).SerializeToString())
+    rewritten = onnx.load(str(path))
+    _strip_zipmap(rewritten)
+    assert _linear_on_columns(rewritten), kind
+    assert not {n.op_type for n in rewritten.graph.node} & {"LinearClassifier", "LinearRegressor", "Scaler"}
+
+    scorer = OnnxRuntime(threads=1, naming="native").load(version(), path)
+    assert scorer.session.get_inputs()[0].name.endswith(COLUMNS_SUFFIX)
+    out = scorer.score(batch_of(table, scorer.input_schema))
+    expected = reference(path, x)
+    for name, values in zip([o.name for o in ort.InferenceSession(str(path)).get_outputs()], expected, strict=True):
+        if isinstance(values, list):  # ZipMap: one dict per row
+            values = np.array([[row[c] for c in sorted(values[0])] for row in values], dtype=np.float32)
+        if values.dtype.kind in "iOU":
+            assert out[name].to_pylist() == values.tolist(), kind
+            continue
+        columns = [c for c in out.schema.names if c == name or c.startswith(("probability_", f"{name}_"))]
+        got = np.column_stack([out[c].to_numpy() for c in columns])
+        np.testing.assert_allclose(got, values.reshape(len(x), -1), rtol=0, atol=ulps(values, 2), err_msg=kind)
+
+
+def test_linear_rewrite_leaves_other_graphs_alone(models):
+    """An input that feeds more than the linear node, or a one-row classifier, keeps the general path."""
+    import onnx
+    from onnx import helper
+
+    from ml_assets.resources.runtimes.onnx import _linear_on_columns
+
+    shared = onnx.load(str(models.lr_onnx))
+    source = shared.graph.input[0].name
+    shared.graph.node.append(helper.make_node("Identity", [source], ["copy"]))
+    shared.graph.output.append(helper.make_tensor_value_info("copy", onnx.TensorProto.FLOAT, None))
+    assert not _linear_on_columns(shared)
+
+    one_row = onnx.load(str(models.lr_onnx))
+    (node,) = [n for n in one_row.graph.node if n.op_type == "LinearClassifier"]
+    attributes = {a.name: a for a in node.attribute}
+    width = len(attributes["coefficients"].floats) // len(attributes["intercepts"].floats)
+    del attributes["coefficients"].floats[width:]
+    del attributes["intercepts"].floats[1:]
+    assert not _linear_on_columns(one_row)
