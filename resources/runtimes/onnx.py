@@ -112,6 +112,8 @@ def _linear_on_columns(model: Any) -> bool:
     constants = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in constants]
     default_opset = next((o for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if default_opset is None and model.ir_version < 7:  # too old a format to import opset 13 into
+        return False
     if len(inputs) != 1 or (default_opset is not None and default_opset.version < 13):
         return False
     source = inputs[0]

@@ -309,3 +309,31 @@ def test_linear_rewrite_leaves_other_graphs_alone(models):
     del attributes["coefficients"].floats[width:]
     del attributes["intercepts"].floats[1:]
     assert not _linear_on_columns(one_row)
+
+
+def keep_only_ml_ops(model: Any) -> None:
+    """The graph's ai.onnx.ml nodes and opset only, as old converters wrote them."""
+    nodes = [n for n in model.graph.node if n.domain == "ai.onnx.ml"]
+    opsets = [o for o in model.opset_import if o.domain == "ai.onnx.ml"]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    del model.opset_import[:]
+    model.opset_import.extend(opsets)
+
+
+def test_a_pure_ml_graph_in_an_old_ir_version_still_loads_and_scores(models, table, tmp_path):
+    """No default-domain opset and IR version 3 (old converters): opset 13 cannot be imported into it, so the
+    graph is fed row-major, untouched, and still gives onnxruntime's predictions."""
+    import onnx
+
+    model = onnx.load(str(models.lr_onnx))
+    keep_only_ml_ops(model)
+    model.ir_version = 3
+    path = tmp_path / "old.onnx"
+    path.write_bytes(model.SerializeToString())
+    scorer = OnnxRuntime(threads=1).load(version(), path)
+    assert not scorer.session.get_inputs()[0].name.endswith(COLUMNS_SUFFIX)
+    out = scorer.score(batch_of(table, scorer.input_schema))
+    labels, probabilities = reference(path, features_of(table))
+    np.testing.assert_array_equal(out["label"].to_numpy(), labels)
+    np.testing.assert_array_equal(out["probability_1"].to_numpy(), probabilities[:, 1])
