@@ -67,25 +67,42 @@ def _take_columns(model: Any) -> bool:
     less CPU than building the row-major matrix in Arrow (0.23 vs 0.37 s per 20M rows x 20 float32),
     with the same values, so the same predictions. The graph gains one Transpose node in front, under
     the input's old name; nothing else changes. False (graph untouched) where that does not apply."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
-    graph = model.graph
-    constants = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in constants]
-    if len(inputs) != 1 or not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+    node = _matrix_input(model)
+    if node is None or not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
         return False
-    node = inputs[0]
-    tensor = node.type.tensor_type
+    columns = _feed_columns(model.graph, node)
+    model.graph.node.insert(0, helper.make_node("Transpose", [columns.name], [node.name], perm=[1, 0]))
+    return True
+
+
+def _matrix_input(model: Any) -> Any | None:
+    """The graph's one input when it is an ``[N, K]`` float or double matrix of more than one column."""
+    from onnx import TensorProto
+
+    constants = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in constants]
+    if len(inputs) != 1:
+        return None
+    tensor = inputs[0].type.tensor_type
     dims = list(tensor.shape.dim)
     if tensor.elem_type not in (TensorProto.FLOAT, TensorProto.DOUBLE) or len(dims) != 2 or dims[1].dim_value == 1:
-        return False
-    shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in reversed(dims)]
+        return None
+    return inputs[0]
+
+
+def _feed_columns(graph: Any, node: Any) -> Any:
+    """Put the ``[K, N]`` twin of input ``node`` in its place (``COLUMNS_SUFFIX``); return the twin."""
+    from onnx import helper
+
+    tensor = node.type.tensor_type
+    shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in reversed(tensor.shape.dim)]
     columns = helper.make_tensor_value_info(node.name + COLUMNS_SUFFIX, tensor.elem_type, shape)
     position = list(graph.input).index(node)
     graph.input.remove(node)
     graph.input.insert(position, columns)
-    graph.node.insert(0, helper.make_node("Transpose", [columns.name], [node.name], perm=[1, 0]))
-    return True
+    return columns
 
 
 # Linear models rewritten to read the [K, N] feed in place (``_linear_on_columns``).
@@ -109,18 +126,14 @@ def _linear_on_columns(model: Any) -> bool:
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
-    constants = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in constants]
+    source = _matrix_input(model)
     default_opset = next((o for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if default_opset is None and model.ir_version < 7:  # too old a format to import opset 13 into
         return False
-    if len(inputs) != 1 or (default_opset is not None and default_opset.version < 13):
+    if source is None or (default_opset is not None and default_opset.version < 13):
         return False
-    source = inputs[0]
     tensor = source.type.tensor_type
     dims = list(tensor.shape.dim)
-    if tensor.elem_type not in (TensorProto.FLOAT, TensorProto.DOUBLE) or len(dims) != 2 or dims[1].dim_value == 1:
-        return False
 
     def consumers(name: str) -> list[Any]:
         return [n for n in graph.node if name in n.input]
@@ -160,11 +173,6 @@ def _linear_on_columns(model: Any) -> bool:
         return False
     features = coefficients.size // targets
 
-    columns = helper.make_tensor_value_info(
-        source.name + COLUMNS_SUFFIX,
-        tensor.elem_type,
-        [features, dims[0].dim_param or (dims[0].dim_value if dims[0].HasField("dim_value") else None)],
-    )
     prefix = linear.name or linear.output[0]
     name = (f"{prefix}__columns_{i}" for i in itertools.count())
     nodes, constants_added = [], []
@@ -179,7 +187,7 @@ def _linear_on_columns(model: Any) -> bool:
         nodes.append(helper.make_node(op, inputs, [output], **attrs))
         return output
 
-    values = columns.name
+    values = source.name + COLUMNS_SUFFIX  # the twin input ``_feed_columns`` puts in place below
     if tensor.elem_type == TensorProto.DOUBLE:
         values = node("Cast", [values], to=TensorProto.FLOAT)  # as the linear kernels do
     if scaler is not None:
@@ -221,9 +229,7 @@ def _linear_on_columns(model: Any) -> bool:
     for new in reversed(nodes):
         graph.node.insert(0, new)
     graph.initializer.extend(constants_added)
-    position = list(graph.input).index(source)
-    graph.input.remove(source)
-    graph.input.insert(position, columns)
+    _feed_columns(graph, source)
     if default_opset is None:
         model.opset_import.append(helper.make_opsetid("", 13))
     return True
