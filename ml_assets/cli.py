@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -680,5 +681,16 @@ def webhook_serve(
     server.serve_forever()
 
 
+def run() -> None:
+    """The ``ml-assets`` console script: ``main``, then an exit that skips the interpreter's last garbage
+    collection. That collection walks every object the imports made (MLflow, Polars, onnxruntime) to free
+    memory the exiting process gives back anyway: 0.15 s of a 1 s start-up. Outputs are committed and
+    files closed before ``main`` returns; nothing waits on that collection."""
+    try:
+        main()
+    finally:
+        gc.freeze()  # frozen objects are outside every collection, the one at exit included
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -117,6 +117,22 @@ def test_importing_the_package_loads_no_heavy_dependency():
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize(("args", "code"), [(["--help"], 0), (["score", "--chunk-rows", "0"], 2)])
+def test_the_console_script_keeps_the_exit_code_and_skips_the_last_collection(args, code):
+    """``ml-assets`` is ``run``: the command's own exit code, and the heap frozen before the interpreter's
+    exit (so its final garbage collection has nothing to walk)."""
+    probe = (
+        "import atexit, gc, sys;"
+        "atexit.register(lambda: print('frozen:', gc.get_freeze_count() > 0));"
+        "from ml_assets.cli import run; sys.argv = ['ml-assets', *sys.argv[1:]]; run()"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == code, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "frozen: True"
+    script = Path(CLI).read_text()
+    assert "from ml_assets.cli import run" in script  # the installed entry point is ``run``, not ``main``
+
+
 def test_an_option_the_runtime_does_not_take_is_a_usage_error(models, transactions, tmp_path):
     done = run_cli(
         "score", "models:/fraud@champion", str(transactions), str(tmp_path / "o"), "--partition", f"date={DATES[0]}",

@@ -377,6 +377,39 @@ def test_rules_for_widths_encodings_and_timestamps():
     assert caught.value.row == 2
 
 
+@pytest.mark.parametrize("reader", READERS)
+def test_the_files_of_a_partition_are_its_data_files_in_path_order(double_lr, tmp_path, reader):
+    """What writers leave beside their data (Spark's ``_SUCCESS`` and ``.crc`` files, a ``_temporary``
+    attempt, a hidden staging folder, ``_metadata``) is never read; data files in sub-folders are, in
+    path order, the same files pyarrow's own discovery finds."""
+    import pyarrow.dataset as pads
+
+    lr, v, scorer = double_lr
+    folder = partition(tmp_path)
+    parts = {"b/part-0.parquet": frame(20), "a.parquet": frame(21, first_id=ROWS), "c/d/e.parquet": frame(22)}
+    for name, df in parts.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        write(folder, name, lr_table(df, pa.float64()))
+    garbage = ["_SUCCESS", ".a.parquet.crc", "_temporary/0/part-9.parquet", ".staging/part-8.parquet", "_metadata"]
+    for name in garbage:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"PAR1 not a file of this partition")
+    source = hive(tmp_path / "in", reader)
+    found = PartitionReader(source, DAY)
+    assert [f.name for f in found.files] == ["a.parquet", "b/part-0.parquet", "c/d/e.parquet"]
+    assert [f.path for f in found.files] == [f.path for f in pads.dataset(folder, format="parquet").get_fragments()]
+    assert [f.first_row for f in found.files] == [0, ROWS, 2 * ROWS]
+    result = score_partition(scorer, v, source, hive(tmp_path / "out"), partition=DAY, passthrough=["id"])
+    out = pq.read_table(result.output_uri)
+    ordered = [parts[name] for name in sorted(parts)]
+    assert out["id"].to_pylist() == [i for df in ordered for i in df["id"]]
+    x = np.concatenate([df[["amount", "ratio"]].to_numpy() for df in ordered])
+    np.testing.assert_allclose(out["probability_1"].to_numpy(), lr.predict_proba(x)[:, 1], rtol=0, atol=1e-12)
+    # A single file named directly is the whole partition, whatever lies beside it.
+    single = PartitionReader(ParquetDataset(str(folder / "a.parquet"), reader=reader), None)
+    assert [(f.name, f.num_rows) for f in single.files] == [("a.parquet", ROWS)]
+
+
 # -- the decoder: Polars where it can serve, pyarrow where it cannot, and the result says which ----------
 
 
