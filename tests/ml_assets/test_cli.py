@@ -126,7 +126,9 @@ def test_the_console_script_keeps_the_exit_code_and_skips_the_last_collection(ar
         "atexit.register(lambda: print('frozen:', gc.get_freeze_count() > 0));"
         "from ml_assets.cli import run; sys.argv = ['ml-assets', *sys.argv[1:]]; run()"
     )
-    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == code, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "frozen: True"
     script = Path(CLI).read_text()
