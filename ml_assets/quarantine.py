@@ -127,8 +127,11 @@ class Screened:
     failures: pa.Table
 
 
+_NO_FAILURES = _FAILURE_SCHEMA.empty_table()  # tables are immutable: one serves every clean chunk
+
+
 def no_failures() -> pa.Table:
-    return _FAILURE_SCHEMA.empty_table()
+    return _NO_FAILURES
 
 
 def screen(
