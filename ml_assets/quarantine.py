@@ -127,11 +127,8 @@ class Screened:
     failures: pa.Table
 
 
-_NO_FAILURES = _FAILURE_SCHEMA.empty_table()  # tables are immutable: one serves every clean chunk
-
-
-def no_failures() -> pa.Table:
-    return _NO_FAILURES
+# Tables are immutable: one empty table serves every clean chunk.
+NO_FAILURES = _FAILURE_SCHEMA.empty_table()
 
 
 def screen(
@@ -165,7 +162,7 @@ def screen(
             found.append(_failures(rows, "cast", f.name, messages))
             bad[rows] = True
     if not bad.any():
-        return batch, None, no_failures()
+        return batch, None, NO_FAILURES
     _check_limit(int(bad.sum()), limit, found)
     keep = ~bad
     return batch.filter(pa.array(keep)), keep, pa.concat_tables(found)
@@ -199,9 +196,9 @@ def score_rows(
     when all were, failures). Failures of the service itself (timeouts, 5xx, a dead worker) are raised."""
     n = features.num_rows
     if n == 0:
-        return _empty(output_schema), None, no_failures()
+        return _empty(output_schema), None, NO_FAILURES
     try:
-        return score(features), None, no_failures()
+        return score(features), None, NO_FAILURES
     except Exception as exc:
         if not is_row_failure(exc):
             raise

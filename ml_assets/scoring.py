@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from ml_assets.datasets import AtomicPartitionWriter, FileBatch, ParquetDataset, PartitionReader
 from ml_assets.quarantine import (
+    NO_FAILURES,
     OnRowError,
     RowErrorReport,
     RowErrorTally,
@@ -39,7 +40,6 @@ from ml_assets.quarantine import (
     error_budget,
     errors_dataset,
     errors_schema,
-    no_failures,
     score_rows,
     screen,
 )
@@ -376,7 +376,7 @@ class _Lane:
     def outcome(self, chunk: _Chunk, future: Future[Any]) -> Screened:
         """One chunk's predictions (checked), which rows they are of and the failures of the others."""
         if self.quarantine_limit is None:
-            return Screened(self.predictions(chunk, future), None, no_failures())
+            return Screened(self.predictions(chunk, future), None, NO_FAILURES)
         screened: Screened = self._result(chunk, future)
         return Screened(self._checked(chunk, screened.predictions), screened.keep, screened.failures)
 
