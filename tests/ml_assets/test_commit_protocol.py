@@ -5,6 +5,7 @@ local disk and on S3 (moto); the next run of the partition sweeps what the kille
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -230,3 +231,38 @@ def test_output_is_encoded_as_measured_and_reads_back_exactly(tmp_path):
     assert "DELTA_BINARY_PACKED" in column["id"].encodings
     assert "BYTE_STREAM_SPLIT" in column["probability_1"].encodings
     assert "RLE_DICTIONARY" in column["segment"].encodings
+
+
+def _cached_bytes(path: str) -> int:
+    """Bytes of ``path`` in the page cache, as util-linux's ``fincore`` counts them."""
+    out = subprocess.run(["fincore", "--bytes", "--raw", "--noheadings", "--output", "RES", path], capture_output=True)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout)
+
+
+def test_row_groups_go_to_the_disk_while_the_next_ones_are_scored(tmp_path):
+    """After each row group the encoding thread starts the disk's write-back of the staging file and drops
+    from the page cache what is already on the disk, so the commit's fsync finds little left to write."""
+    dataset = ParquetDataset(str(tmp_path / "scores"), partition_column="date")
+    schema = pa.schema([("score", pa.float64())])
+    writer = AtomicPartitionWriter(dataset, PARTITION, schema, {})
+    writer.ROW_GROUP_ROWS = 200_000
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # three row groups of ~1.4 MB each, encoded and compressed
+        writer.write(pa.record_batch([pa.array(rng.random(200_000))], schema=schema))
+    staged = writer.temp_path
+    deadline = time.monotonic() + 30
+    while os.path.getsize(staged) < 3 * 1_300_000:  # the encoding thread has written all three
+        assert time.monotonic() < deadline, "the encoding thread did not write three row groups in 30 s"
+        time.sleep(0.01)
+    fd = os.open(staged, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # on the disk now; without write-back they would stay in the page cache too
+    finally:
+        os.close(fd)
+    written = os.path.getsize(staged)
+    writer.write(pa.record_batch([pa.array(rng.random(200_000))], schema=schema))  # its write-back drops them
+    path = writer.commit()
+    # What stays cached is the last row group and the footer, not the ~4 MB already on the disk.
+    assert _cached_bytes(path) <= os.path.getsize(path) - written + 65_536
+    assert pq.read_table(path).num_rows == 800_000
