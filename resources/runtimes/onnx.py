@@ -11,6 +11,7 @@ Python dict per row. Outputs follow the prediction contract (``ml_assets.resourc
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from ml_assets.resources.core.predictions import (
     identity_map,
 )
 
+logger = logging.getLogger(__name__)
+
 # ONNX tensor element type names (as onnxruntime prints them) -> numpy / Arrow
 _ORT_TYPES: dict[str, tuple[Any, pa.DataType]] = {
     "tensor(float)": (np.float32, pa.float32()),
@@ -39,6 +42,7 @@ _ORT_TYPES: dict[str, tuple[Any, pa.DataType]] = {
     "tensor(bool)": (np.bool_, pa.bool_()),
     "tensor(string)": (object, pa.string()),
 }
+
 _CLASSIFIER_OPS = {"LinearClassifier", "TreeEnsembleClassifier", "SVMClassifier", "ZipMap"}
 
 
@@ -235,6 +239,35 @@ def _linear_on_columns(model: Any) -> bool:
     return True
 
 
+def _pruned(model: Any, outputs: list[str]) -> Any | None:
+    """A copy of ``model`` that computes only ``outputs`` (and the nodes they need); None where every
+    node is needed, or where it cannot tell (a node with a subgraph may read any outer name).
+    onnxruntime runs every node of a graph whatever outputs a run asks for (microsoft/onnxruntime#16483):
+    without this, a classifier scored for its probabilities alone still computes its label per chunk."""
+    from onnx import AttributeProto, ModelProto
+
+    graph = model.graph
+    if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return None
+    needed, kept = set(outputs), []
+    for node in reversed(graph.node):  # a valid graph lists producers before their consumers
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(node.input)
+    if len(kept) == len(graph.node):
+        return None
+    pruned = ModelProto()
+    pruned.CopyFrom(model)
+    del pruned.graph.node[:]
+    pruned.graph.node.extend(reversed(kept))
+    del pruned.graph.output[:]
+    pruned.graph.output.extend(o for o in graph.output if o.name in outputs)
+    inputs = {i.name for i in graph.input}  # all stay: the feeds do not change
+    del pruned.graph.initializer[:]
+    pruned.graph.initializer.extend(i for i in graph.initializer if i.name in needed or i.name in inputs)
+    return pruned
+
+
 def _strip_zipmap(model: Any) -> dict[str, list[Any]]:
     """Make every ZipMap's input a graph output in its place; return class labels per output."""
     graph = model.graph
@@ -318,17 +351,20 @@ class OnnxRuntime:
             model = onnx.load(str(file))
             labels = _strip_zipmap(model)
             transposed = _linear_on_columns(model) or _take_columns(model)
-            model_bytes = model.SerializeToString()
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
             options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
-            session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+            def session_of(graph: Any) -> Any:
+                return ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+            session = session_of(model)
         except Exception as exc:  # onnx and onnxruntime raise their own exception types
             msg = f"{version.describe()}: onnxruntime cannot load {file.name}: {exc}"
             raise ModelLoadError(msg) from exc
         parallel = self.parallel or len(os.sched_getaffinity(0))
-        return OnnxScorer(
+        scorer = OnnxScorer(
             session,
             version,
             labels,
@@ -338,6 +374,12 @@ class OnnxRuntime:
             parallel=parallel,
             naming=self.naming,
         )
+        if scorer.needs_fewer_outputs and (pruned := _pruned(model, scorer.needed_outputs)) is not None:
+            try:
+                scorer.session = session_of(pruned)
+            except Exception as exc:  # noqa: BLE001 - pruning is an optimisation: keep the whole graph
+                logger.warning("%s: scoring the whole graph; its pruned copy did not load: %s", version.describe(), exc)
+        return scorer
 
 
 class OnnxScorer:
@@ -381,6 +423,15 @@ class OnnxScorer:
         sources = set(mapping.sources)
         self._needed = [n for n in self._output_names if any(self._origin[c] == n for c in sources)]
         self._native_needed = [c for c in probe.names if c in sources]
+
+    @property
+    def needed_outputs(self) -> list[str]:
+        """The graph outputs the kept columns come from."""
+        return self._needed
+
+    @property
+    def needs_fewer_outputs(self) -> bool:
+        return len(self._needed) < len(self._output_names)
 
     def _declared_outputs(self) -> pa.Schema:
         """The output columns from the graph's declared types and shapes, when a probe row cannot run."""
@@ -520,8 +571,10 @@ class OnnxScorer:
                 labels = list(range(value.shape[1]))
             prefix = self._prefix(name)
             for j, label in enumerate(labels):
-                columns[f"{prefix}{label}"] = pa.array(np.ascontiguousarray(value[:, j]))
-                self._origin[f"{prefix}{label}"] = name
+                column = f"{prefix}{label}"
+                if keep is None or column in keep:  # a column not kept is not copied out
+                    columns[column] = pa.array(np.ascontiguousarray(value[:, j]))
+                    self._origin[column] = name
         if keep is not None:
             columns = {c: columns[c] for c in keep}
         return pa.RecordBatch.from_pydict(columns)

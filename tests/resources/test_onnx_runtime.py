@@ -73,12 +73,16 @@ def test_classifier_with_zipmap_is_cut_to_a_tensor(models, table):
 
 
 def test_outputs_can_be_narrowed(models, table):
+    """Fewer columns, and a graph cut to what they need: onnxruntime would compute every output."""
+    labels, probabilities = reference(models.lr_onnx, features_of(table))
     scorer = OnnxRuntime(outputs=["probability_1"]).load(version(), models.lr_onnx)
     assert scorer.output_schema.names == ["probability_1"]
+    assert [o.name for o in scorer.session.get_outputs()] == ["probabilities"]  # no arg-max for the label
     out = scorer.score(batch_of(table, scorer.input_schema))
-    np.testing.assert_array_equal(
-        out["probability_1"].to_numpy(), reference(models.lr_onnx, features_of(table))[1][:, 1]
-    )
+    np.testing.assert_array_equal(out["probability_1"].to_numpy(), probabilities[:, 1])
+    scorer = OnnxRuntime(outputs=["label"]).load(version(), models.lr_onnx)
+    assert [o.name for o in scorer.session.get_outputs()] == ["label"]  # no sigmoid for the probabilities
+    np.testing.assert_array_equal(scorer.score(batch_of(table, scorer.input_schema))["label"].to_numpy(), labels)
     with pytest.raises(SchemaMismatchError, match=r"no output column\(s\) \['score'\]"):
         OnnxRuntime(outputs=["score"]).load(version(), models.lr_onnx)
 
@@ -337,3 +341,60 @@ def test_a_pure_ml_graph_in_an_old_ir_version_still_loads_and_scores(models, tab
     labels, probabilities = reference(path, features_of(table))
     np.testing.assert_array_equal(out["label"].to_numpy(), labels)
     np.testing.assert_array_equal(out["probability_1"].to_numpy(), probabilities[:, 1])
+
+
+@pytest.mark.parametrize("kind", ["logistic, string classes", "scaler + logistic pipeline"])
+def test_a_narrowed_graph_keeps_only_the_nodes_its_outputs_need(kind, table, tmp_path):
+    import onnx
+
+    from ml_assets.resources.runtimes.onnx import _linear_on_columns, _pruned, _strip_zipmap
+
+    x = features_of(table)
+    estimator, y = linear_exports(x)[kind]
+    estimator.fit(x, y)
+    path = tmp_path / "linear.onnx"
+    path.write_bytes(to_onnx(estimator, x[:1], target_opset=17).SerializeToString())
+    model = onnx.load(str(path))
+    _strip_zipmap(model)
+    _linear_on_columns(model)
+    pruned = _pruned(model, ["probabilities"])
+    assert pruned is not None
+    assert [o.name for o in pruned.graph.output] == ["probabilities"]
+    assert {"ArgMax", "Gather"}.isdisjoint(n.op_type for n in pruned.graph.node), kind
+    assert len(pruned.graph.node) < len(model.graph.node)
+    if "string" in kind:  # the table of class names went with the Gather
+        assert len(pruned.graph.initializer) == len(model.graph.initializer) - 1
+    assert _pruned(model, [o.name for o in model.graph.output]) is None  # every node needed: nothing to cut
+    classes = [str(c) for c in estimator.classes_]
+    scorer = OnnxRuntime(threads=1, outputs=[f"probability_{classes[-1]}"]).load(version(), path)
+    out = scorer.score(batch_of(table, scorer.input_schema))
+    expected = estimator.predict_proba(x)[:, -1]
+    np.testing.assert_allclose(out[f"probability_{classes[-1]}"].to_numpy(), expected, rtol=0, atol=1e-5)
+
+
+def test_a_graph_with_a_subgraph_is_not_narrowed():
+    """A subgraph may read any name of the graph around it: which nodes it needs is not told by its inputs."""
+    from onnx import TensorProto, helper
+
+    from ml_assets.resources.runtimes.onnx import _pruned
+
+    def value(name: str) -> Any:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1])
+
+    branch = helper.make_graph([helper.make_node("Identity", ["doubled"], ["picked"])], "branch", [], [value("picked")])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["x", "x"], ["doubled"]),
+            helper.make_node("Greater", ["x", "x"], ["flag"]),
+            helper.make_node("If", ["flag"], ["chosen"], then_branch=branch, else_branch=branch),
+            helper.make_node("Neg", ["x"], ["negated"]),
+        ],
+        "g",
+        [value("x")],
+        [value("chosen"), value("negated")],
+    )
+    model = helper.make_model(graph)
+    assert _pruned(model, ["chosen"]) is None  # by its inputs, the If needs only "flag", not "doubled"
+    del model.graph.node[2]  # without the If, the same graph is cut down to what "negated" needs
+    cut = _pruned(model, ["negated"])
+    assert [n.op_type for n in cut.graph.node] == ["Neg"]
