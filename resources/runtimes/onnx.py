@@ -118,7 +118,7 @@ def _linear_on_columns(model: Any) -> bool:
     """Let a graph whose one input goes straight into a linear model (through at most a Scaler) take
     the ``[K, N]`` feed of ``_take_columns`` and compute on it directly: ``W @ X^T`` in place of a
     transpose of the whole input, the per-column Scaler as ``(X^T - offset) * scale``, and the
-    label as an arg-max down the classes. Only the ``[C, N]`` scores are transposed back, so the
+    label as an arg-max down the classes (of two: whether the second score is above the first). Only the ``[C, N]`` scores are transposed back, so the
     node's outputs keep their names, types and layout for whatever follows (Cast, Normalizer,
     ZipMap). Half the CPU of the transpose and the linear kernel (0.54 vs 1.09 s per 20M rows x 20
     float32, two classes). The kernels' own GEMM, sigmoid and arg-max, so labels are the same and
@@ -211,7 +211,11 @@ def _linear_on_columns(model: Any) -> bool:
         labels = strings or list(facts.get("classlabels_ints", []))
         if len(labels) != targets:
             return False
-        position = node("ArgMax", [scores], axis=0, keepdims=0)  # the first of equal scores, as the kernel
+        if targets == 2:  # a quarter of ArgMax's time on axis 0; a tie (or NaN) gives the first class, as ArgMax
+            second, first = (node("Gather", [scores, constant(np.array(j, np.int64))], axis=0) for j in (1, 0))
+            position = node("Cast", [node("Greater", [second, first])], to=TensorProto.INT64)
+        else:
+            position = node("ArgMax", [scores], axis=0, keepdims=0)  # the first of equal scores, as the kernel
         if labels == list(range(targets)):
             node("Identity", [position], linear.output[0])
         else:

@@ -360,10 +360,11 @@ def test_a_narrowed_graph_keeps_only_the_nodes_its_outputs_need(kind, table, tmp
     pruned = _pruned(model, ["probabilities"])
     assert pruned is not None
     assert [o.name for o in pruned.graph.output] == ["probabilities"]
-    assert {"ArgMax", "Gather"}.isdisjoint(n.op_type for n in pruned.graph.node), kind
+    assert {"ArgMax", "Greater"}.isdisjoint(n.op_type for n in pruned.graph.node), kind  # the label's
     assert len(pruned.graph.node) < len(model.graph.node)
-    if "string" in kind:  # the table of class names went with the Gather
-        assert len(pruned.graph.initializer) == len(model.graph.initializer) - 1
+    if "string" in kind:  # the table of class names went with the label
+        assert [i.data_type for i in model.graph.initializer].count(onnx.TensorProto.STRING) == 1
+        assert onnx.TensorProto.STRING not in [i.data_type for i in pruned.graph.initializer]
     assert _pruned(model, [o.name for o in model.graph.output]) is None  # every node needed: nothing to cut
     classes = [str(c) for c in estimator.classes_]
     scorer = OnnxRuntime(threads=1, outputs=[f"probability_{classes[-1]}"]).load(version(), path)
@@ -398,3 +399,25 @@ def test_a_graph_with_a_subgraph_is_not_narrowed():
     del model.graph.node[2]  # without the If, the same graph is cut down to what "negated" needs
     cut = _pruned(model, ["negated"])
     assert [n.op_type for n in cut.graph.node] == ["Neg"]
+
+
+@pytest.mark.parametrize("zeroed", [False, True], ids=["fitted", "every score tied"])
+def test_a_binary_label_on_ties_and_nan_rows_is_the_kernels(zeroed, tmp_path):
+    """The rewritten binary label (second score > first) picks the first class on a tie and on NaN,
+    as LinearClassifier's own arg-max does."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 3)).astype(np.float32)
+    model = LogisticRegression().fit(x, np.where(x[:, 0] > 0, "fraud", "ok"))
+    if zeroed:
+        model.coef_[:], model.intercept_[:] = 0.0, 0.0
+    path = tmp_path / "binary.onnx"
+    path.write_bytes(to_onnx(model, x[:1], target_opset=17).SerializeToString())
+    x[:10, 1] = np.nan  # rows scored with nulls="pass"
+    names = ["a", "b", "c"]
+    scorer = OnnxRuntime(threads=1).load(version(Signature(tuple(ColumnSpec(c, "float") for c in names))), path)
+    out = scorer.score(pa.record_batch([pa.array(x[:, i]) for i in range(3)], names=names))
+    expected = reference(path, x)[0]
+    assert out["label"].to_pylist() == expected.tolist()
+    assert set(expected[:10]) == {"fraud"}
