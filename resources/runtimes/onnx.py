@@ -118,15 +118,15 @@ def _linear_on_columns(model: Any) -> bool:
     """Let a graph whose one input goes straight into a linear model (through at most a Scaler) take
     the ``[K, N]`` feed of ``_take_columns`` and compute on it directly: ``W @ X^T`` in place of a
     transpose of the whole input, the per-column Scaler as ``(X^T - offset) * scale``, and the
-    label as an arg-max down the classes (of two: whether the second score is above the first). Only the ``[C, N]`` scores are transposed back, so the
-    node's outputs keep their names, types and layout for whatever follows (Cast, Normalizer,
-    ZipMap). Half the CPU of the transpose and the linear kernel (0.54 vs 1.09 s per 20M rows x 20
-    float32, two classes). The kernels' own GEMM, sigmoid and arg-max, so labels are the same and
-    scores the same to float32 rounding: bit for bit where the GEMM sums in the kernel's order
-    (the tests' classifiers), a few ulps where it does not (one target, hundreds of features).
-    False (graph untouched) for anything else: a one-row classifier (``add_second_class``),
-    PROBIT, an input that feeds more than this, an opset too old for ``ArgMax``/``Softmax`` on
-    axis 0."""
+    label as an arg-max down the classes (of two: whether the second score is above the first).
+    Only the ``[C, N]`` scores are transposed back, so the node's outputs keep their names, types
+    and layout for whatever follows (Cast, Normalizer, ZipMap). Half the CPU of the transpose and the
+    linear kernel (0.54 vs 1.09 s per 20M rows x 20 float32, two classes). The kernels' own GEMM,
+    sigmoid and arg-max, so labels are the same and scores the same to float32 rounding: bit for bit
+    where the GEMM sums in the kernel's order (the tests' classifiers), a few ulps where it does not
+    (one target, hundreds of features). False (graph untouched) for anything else: a one-row classifier
+    (``add_second_class``), PROBIT, an input that feeds more than this, an opset too old for
+    ``ArgMax``/``Softmax`` on axis 0."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
