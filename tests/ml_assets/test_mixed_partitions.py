@@ -413,6 +413,31 @@ def test_the_files_of_a_partition_are_its_data_files_in_path_order(double_lr, tm
 # -- the decoder: Polars where it can serve, pyarrow where it cannot, and the result says which ----------
 
 
+def test_auto_reads_a_small_local_partition_with_pyarrow_and_a_large_one_with_polars(double_lr, tmp_path, monkeypatch):
+    """Below ``POLARS_MIN_ROWS`` rows (the footers tell) pyarrow reads a local partition before Polars would
+    have started; from there Polars does. The same rows come out, and the result says who read and why."""
+    import ml_assets.datasets as datasets
+
+    lr, v, scorer = double_lr
+    df = frame(30)
+    write(partition(tmp_path), "part-0.parquet", lr_table(df, pa.float64()))
+    small = score_partition(
+        scorer, v, hive(tmp_path / "in"), hive(tmp_path / "small"), partition=DAY, passthrough=["id"]
+    )
+    limit = datasets.POLARS_MIN_ROWS
+    assert small.reader == f"pyarrow: {ROWS:,} rows, fewer than {limit:,}: pyarrow is done before Polars starts"
+    monkeypatch.setattr(datasets, "POLARS_MIN_ROWS", ROWS)
+    large = score_partition(
+        scorer, v, hive(tmp_path / "in"), hive(tmp_path / "large"), partition=DAY, passthrough=["id"]
+    )
+    assert large.reader == "polars"
+    assert PartitionReader(hive(tmp_path / "in", "polars"), DAY).reader == "polars"  # asked for: always
+    out = pq.read_table(small.output_uri)
+    assert out.equals(pq.read_table(large.output_uri))
+    x = df[["amount", "ratio"]].to_numpy()
+    np.testing.assert_allclose(out["probability_1"].to_numpy(), lr.predict_proba(x)[:, 1], rtol=0, atol=1e-12)
+
+
 def test_polars_reads_s3_through_the_datasets_storage_options(double_lr, s3_server, tmp_path):
     """A mixed partition on a real S3 server (moto): Polars reads it with the s3fs options translated; the
     output equals pyarrow's read of the same partition, row for row."""
