@@ -47,10 +47,6 @@ DEFAULT_OUTPUTS = ["label", "probability_0", "probability_1"]
 # -- the peers' model: the sklearn lr, loaded as a data engineer would ------------------------
 
 
-# The least work (wall seconds) a whole-process rate may rest on once the start-up is subtracted.
-MIN_WORK_S = 0.5
-
-
 def lr_coefficients() -> tuple[float, list[float]]:
     """Unpickles (skops) the registered sklearn lr; its intercept and weights."""
     import sqlite3
@@ -327,6 +323,9 @@ def encodings_table(rows: int) -> list[str]:
 
 
 # -- the run -----------------------------------------------------------------------------------
+
+# The least work (wall seconds) a whole-process rate may rest on once the start-up is subtracted.
+MIN_WORK_S = 0.5
 
 
 def header() -> list[str]:

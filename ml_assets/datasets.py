@@ -225,8 +225,8 @@ class PartitionReader:
             msg = f"{self.where}: holds no Parquet files"
             raise DatasetError(msg)
         self._polars_options, why_not = _polars_options(uri, self.filesystem, dataset.storage_options)
-        local = isinstance(self.filesystem, pafs.LocalFileSystem)
-        if dataset.reader == "auto" and not why_not and local and self.num_rows < POLARS_MIN_ROWS:
+        self._local = isinstance(self.filesystem, pafs.LocalFileSystem)
+        if dataset.reader == "auto" and not why_not and self._local and self.num_rows < POLARS_MIN_ROWS:
             why_not = f"{self.num_rows:,} rows, fewer than {POLARS_MIN_ROWS:,}: pyarrow is done before Polars starts"
         if dataset.reader == "pyarrow" or why_not:
             if dataset.reader == "polars":
@@ -309,8 +309,7 @@ class PartitionReader:
             return
         import polars as pl
 
-        local = isinstance(self.filesystem, pafs.LocalFileSystem)
-        source = file.path if local else f"s3://{file.path}"
+        source = file.path if self._local else f"s3://{file.path}"
         # One file at a time, with its own schema (a scan of several would unify them); only the
         # columns asked for are decoded. Its streaming engine keeps about a chunk per thread in memory.
         lazy = pl.scan_parquet(

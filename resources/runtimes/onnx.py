@@ -42,7 +42,6 @@ _ORT_TYPES: dict[str, tuple[Any, pa.DataType]] = {
     "tensor(bool)": (np.bool_, pa.bool_()),
     "tensor(string)": (object, pa.string()),
 }
-
 _CLASSIFIER_OPS = {"LinearClassifier", "TreeEnsembleClassifier", "SVMClassifier", "ZipMap"}
 
 
@@ -378,7 +377,7 @@ class OnnxRuntime:
             parallel=parallel,
             naming=self.naming,
         )
-        if scorer.needs_fewer_outputs and (pruned := _pruned(model, scorer.needed_outputs)) is not None:
+        if (pruned := _pruned(model, scorer.needed_outputs)) is not None:
             try:
                 scorer.session = session_of(pruned)
             except Exception as exc:  # noqa: BLE001 - pruning is an optimisation: keep the whole graph
@@ -432,10 +431,6 @@ class OnnxScorer:
     def needed_outputs(self) -> list[str]:
         """The graph outputs the kept columns come from."""
         return self._needed
-
-    @property
-    def needs_fewer_outputs(self) -> bool:
-        return len(self._needed) < len(self._output_names)
 
     def _declared_outputs(self) -> pa.Schema:
         """The output columns from the graph's declared types and shapes, when a probe row cannot run."""

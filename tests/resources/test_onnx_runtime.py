@@ -261,21 +261,28 @@ def linear_exports(x: np.ndarray) -> dict[str, tuple[Any, np.ndarray]]:
     }
 
 
-@pytest.mark.parametrize("kind", list(linear_exports(np.zeros((4, 3), np.float32))))
-def test_linear_models_are_computed_on_the_columns_with_the_kernels_results(kind, table, tmp_path):
-    """The graph is rewritten to read the [K, N] feed itself, and gives onnxruntime's own predictions."""
+def exported_linear(kind: str, x: np.ndarray, tmp_path: Path) -> tuple[Any, Path, Any]:
+    """The estimator ``kind`` of ``linear_exports`` fit on ``x``, its skl2onnx file, and that graph as
+    ``OnnxRuntime.load`` rewrites it (ZipMap cut; None in place of the graph where it is not rewritten)."""
     import onnx
 
     from ml_assets.resources.runtimes.onnx import _linear_on_columns, _strip_zipmap
 
-    x = features_of(table)
     estimator, y = linear_exports(x)[kind]
     estimator.fit(x, y)
     path = tmp_path / "linear.onnx"
     path.write_bytes(to_onnx(estimator, x[:1], target_opset=17).SerializeToString())
-    rewritten = onnx.load(str(path))
-    _strip_zipmap(rewritten)
-    assert _linear_on_columns(rewritten), kind
+    model = onnx.load(str(path))
+    _strip_zipmap(model)
+    return estimator, path, model if _linear_on_columns(model) else None
+
+
+@pytest.mark.parametrize("kind", list(linear_exports(np.zeros((4, 3), np.float32))))
+def test_linear_models_are_computed_on_the_columns_with_the_kernels_results(kind, table, tmp_path):
+    """The graph is rewritten to read the [K, N] feed itself, and gives onnxruntime's own predictions."""
+    x = features_of(table)
+    _, path, rewritten = exported_linear(kind, x, tmp_path)
+    assert rewritten is not None, kind
     assert not {n.op_type for n in rewritten.graph.node} & {"LinearClassifier", "LinearRegressor", "Scaler"}
 
     scorer = OnnxRuntime(threads=1, naming="native").load(version(), path)
@@ -347,16 +354,11 @@ def test_a_pure_ml_graph_in_an_old_ir_version_still_loads_and_scores(models, tab
 def test_a_narrowed_graph_keeps_only_the_nodes_its_outputs_need(kind, table, tmp_path):
     import onnx
 
-    from ml_assets.resources.runtimes.onnx import _linear_on_columns, _pruned, _strip_zipmap
+    from ml_assets.resources.runtimes.onnx import _pruned
 
     x = features_of(table)
-    estimator, y = linear_exports(x)[kind]
-    estimator.fit(x, y)
-    path = tmp_path / "linear.onnx"
-    path.write_bytes(to_onnx(estimator, x[:1], target_opset=17).SerializeToString())
-    model = onnx.load(str(path))
-    _strip_zipmap(model)
-    _linear_on_columns(model)
+    estimator, path, model = exported_linear(kind, x, tmp_path)
+    assert model is not None, kind
     pruned = _pruned(model, ["probabilities"])
     assert pruned is not None
     assert [o.name for o in pruned.graph.output] == ["probabilities"]
