@@ -6,6 +6,7 @@ compared with the models' own predictions."""
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from dataclasses import replace
@@ -436,6 +437,35 @@ def test_auto_reads_a_small_local_partition_with_pyarrow_and_a_large_one_with_po
     assert out.equals(pq.read_table(large.output_uri))
     x = df[["amount", "ratio"]].to_numpy()
     np.testing.assert_allclose(out["probability_1"].to_numpy(), lr.predict_proba(x)[:, 1], rtol=0, atol=1e-12)
+
+
+def test_polars_decodes_a_row_group_in_parallel_tasks_and_keeps_a_setting_of_the_users(tmp_path, monkeypatch):
+    """Polars decodes a row group on one thread below 16.7M values; the reader sets its task size to about a
+    million values (unless the user set one), so the 1.2M values of this one row group decode as two tasks
+    of columns. The columns come back whole and in place: equal to pyarrow's read of the same file."""
+    import ml_assets.datasets as datasets
+
+    variable = "POLARS_PARQUET_DECODE_TARGET_VALUES_PER_THREAD"
+    rng = np.random.default_rng(5)
+    rows = 60_000
+    table = pa.table({"id": np.arange(rows), **{f"f{i}": rng.random(rows, dtype=np.float32) for i in range(20)}})
+    assert 20 * rows > datasets.POLARS_DECODE_VALUES_PER_TASK
+    pq.write_table(table, partition(tmp_path) / "part-0.parquet", row_group_size=rows)
+    columns = table.column_names[::-1]  # not the file's order either
+
+    def read(reader: ReaderChoice) -> pa.Table:
+        batches = PartitionReader(hive(tmp_path / "in", reader), DAY).batches(columns, 16_384)
+        return pa.Table.from_batches([piece.batch for piece in batches])
+
+    monkeypatch.setenv(variable, "")  # recorded, so that teardown restores what was there before
+    monkeypatch.delenv(variable)
+    by_polars = read("polars")
+    assert os.environ[variable] == str(datasets.POLARS_DECODE_VALUES_PER_TASK)
+    assert by_polars.equals(read("pyarrow"))
+    assert by_polars.equals(table.select(columns))
+    monkeypatch.setenv(variable, "5000")
+    assert read("polars").equals(by_polars)
+    assert os.environ[variable] == "5000"
 
 
 def test_polars_reads_s3_through_the_datasets_storage_options(double_lr, s3_server, tmp_path):
