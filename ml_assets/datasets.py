@@ -52,6 +52,13 @@ POLARS_MIN_ROWS = 4_000_000
 # read at each scan; a value already set is kept.
 POLARS_DECODE_VALUES_PER_TASK = 1_048_576
 
+
+def split_polars_decoding() -> None:
+    """Have Polars decode a row group's columns in tasks of ``POLARS_DECODE_VALUES_PER_TASK`` values, unless
+    the environment already says otherwise."""
+    os.environ.setdefault("POLARS_PARQUET_DECODE_TARGET_VALUES_PER_THREAD", str(POLARS_DECODE_VALUES_PER_TASK))
+
+
 ReaderChoice = Literal["auto", "polars", "pyarrow"]
 # s3fs's storage options and the names Polars' object store gives the same settings.
 _POLARS_S3_OPTIONS = {
@@ -315,7 +322,7 @@ class PartitionReader:
                 fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False),
             )
             return
-        os.environ.setdefault("POLARS_PARQUET_DECODE_TARGET_VALUES_PER_THREAD", str(POLARS_DECODE_VALUES_PER_TASK))
+        split_polars_decoding()
         import polars as pl
 
         source = file.path if self._local else f"s3://{file.path}"
