@@ -51,9 +51,17 @@ class Services:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free ports. Every socket stays bound until all are chosen: one closed before the next
+    bind can be handed out again, and a server given the same port twice fails to start."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], *, what: str, timeout_s: float = 90.0) -> None:

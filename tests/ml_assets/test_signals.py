@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from ml_assets.dev.demo import make_transactions, write_partitioned
-from ml_assets.dev.services import free_port
+from ml_assets.dev.services import free_port, free_ports
 from tests.ml_assets.test_cli import CLI
 
 DEADLINE_S = 120
@@ -56,7 +56,7 @@ def listening(port: int) -> bool:
 @pytest.mark.slow
 def test_services_up_stops_mlflow_its_workers_and_moto(tmp_path):
     sig = signal.SIGTERM  # SIGINT takes the same path (test_score_... runs both)
-    mlflow_port, s3_port = free_port(), free_port()
+    mlflow_port, s3_port = free_ports(2)
     process = start(
         "services", "up", "--workdir", str(tmp_path / "services"),
         "--mlflow-port", str(mlflow_port), "--s3-port", str(s3_port),

@@ -4,8 +4,10 @@ fetched from S3 and scored by a Dagster materialization reading and writing S3 p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 
@@ -20,7 +22,7 @@ from ml_assets.dagster.assets import build_scoring_asset
 from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
 from ml_assets.datasets import ParquetDataset, read_lineage
 from ml_assets.dev.demo import FEATURES, register_onnx_model, to_onnx_classifier
-from ml_assets.dev.services import Services, running_services
+from ml_assets.dev.services import Services, free_ports, running_services
 from ml_assets.resources.core.errors import RegistryUnavailableError
 from ml_assets.resources.registries.mlflow import MlflowRegistry
 from tests.conftest import DATES, features_of, free_port
@@ -205,3 +207,12 @@ def test_resolving_over_rest_answers_what_mlflow_answers_and_imports_no_mlflow(s
     number, artifact_uri, inputs, imported = json.loads(done.stdout.strip().splitlines()[-1])
     assert (number, artifact_uri, inputs) == (expected.version, expected.artifact_uri, FEATURES)
     assert imported is False
+
+
+def test_free_ports_are_distinct_and_bindable():
+    # A server given the same port twice (HTTP and metrics, say) fails to start: each port must differ.
+    ports = free_ports(64)
+    assert len(set(ports)) == 64
+    with contextlib.ExitStack() as stack:
+        for port in ports:
+            stack.enter_context(socket.create_server(("127.0.0.1", port)))

@@ -8,6 +8,7 @@ index, no wheel), the test is skipped and says why.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from ml_assets.dev.services import free_port
+from ml_assets.dev.services import free_ports
 from ml_assets.resources.core.envs import EnvironmentStore
 from ml_assets.resources.core.errors import EnvironmentBuildError
 from ml_assets.resources.core.models import ColumnSpec, ModelVersion, Signature
@@ -76,7 +77,7 @@ def served_model(mlserver_bin: Path, tmp_path_factory: pytest.TempPathFactory) -
         "parameters": {"uri": "./model.joblib"},
     }
     (root / "lr" / "model-settings.json").write_text(json.dumps(settings))
-    port, grpc, metrics = free_port(), free_port(), free_port()
+    port, grpc, metrics = free_ports(3)
     server = {"host": "127.0.0.1", "http_port": port, "grpc_port": grpc, "metrics_port": metrics, "parallel_workers": 0}
     (root / "settings.json").write_text(json.dumps(server))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
@@ -101,7 +102,8 @@ def served_model(mlserver_bin: Path, tmp_path_factory: pytest.TempPathFactory) -
             time.sleep(0.5)
         yield pipeline, f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it exited already: the failure above says why
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
