@@ -174,8 +174,9 @@ def running_services(
     env.setdefault("AWS_ACCESS_KEY_ID", "testing")
     env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    s3_port = s3_port or free_port()
-    mlflow_port = mlflow_port or free_port()
+    picked = iter(free_ports(2))
+    s3_port = s3_port or next(picked)
+    mlflow_port = mlflow_port or next(picked)
     s3_endpoint = f"http://127.0.0.1:{s3_port}"
     env["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint
     processes: list[subprocess.Popen[bytes]] = []

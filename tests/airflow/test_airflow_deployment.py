@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ml_assets.datasets import read_lineage
-from ml_assets.dev.services import free_port
+from ml_assets.dev.services import free_ports
 from tests.conftest import DATES
 
 EXAMPLES = Path(__file__).parents[2] / "ml_assets" / "airflow" / "example_dags"
@@ -127,6 +127,7 @@ def test_backfill_then_promotions_rescore_through_the_asset_watcher_across_a_res
     for example in EXAMPLES.glob("example_*.py"):
         shutil.copy(example, dags)
     connection = {"conn_type": "ml_assets_registry", "host": registry_uri}
+    api_port, worker_log_port, trigger_log_port = free_ports(3)
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -137,10 +138,10 @@ def test_backfill_then_promotions_rescore_through_the_asset_watcher_across_a_res
         "AIRFLOW__CORE__PARALLELISM": "2",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(api_port := free_port()),
+        "AIRFLOW__API__PORT": str(api_port),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(worker_log_port),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(trigger_log_port),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
         "AIRFLOW_CONN_ML_ASSETS_DEFAULT": json.dumps(connection),

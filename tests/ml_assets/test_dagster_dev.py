@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import textwrap
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from ml_assets.dev.services import free_port
 from tests.conftest import DATES, ROWS_PER_DAY, VENV_BIN
 
 pytestmark = pytest.mark.slow
@@ -105,12 +105,6 @@ mutation Backfill($partitions: [String!]) {
   }
 }
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Dev:
