@@ -19,12 +19,14 @@ from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ml_assets.resources.core.errors import DatasetError
+from ml_assets.resources.core.imports import import_pyarrow_dataset
 from ml_assets.resources.core.paths import check_segment, safe_join
+
+pads = import_pyarrow_dataset()  # not `import pyarrow.dataset`: that imports pandas (resources/core/imports.py)
 
 METADATA_KEY = b"ml_assets"
 OUTPUT_FILE = "part-0.parquet"

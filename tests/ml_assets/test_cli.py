@@ -135,6 +135,39 @@ def test_the_console_script_keeps_the_exit_code_and_skips_the_last_collection(ar
     assert "from ml_assets.cli import run" in script  # the installed entry point is ``run``, not ``main``
 
 
+def test_collections_pause_for_start_up_only(models, transactions, tmp_path):
+    """``run`` turns garbage collection off for start-up: back on (start-up's objects frozen) when scoring
+    starts, and from the start of every other command, which may serve for days."""
+    probe = (
+        "import gc, sys\n"
+        "import ml_assets.cli as cli, ml_assets.scoring as scoring\n"
+        "seen = {'at_import': gc.isenabled()}\n"
+        "score_partition, open_registry = scoring.score_partition, cli._open_registry\n"
+        "def spy(name, fn):\n"
+        "    def wrapped(*a, **k):\n"
+        "        seen[name] = (gc.isenabled(), gc.get_freeze_count() > 0)\n"
+        "        return fn(*a, **k)\n"
+        "    return wrapped\n"
+        "scoring.score_partition = spy('scoring', score_partition)\n"
+        "cli._open_registry = spy('models list', open_registry)\n"
+        "import atexit; atexit.register(lambda: print(seen))\n"
+        "sys.argv = ['ml-assets', *sys.argv[1:]]; cli.run()\n"
+    )
+    score = subprocess.run(
+        [sys.executable, "-c", probe, "score", "models:/fraud@champion", str(transactions), str(tmp_path / "o"),
+         "--partition", f"date={DATES[0]}", "--registry-uri", models.tracking_uri, "--quiet"],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert score.returncode == 0, score.stderr
+    assert score.stdout.strip().splitlines()[-1] == "{'at_import': True, 'scoring': (True, True)}"
+    listing = subprocess.run(
+        [sys.executable, "-c", probe, "models", "list", "--registry-uri", models.tracking_uri],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.strip().splitlines()[-1] == "{'at_import': True, 'models list': (True, True)}"
+
+
 def test_an_option_the_runtime_does_not_take_is_a_usage_error(models, transactions, tmp_path):
     done = run_cli(
         "score", "models:/fraud@champion", str(transactions), str(tmp_path / "o"), "--partition", f"date={DATES[0]}",
