@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ml_assets.resources.core.cache import ArtifactCache
 from ml_assets.resources.core.errors import ArtifactError, ModelNotFoundError, RegistryUnavailableError
-from ml_assets.resources.core.formats import mlmodel_format
+from ml_assets.resources.core.formats import mlmodel_format, parse_mlmodel
 from ml_assets.resources.core.http import RetryPolicy, redact
 from ml_assets.resources.core.models import ColumnSpec, ModelRef, ModelVersion, Signature
-from ml_assets.resources.registries.mlflow_lookup import VersionRecord, lookup_for, parse_mlmodel, signature_columns
+from ml_assets.resources.registries.mlflow_lookup import VersionRecord, lookup_for, signature_columns
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

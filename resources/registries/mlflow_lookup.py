@@ -236,14 +236,6 @@ class RestLookup:
             time.sleep(wait)
 
 
-def parse_mlmodel(text: str) -> dict[str, Any]:
-    """An MLmodel file's YAML (flavors, signature, ...) as plain data."""
-    import yaml
-
-    data = yaml.safe_load(text)
-    return data if isinstance(data, dict) else {}
-
-
 Columns = tuple[list[tuple[str, str, bool]], list[tuple[str, str]]]
 
 

@@ -35,7 +35,7 @@ def _input_dtype(schema: pa.Schema) -> str:
 def native_files(version: ModelVersion, model_dir: Path) -> dict[str, Any]:
     """The flavor, model file and serialization the model's MLmodel records (``_flavors.flavor_files``),
     each path in it proven to lie inside ``model_dir``: the MLmodel came with the model, not from us."""
-    from ml_assets.resources.registries.mlflow_lookup import parse_mlmodel
+    from ml_assets.resources.core.formats import parse_mlmodel
     from ml_assets.resources.runtimes._flavors import NativeFlavorError, NativeUnsupported, flavor_files
 
     try:

@@ -72,3 +72,21 @@ def test_from_extension_and_content(tmp_path):
     with pytest.raises(ModelLoadError, match="cannot tell"):
         detect_format(unknown)
     assert detect_format(unknown, override="onnx") == "onnx"
+
+
+def test_mlmodel_parsing_is_safe_and_reads_what_pyyaml_safe_load_reads(models):
+    """libyaml's safe loader where PyYAML has it: the same data as ``yaml.safe_load`` for a real MLmodel,
+    no Python objects built from tags, and {} for a document that is not a mapping."""
+    import yaml
+
+    from ml_assets.resources.core.formats import parse_mlmodel
+
+    assert yaml.__with_libyaml__  # the wheel's libyaml, so the fast path is what runs here
+    text = next(Path(models.root).rglob("MLmodel")).read_text()
+    assert parse_mlmodel(text) == yaml.safe_load(text)
+    assert parse_mlmodel(text)["flavors"]
+    with pytest.raises(yaml.constructor.ConstructorError):
+        parse_mlmodel('flavors: !!python/object/apply:os.system ["touch /tmp/pwned"]')
+    assert parse_mlmodel("- onnx\n- pmml\n") == {}
+    with pytest.raises(yaml.YAMLError):
+        parse_mlmodel("flavors: {onnx: [")

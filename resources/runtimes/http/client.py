@@ -46,6 +46,7 @@ from ml_assets.resources.core.errors import (
     SchemaMismatchError,
     ScoringError,
 )
+from ml_assets.resources.core.formats import parse_mlmodel
 from ml_assets.resources.core.http import RetryPolicy, join_url, new_session, redact, retry_after
 from ml_assets.resources.core.models import ColumnSpec, ModelRef, ModelVersion
 from ml_assets.resources.core.predictions import (
@@ -265,8 +266,8 @@ def _mlmodel_inputs(path: Path | None) -> tuple[ColumnSpec, ...]:
     import yaml
 
     try:
-        doc = yaml.safe_load(mlmodel.read_text())
-        specs = json.loads(((doc or {}).get("signature") or {}).get("inputs") or "[]")
+        doc = parse_mlmodel(mlmodel.read_text())
+        specs = json.loads((doc.get("signature") or {}).get("inputs") or "[]")
     except (OSError, ValueError, yaml.YAMLError, AttributeError):
         return ()
     if not specs or any("name" not in s or s.get("type") in (None, "tensor") for s in specs):
