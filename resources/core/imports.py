@@ -11,8 +11,9 @@ dictionaries). Anything that needs pandas imports it as before.
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import sys
+import threading
 from importlib.abc import Loader, MetaPathFinder
 from types import ModuleType
 from typing import Any
@@ -35,33 +36,44 @@ def import_pyarrow_dataset() -> ModuleType:
 
 
 class _HidePandas(MetaPathFinder):
+    """Hides pandas from the thread that imports pyarrow.dataset; other threads import it as usual."""
+
+    def __init__(self) -> None:
+        self._thread = threading.get_ident()
+
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
-        if name == "pandas":
+        if name == "pandas" and threading.get_ident() == self._thread:
             raise ModuleNotFoundError("pandas is hidden while pyarrow.dataset is imported", name=name)
 
 
 class _TellPyarrowWhenPandasLoads(MetaPathFinder):
-    """Finds pandas the usual way, once, with a loader that tells pyarrow when pandas has loaded."""
+    """Finds pandas with the finders after it, and gives its spec a loader that tells pyarrow once pandas has
+    loaded. It stays in place until then: a ``find_spec`` probe (which imports nothing) does not remove it."""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "pandas":
+        if name != "pandas" or self not in sys.meta_path:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _ThenTellPyarrow(spec.loader)
-        return spec
+        for finder in sys.meta_path[sys.meta_path.index(self) + 1 :]:
+            spec = finder.find_spec(name, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _ThenTellPyarrow(spec.loader, self)
+                return spec
+        return None
 
 
 class _ThenTellPyarrow(Loader):
-    def __init__(self, loader: Loader) -> None:
+    def __init__(self, loader: Loader, finder: MetaPathFinder) -> None:
         self._loader = loader
+        self._finder = finder
 
     def create_module(self, spec: Any) -> ModuleType | None:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)
+        with contextlib.suppress(ValueError):  # another thread's import got there first
+            sys.meta_path.remove(self._finder)
         import pyarrow.lib
 
         pyarrow.lib._pandas_api.pd  # noqa: B018 (the property imports pandas into pyarrow's shim)

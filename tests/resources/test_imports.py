@@ -7,11 +7,16 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
+
+import pytest
 
 # Conversions that depend on pyarrow knowing pandas: NaN -> null, categoricals -> dictionaries, tz-aware
-# timestamps, frames both ways; and the pandas module still serves its source and resources.
+# timestamps, frames both ways; and the pandas module still serves its source and resources. A find_spec
+# probe comes first, as libraries probe for pandas before importing it.
 PANDAS_ROUND_TRIP = """
-import importlib.resources, math
+import importlib.resources, importlib.util, math
+seen["probe"] = importlib.util.find_spec("pandas") is not None  # a probe first, as libraries do: imports nothing
 import pandas as pd
 import pyarrow as pa
 series = pd.Series([1.0, math.nan])
@@ -72,3 +77,17 @@ def test_the_scoring_modules_do_not_import_pandas():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_pandas_is_hidden_from_the_importing_thread_only():
+    from ml_assets.resources.core.imports import _HidePandas
+
+    hide = _HidePandas()
+    elsewhere = []
+    thread = threading.Thread(target=lambda: elsewhere.append(hide.find_spec("pandas")))
+    thread.start()
+    thread.join(timeout=30)
+    assert elsewhere == [None]  # another thread's import goes on to the real finders
+    with pytest.raises(ModuleNotFoundError, match=r"hidden while pyarrow\.dataset is imported"):
+        hide.find_spec("pandas")
+    assert hide.find_spec("polars") is None
