@@ -22,15 +22,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from ml_assets.datasets import FileBatch, ParquetDataset, PartitionReader, _filesystem
 from ml_assets.resources.core.errors import MissingDependencyError, MlAssetsError, ScoringError
+from ml_assets.resources.core.imports import import_pyarrow_dataset
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.resources.core.trust import TrustPolicy
 from ml_assets.resources.registries.direct import DirectFiles
 from ml_assets.scoring import _Chunk, _conform, _Plan
 from ml_assets.service import SECRET_OPTIONS, ModelService
+
+pads = import_pyarrow_dataset()  # not `import pyarrow.dataset`: that imports pandas (resources/core/imports.py)
 
 if TYPE_CHECKING:
     from ray.data import Dataset

@@ -32,26 +32,6 @@ def _load_flavors() -> Any:
     return module
 
 
-def _pyfunc_columns(prediction: Any, n: int) -> dict[str, Any]:
-    """Named columns of what pyfunc ``predict`` returned: the rules of pyfunc.predictions_to_columns."""
-    import numpy as np
-    import pandas as pd
-
-    if isinstance(prediction, pd.DataFrame):
-        return {str(c): prediction[c].to_numpy() for c in prediction.columns}
-    if isinstance(prediction, pd.Series):
-        return {str(prediction.name) if prediction.name is not None else "prediction": prediction.to_numpy()}
-    if isinstance(prediction, dict):
-        return {str(k): np.asarray(v) for k, v in prediction.items()}
-    array = np.asarray(prediction)
-    if array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1):
-        return {"prediction": array.reshape(n)}
-    if array.ndim == 2:
-        return {f"prediction_{k}": array[:, k] for k in range(array.shape[1])}
-    msg = f"predict returned an array of shape {array.shape}; expected one or two dimensions"
-    raise ValueError(msg)
-
-
 def _ipc(table: Any) -> bytes:
     import pyarrow as pa
 
@@ -79,10 +59,11 @@ def main(argv: list[str]) -> int:
         import numpy as np
         import pyarrow as pa
 
+        flavors = _load_flavors()
         if mode == "native":
             # One model and one request at a time: each matrix is split across the threads, and a Booster's
             # library is imported without scikit-learn and pandas (see _flavors.load_native).
-            predictor = _load_flavors().load_native(
+            predictor = flavors.load_native(
                 params, input_dtype=np.dtype(input_dtype), threads=threads, parallel="split", lean_imports=True
             )
             schema = predictor.output_schema
@@ -102,7 +83,7 @@ def main(argv: list[str]) -> int:
             def predict(batch: Any) -> Any:
                 frame = batch.to_pandas()
                 prediction = model.predict(frame, params=params) if params else model.predict(frame)
-                columns = _pyfunc_columns(prediction, batch.num_rows)
+                columns = flavors.predictions_to_columns(prediction, batch.num_rows)
                 return pa.table({k: pa.array(v) for k, v in columns.items()})
 
     except Exception as exc:  # noqa: BLE001 - any load failure is reported to the parent, which raises

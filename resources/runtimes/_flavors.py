@@ -182,6 +182,26 @@ _DEFAULTS = {
 }
 
 
+def predictions_to_columns(prediction: Any, n: int) -> dict[str, Any]:
+    """Named columns out of whatever a pyfunc model's ``predict`` returned (DataFrame, Series, dict, array or
+    list), for ``n`` rows. Here because a model environment's worker needs it too."""
+    import pandas as pd
+
+    if isinstance(prediction, pd.DataFrame):
+        return {str(c): prediction[c].to_numpy() for c in prediction.columns}
+    if isinstance(prediction, pd.Series):
+        return {str(prediction.name) if prediction.name is not None else "prediction": prediction.to_numpy()}
+    if isinstance(prediction, dict):
+        return {str(k): np.asarray(v) for k, v in prediction.items()}
+    array = np.asarray(prediction)
+    if array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1):
+        return {"prediction": array.reshape(n)}
+    if array.ndim == 2:
+        return {f"prediction_{k}": array[:, k] for k in range(array.shape[1])}
+    msg = f"predict returned an array of shape {array.shape}; expected one or two dimensions"
+    raise ValueError(msg)
+
+
 def flavor_files(flavors: dict[str, Any], join: Callable[[str, str], str]) -> dict[str, Any]:
     """What ``load_native`` needs from an MLmodel's ``flavors``: the flavor, its model file, how that file
     was written (``serialization_format``, ``skops_trusted_types``, ``model_class``) and the logged code

@@ -45,6 +45,7 @@ from ml_assets.resources.core.models import ModelVersion
 from ml_assets.resources.core.predictions import Naming, OutputMap, bare_matrix_map, check_naming, identity_map
 from ml_assets.resources.core.signals import ignore_stop_signals
 from ml_assets.resources.runtimes._common import available_cores, empty_batch
+from ml_assets.resources.runtimes._flavors import predictions_to_columns
 
 logger = logging.getLogger(__name__)
 
@@ -196,25 +197,6 @@ def contract_map(native: pa.Schema, *, classes: Sequence[Any] | None, what: str)
         msg = f"{what}: option classes applies to a bare probability matrix; predict returns {native.names}"
         raise ModelLoadError(msg)
     return identity_map(native, note="the columns predict returns, under their own names")
-
-
-def predictions_to_columns(prediction: Any, n: int) -> dict[str, Any]:
-    """Named columns out of whatever ``predict`` returned: a DataFrame, Series, array or list."""
-    import pandas as pd
-
-    if isinstance(prediction, pd.DataFrame):
-        return {str(c): prediction[c].to_numpy() for c in prediction.columns}
-    if isinstance(prediction, pd.Series):
-        return {str(prediction.name) if prediction.name is not None else "prediction": prediction.to_numpy()}
-    if isinstance(prediction, dict):
-        return {str(k): np.asarray(v) for k, v in prediction.items()}
-    array = np.asarray(prediction)
-    if array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1):
-        return {"prediction": array.reshape(n)}
-    if array.ndim == 2:
-        return {f"prediction_{k}": array[:, k] for k in range(array.shape[1])}
-    msg = f"predict returned an array of shape {array.shape}; expected one or two dimensions"
-    raise ScoringError(msg)
 
 
 def mlflow_model_folder(version: ModelVersion, path: Path) -> Path:

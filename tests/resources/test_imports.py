@@ -69,10 +69,11 @@ def test_with_pandas_already_imported_nothing_is_hidden():
     assert seen["after"]["null_count"] == 1
 
 
-def test_the_scoring_modules_do_not_import_pandas():
+def test_the_scoring_and_dagster_modules_do_not_import_pandas():
     script = (
         "import sys\nimport ml_assets.cli, ml_assets.datasets, ml_assets.scoring, ml_assets.quarantine, ml_assets.summary\n"
         "import ml_assets.resources.runtimes.onnx, ml_assets.resources.registries.mlflow_lookup\n"
+        "import ml_assets.ray_engine, ml_assets.dagster.assets, ml_assets.dagster.resources\n"
         "print(sorted(m for m in sys.modules if m == 'pandas' or m.startswith('pandas.')))"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
