@@ -6,6 +6,8 @@ import gc
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -236,8 +238,6 @@ def _score(
     verify_model: str | None,
     scan_pickles: bool,
 ) -> Any:
-    from tqdm import tqdm
-
     from ml_assets.datasets import ParquetDataset
     from ml_assets.quarantine import error_budget
     from ml_assets.scoring import score_partition
@@ -312,13 +312,7 @@ def _score(
                 source, dest, version, input_schema=scorer.input_schema, output_schema=scorer.output_schema
             )
             lineage_run = LineageRun.begin(f"ml-assets.score.{version.name}", lineage)
-            # delay: no empty bar before the first chunk tells the total
-            with tqdm(total=0, unit="row", unit_scale=True, disable=quiet, file=sys.stderr, delay=0.3) as bar:
-
-                def show(progress: Any) -> None:
-                    bar.total = progress.rows_total
-                    bar.update(progress.rows_done - bar.n)
-
+            with _progress_bar(quiet) as show:
                 _start_up_over()
                 try:
                     result = score_partition(
@@ -347,6 +341,24 @@ def _score(
     except MlAssetsError as exc:
         raise click.ClickException(str(exc)) from exc
     return result
+
+
+@contextmanager
+def _progress_bar(quiet: bool) -> Iterator[Callable[[Any], None] | None]:
+    """A progress callback that draws a bar on stderr; None when quiet (and tqdm is not imported: ~10 ms)."""
+    if quiet:
+        yield None
+        return
+    from tqdm import tqdm
+
+    # delay: no empty bar before the first chunk tells the total
+    with tqdm(total=0, unit="row", unit_scale=True, file=sys.stderr, delay=0.3) as bar:
+
+        def show(progress: Any) -> None:
+            bar.total = progress.rows_total
+            bar.update(progress.rows_done - bar.n)
+
+        yield show
 
 
 def _trust_policy(verify_model: str | None, scan_pickles: bool) -> Any:

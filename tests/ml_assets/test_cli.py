@@ -168,6 +168,21 @@ def test_collections_pause_for_start_up_only(models, transactions, tmp_path):
     assert listing.stdout.strip().splitlines()[-1] == "{'at_import': True, 'models list': (True, True)}"
 
 
+def test_the_progress_bar_follows_the_rows_and_quiet_draws_none(capsys):
+    from types import SimpleNamespace
+
+    from ml_assets.cli import _progress_bar
+
+    with _progress_bar(True) as show:
+        assert show is None
+    with _progress_bar(False) as show:
+        time.sleep(0.35)  # the bar waits 0.3 s before it first draws
+        show(SimpleNamespace(rows_total=2000, rows_done=500))
+        show(SimpleNamespace(rows_total=2000, rows_done=2000))
+    drawn = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert any("100%" in line and "2.00k/2.00k" in line for line in drawn), drawn
+
+
 def test_an_option_the_runtime_does_not_take_is_a_usage_error(models, transactions, tmp_path):
     done = run_cli(
         "score", "models:/fraud@champion", str(transactions), str(tmp_path / "o"), "--partition", f"date={DATES[0]}",
