@@ -4,7 +4,7 @@ through entry points, as fsspec finds filesystems (``known_implementations``, th
 from __future__ import annotations
 
 import functools
-import importlib
+import pkgutil
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -51,8 +51,7 @@ def available(group: str) -> list[str]:
 def load_plugin(group: str, name: str) -> Any:
     """The object registered as ``name`` in ``group``; an unknown name lists the known ones."""
     if name in BUILT_IN[group]:
-        module, _, attribute = BUILT_IN[group][name].partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        return pkgutil.resolve_name(BUILT_IN[group][name])
     matches = [ep for ep in _plugins(group) if ep.name == name]
     if not matches:
         kind = "registry" if group == REGISTRY_GROUP else "runtime"
