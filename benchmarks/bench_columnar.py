@@ -302,10 +302,16 @@ def encodings_table(rows: int) -> list[str]:
             {"id": ids, "label": (p1 > 0.5).astype(np.int64), "probability_0": 1 - p1, "probability_1": p1}
         )
         ours = output_encoding(table.schema)
+        everywhere = {"compression": "zstd", "compression_level": -1}
         candidates = {
-            "ours: zstd(-1), delta ints, byte-stream-split floats": ours,
-            "zstd(1), delta ints, byte-stream-split floats (until 2026-12-06)": {**ours, "compression_level": 1},
-            "zstd(3), delta ints, byte-stream-split floats": {**ours, "compression_level": 3},
+            "ours: zstd(-1) but for the ints, delta ints, byte-stream-split floats": ours,
+            "zstd(-1), delta ints, byte-stream-split floats (until the evening of 2026-12-06)": {**ours, **everywhere},
+            "zstd(1), delta ints, byte-stream-split floats (until 2026-12-06)": {
+                **ours,
+                **everywhere,
+                "compression_level": 1,
+            },
+            "zstd(3), delta ints, byte-stream-split floats": {**ours, **everywhere, "compression_level": 3},
             "lz4, delta ints, byte-stream-split floats": {**ours, "compression": "lz4", "compression_level": None},
             "none, delta ints, byte-stream-split floats": {**ours, "compression": "none", "compression_level": None},
             "zstd(1), plain": {"use_dictionary": False, "compression": "zstd", "compression_level": 1},
@@ -315,6 +321,7 @@ def encodings_table(rows: int) -> list[str]:
             "none, plain": {"use_dictionary": False, "compression": "none"},
         }
         assert ours["column_encoding"] == {**delta, **floats}
+        assert ours["compression"] == {"id": "none", "label": "none", "probability_0": "zstd", "probability_1": "zstd"}
         path = OUT / "encoding.parquet"
         OUT.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path, **ours)  # warm-up: the first reads of a process run slower

@@ -509,11 +509,13 @@ class AtomicPartitionWriter:
 
 def output_encoding(schema: pa.Schema) -> dict[str, Any]:
     """How output columns are encoded and compressed, chosen by measurement (``benchmarks/bench_columnar.py
-    --encodings``; docs/outputs.md has the table): zstd at level -1; integers delta-encoded, floats
-    byte-stream-split (both cheaper to compress and smaller than plain); dictionaries only for strings,
-    where values repeat. Dictionary encoding of unique floats or keys is what made pyarrow's default ~6x
-    slower to write. Level -1 (zstd's first fast level) costs ~13% less CPU to write than level 1 for
-    ~1% more bytes, and is the same codec to every reader: the level is the writer's choice alone."""
+    --encodings``; docs/outputs.md has the table): integers delta-encoded and not compressed, floats
+    byte-stream-split, dictionaries only for strings, where values repeat; every column but the integers
+    zstd at level -1. Dictionary encoding of unique floats or keys is what made pyarrow's default ~6x
+    slower to write. zstd found almost nothing left in delta-packed integers (0.07-0.5% of the file)
+    while setting up its context for each of their pages cost 20-32% of the writing thread's CPU. Level -1
+    (zstd's first fast level) costs ~13% less CPU to write than level 1 for ~1% more bytes, and is the
+    same codec to every reader: the level is the writer's choice alone."""
     dictionary = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type)]
     encodings = {}
     for f in schema:
@@ -521,12 +523,23 @@ def output_encoding(schema: pa.Schema) -> dict[str, Any]:
             encodings[f.name] = "DELTA_BINARY_PACKED"
         elif pa.types.is_float32(f.type) or pa.types.is_float64(f.type):
             encodings[f.name] = "BYTE_STREAM_SPLIT"
+    # Per-column codecs leave every column not named uncompressed, so name each leaf (a struct's
+    # fields, a list's elements) by its path in the Parquet schema.
+    compression = {path: "none" if encodings.get(path) == "DELTA_BINARY_PACKED" else "zstd" for path in _leaves(schema)}
     return {
         "use_dictionary": dictionary or False,
         "column_encoding": encodings or None,
-        "compression": "zstd",
-        "compression_level": -1,
+        "compression": compression,
+        "compression_level": {path: -1 for path, codec in compression.items() if codec == "zstd"},
     }
+
+
+def _leaves(schema: pa.Schema) -> list[str]:
+    """The dotted paths of the Parquet columns that ``schema`` is written as."""
+    sink = pa.BufferOutputStream()
+    pq.write_metadata(schema, sink)
+    columns = pq.read_metadata(pa.BufferReader(sink.getvalue())).schema
+    return [columns.column(i).path for i in range(len(columns))]
 
 
 class _Sink(Protocol):

@@ -205,10 +205,18 @@ def test_object_stores_write_the_final_key_directly(s3_server):
 
 
 def test_output_is_encoded_as_measured_and_reads_back_exactly(tmp_path):
-    """zstd; integers delta-encoded, floats byte-stream-split, strings dictionary-encoded (see output_encoding),
-    row groups written by the encoding thread in the order the chunks came."""
+    """zstd but for the integers (delta-encoded), floats byte-stream-split, strings dictionary-encoded, a
+    struct's fields each by their own kind (see output_encoding), row groups written by the encoding thread
+    in the order the chunks came."""
     dataset = ParquetDataset(str(tmp_path / "scores"), partition_column="date")
-    schema = pa.schema([("id", pa.int64()), ("probability_1", pa.float32()), ("segment", pa.string())])
+    schema = pa.schema(
+        [
+            ("id", pa.int64()),
+            ("probability_1", pa.float32()),
+            ("segment", pa.string()),
+            ("where", pa.struct([("x", pa.int32()), ("y", pa.float64())])),
+        ]
+    )
     writer = AtomicPartitionWriter(dataset, PARTITION, schema, {"model": "lr"})
     writer.ROW_GROUP_ROWS = 1_000
     rng = np.random.default_rng(0)
@@ -217,6 +225,9 @@ def test_output_is_encoded_as_measured_and_reads_back_exactly(tmp_path):
             "id": rng.permutation(5_500).astype(np.int64),
             "probability_1": rng.random(5_500, dtype=np.float32),
             "segment": rng.choice(["a", "b", "c"], 5_500),
+            "where": pa.StructArray.from_arrays(
+                [pa.array(rng.integers(0, 9, 5_500), pa.int32()), pa.array(rng.random(5_500))], ["x", "y"]
+            ),
         },
         schema=schema,
     )
@@ -226,8 +237,15 @@ def test_output_is_encoded_as_measured_and_reads_back_exactly(tmp_path):
     assert pq_file.read().cast(schema) == expected
     metadata = pq_file.metadata
     assert metadata.num_row_groups == 4  # 3 of 1,400 rows (two chunks of 700 reach 1,000) and the last 1,300
-    column = {name: metadata.row_group(0).column(i) for i, name in enumerate(schema.names)}
-    assert {c.compression for c in column.values()} == {"ZSTD"}
+    group = metadata.row_group(0)
+    column = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+    assert {path: c.compression for path, c in column.items()} == {
+        "id": "UNCOMPRESSED",  # delta-packed: zstd found nothing left to take
+        "probability_1": "ZSTD",
+        "segment": "ZSTD",
+        "where.x": "ZSTD",  # a struct's leaves are compressed, not left to the writer's default (none)
+        "where.y": "ZSTD",
+    }
     assert "DELTA_BINARY_PACKED" in column["id"].encodings
     assert "BYTE_STREAM_SPLIT" in column["probability_1"].encodings
     assert "RLE_DICTIONARY" in column["segment"].encodings
