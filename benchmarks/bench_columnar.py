@@ -216,10 +216,21 @@ def medians_of(repeat: int, names: tuple[str, ...], data: Path, outputs: str) ->
     for _ in range(repeat):
         for name in names:
             runs[name].append(run_case(name, data, outputs))
-    return {
+    medians = {
         name: {key: statistics.median(r[key] for r in done) for key in done[0] if isinstance(done[0][key], float)}
         for name, done in runs.items()
     }
+    for name, done in runs.items():
+        medians[name]["rounds"] = done
+    return medians
+
+
+def round_ratios(measured: dict[str, dict], ours: str, peer: str) -> str:
+    """The in-process ratio ours/peer of each round (the same minute for both): how far one run's ratio
+    can be trusted, which the medians alone do not tell."""
+    rounds = zip(measured[ours]["rounds"], measured[peer]["rounds"], strict=True)
+    ratios = sorted(p["seconds"] / o["seconds"] for o, p in rounds)
+    return f"{ratios[0]:.2f}-{ratios[-1]:.2f}x" if len(ratios) > 1 else f"{ratios[0]:.2f}x"
 
 
 # -- the HTTP tracking server ------------------------------------------------------------------
@@ -436,6 +447,10 @@ def main() -> None:
                             f"; in process {inside['ours'] / inside['polars']:.2f}x Polars, "
                             f"{inside['ours'] / inside['duckdb']:.2f}x DuckDB"
                         )
+                    ratio += (
+                        f"; rounds in process {round_ratios(measured, 'ours', 'polars')} Polars, "
+                        f"{round_ratios(measured, 'ours', 'duckdb')} DuckDB"
+                    )
                 m = measured[name]
                 shown = f"{whole[name]:,.0f}" if whole else ""
                 lines.append(
@@ -454,7 +469,8 @@ def main() -> None:
         rf_rate = rows / rf["seconds"]
         lines.append(
             f"| {rows:,} | probability_1 | ours rf (in process) | | {rf_rate:,.0f} | | | {rf['rss_mib']:.0f} "
-            f"| {rf_rate / (rows / ort_rf['seconds']):.0%} of onnxruntime compute |"
+            f"| {rf_rate / (rows / ort_rf['seconds']):.0%} of onnxruntime compute (rounds "
+            f"{round_ratios(rf_cases, 'ours_rf', 'ort_rf').replace('x', '')}) |"
         )
         lines.append(f"| {rows:,} | | onnxruntime compute only, rf | | {rows / ort_rf['seconds']:,.0f} | | | | |")
     print("\n".join(lines))
