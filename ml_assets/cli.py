@@ -71,7 +71,11 @@ def _start_up_over() -> None:
 @click.argument("output_uri")
 @click.option("--partition", "partition", metavar="KEY=VALUE", help="Score one hive partition, e.g. date=2026-11-01.")
 # The bounds of ml_assets.scoring (DEFAULT_CHUNK_ROWS, MAX_CHUNK_ROWS), spelled out: importing it costs start-up.
-@click.option("--chunk-rows", type=click.IntRange(min=1, max=16_777_216), default=65_536, show_default=True)
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1, max=16_777_216),
+    help="Rows per chunk [default: 65,536, fewer for wide inputs: at most 64 MiB of input columns per chunk].",
+)
 @click.option("--passthrough", metavar="COL,...", help="Input columns copied to the output.")
 @click.option("--registry", "registry_kind", default="mlflow", show_default=True, help="Registry name.")
 @click.option("--registry-uri", help="Registry location, e.g. sqlite:///mlflow.db (default: MLFLOW_TRACKING_URI).")
@@ -163,6 +167,7 @@ def score(pipes: str, partition: str | None, engine: str, **params: Any) -> None
                     "seconds": {"raw_value": round(result.seconds, 3), "type": "float"},
                     "rows_per_second": {"raw_value": round(result.rows_per_second, 1), "type": "float"},
                     "chunks": {"raw_value": result.chunks, "type": "int"},
+                    "chunk_rows": {"raw_value": result.chunk_rows, "type": "int"},
                     "output": {"raw_value": result.output_uri, "type": "path"},
                     "engine": {"raw_value": engine, "type": "text"},
                     **_row_error_metadata(result),
@@ -214,7 +219,7 @@ def _score(
     input_uri: str,
     output_uri: str,
     partition: str | None,
-    chunk_rows: int,
+    chunk_rows: int | None,
     passthrough: str | None,
     registry_kind: str,
     registry_uri: str | None,

@@ -277,6 +277,23 @@ class PartitionReader:
                             counts[name] += stats.null_count
         return counts
 
+    def row_bytes(self, columns: list[str]) -> int:
+        """Bytes of ``columns`` per row once decoded, in the file where they are widest: fixed-width types
+        by their width, the others (text, binary, lists, structs) by the footer's uncompressed size per row."""
+        widest = 0
+        for file in self.files:
+            width, variable = 0, set()
+            for name in (c for c in columns if c in file.schema.names):
+                try:
+                    width += file.schema.field(name).type.byte_width
+                except ValueError:  # not fixed-width (booleans too: under a byte, counted from the footer)
+                    variable.add(name)
+            if variable:
+                metadata = self._fragments[file.path].metadata
+                width += _uncompressed_bytes(metadata, variable) // max(1, metadata.num_rows)
+            widest = max(widest, width)
+        return widest
+
     def row_groups(self) -> list[tuple[str, int, int, int]]:
         """``(file, row group index, rows, its first row within the file)`` in read order: units of
         work for a distributed engine."""
@@ -338,6 +355,19 @@ class PartitionReader:
         ).select(columns)
         for frame in lazy.collect_batches(chunk_size=chunk_rows, maintain_order=True):
             yield from frame.to_arrow().to_batches()  # zero-copy, but for text (large_string)
+
+
+def _uncompressed_bytes(metadata: pq.FileMetaData, columns: set[str]) -> int:
+    """The uncompressed bytes of ``columns`` (each with all its leaves) over the file's row groups."""
+    total = 0
+    for i in range(metadata.num_row_groups):
+        group = metadata.row_group(i)
+        for j in range(group.num_columns):
+            chunk = group.column(j)
+            parts = chunk.path_in_schema.split(".")
+            if any(".".join(parts[:k]) in columns for k in range(1, len(parts) + 1)):
+                total += chunk.total_uncompressed_size
+    return total
 
 
 def _installed(package: str) -> bool:

@@ -14,7 +14,7 @@ from ml_assets.openlineage import ScoringLineage
 from ml_assets.promotion import stale_partitions
 from ml_assets.quarantine import OnRowError, error_budget
 from ml_assets.reconcile import NumericStrings
-from ml_assets.scoring import DEFAULT_CHUNK_ROWS, NullPolicy, Progress, score_partition
+from ml_assets.scoring import NullPolicy, Progress, score_partition
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -67,7 +67,7 @@ class ScorePartitionOperator(BaseOperator):
         passthrough: Sequence[str] = (),
         runtime: str | None = None,
         runtime_options: Mapping[str, Any] | None = None,
-        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        chunk_rows: int | None = None,
         nulls: NullPolicy = "error",
         numeric_strings: NumericStrings = "error",
         version_column: str | None = None,

@@ -33,7 +33,7 @@ from ml_assets.reconcile import NumericStrings
 from ml_assets.resources.core.errors import ErrorBudgetExceededError, MlAssetsError
 from ml_assets.resources.core.models import ModelVersion
 from ml_assets.resources.core.predictions import score_columns
-from ml_assets.scoring import DEFAULT_CHUNK_ROWS, Challenger, NullPolicy, Progress, ScoringResult, score_partition
+from ml_assets.scoring import Challenger, NullPolicy, Progress, ScoringResult, score_partition
 from ml_assets.sensors.promotion import MODEL_NAME_TAG, MODEL_VERSION_TAG
 from ml_assets.summary import ScoreSummary
 
@@ -61,7 +61,7 @@ def build_scoring_asset(
     output_dataset: ParquetDataset | str,
     partitions_def: dg.PartitionsDefinition | None = None,
     partition_column: str | None = "date",
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = None,
     passthrough: Sequence[str] = (),
     nulls: NullPolicy = "error",
     numeric_strings: NumericStrings = "error",
@@ -422,6 +422,7 @@ def _partition_metadata(result: ScoringResult, reference: DriftReference | None)
     )
     metadata["output"] = dg.MetadataValue.path(result.output_uri)
     metadata["score_summary"] = dg.MetadataValue.md(result.summary.as_markdown())
+    metadata["chunk_rows"] = dg.MetadataValue.int(result.chunk_rows)
     if result.reader:
         metadata["reader"] = dg.MetadataValue.text(result.reader)
     report = result.row_errors

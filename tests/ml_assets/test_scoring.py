@@ -52,7 +52,8 @@ def test_scores_a_partition_like_onnxruntime(champion, models, transactions, tmp
     np.testing.assert_array_equal(out["transaction_id"].to_numpy(), source["transaction_id"].to_numpy())
     session = ort.InferenceSession(str(models.lr_onnx))
     labels, probabilities = session.run(None, {"X": features_of(source)})
-    np.testing.assert_array_equal(out["probability_1"].to_numpy(), probabilities[:, 1])
+    # Two float32 ulps at 1: the graph rewritten for columns sums 200 products in the GEMM's order, not the kernel's.
+    np.testing.assert_allclose(out["probability_1"].to_numpy(), probabilities[:, 1], rtol=0, atol=2 * 2**-23)
     np.testing.assert_array_equal(out["label"].to_numpy(), labels)
     assert set(out["date"].to_pylist()) == {"2026-11-02"}
     assert set(out["model_version"].to_pylist()) == {"1"}
@@ -300,3 +301,60 @@ def test_model_whose_inputs_do_not_match_the_data(models, transactions, tmp_path
     with pytest.raises(SchemaMismatchError, match=r"model 'fraud' version 1 needs column\(s\) feature_0 \(float\)"):
         score_partition(scorer, version, hive(transactions), hive(tmp_path / "out"), partition="2026-11-01")
     assert_nothing_written(tmp_path / "out")
+
+
+def test_wide_inputs_get_fewer_rows_per_chunk(champion, transactions, tmp_path, monkeypatch):
+    """Unless asked for a number of rows, a chunk holds at most CHUNK_BYTES of the columns read: a real
+    200-feature export gets fewer rows per chunk, sized from the widest of two files by two writers (its text
+    column from the footer), and scores like onnxruntime; the narrow fraud model keeps 65,536 rows."""
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    import ml_assets.scoring as scoring
+
+    width, rows = 200, 3_000
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((rows, width)).astype(np.float32)
+    names = [f"f{k}" for k in range(width)]
+    model = LogisticRegression(max_iter=300).fit(x, (x[:, 0] - x[:, 1] > 0).astype(np.int64))
+    path = tmp_path / "wide.onnx"
+    path.write_bytes(to_onnx(model, x[:1], target_opset=17, options={"zipmap": False}).SerializeToString())
+    version = ModelVersion(name="wide", version="3", format="onnx", artifact_uri=f"file://{path}", registry="test")
+    scorer = OnnxRuntime(features=names).load(version, path)
+    day = tmp_path / "in" / "date=2026-11-01"
+    day.mkdir(parents=True)
+    half = rows // 2
+    notes = (["short"] * half, [f"{i:06d} {'a longer note, ' * 13}" for i in range(half)])  # the second: 202 bytes
+    for part, note in enumerate(notes):
+        own = slice(part * half, (part + 1) * half)
+        columns = {n: x[own, k] for k, n in enumerate(names)} | {"id": np.arange(rows)[own], "note": note}
+        pq.write_table(pa.table(columns), day / f"part-{part}.parquet")
+    monkeypatch.setattr(scoring, "CHUNK_BYTES", 1 << 20)
+
+    result = score_partition(
+        scorer, version, hive(tmp_path / "in"), hive(tmp_path / "out"), partition="2026-11-01",
+        passthrough=["id", "note"],
+    )  # fmt: skip
+    # A chunk of the wider file, decoded, is the budget (give or take pyarrow's validity bitmaps, 1/8 byte
+    # per column and row); the narrower file alone would allow more rows.
+    read = [*names, "id", "note"]
+    wider, narrower = (pq.read_table(day / f"part-{part}.parquet", columns=read) for part in (1, 0))
+    assert 0.95 * (1 << 20) <= wider.slice(0, result.chunk_rows).nbytes <= 1.05 * (1 << 20)
+    assert narrower.slice(0, result.chunk_rows + 20).nbytes <= 1 << 20
+    assert result.chunks == 2 * -(-half // result.chunk_rows)
+    out = pq.read_table(result.output_uri)
+    source = pq.read_table(day.parent / "date=2026-11-01", columns=[*names, "id"]).sort_by("id")
+    session = ort.InferenceSession(str(path))
+    _, probabilities = session.run(None, {"X": np.column_stack([source[n].to_numpy() for n in names])})
+    np.testing.assert_array_equal(out["id"].to_numpy(), np.arange(rows))
+    # Two float32 ulps at 1: the graph rewritten for columns sums 200 products in the GEMM's order, not the kernel's.
+    np.testing.assert_allclose(out["probability_1"].to_numpy(), probabilities[:, 1], rtol=0, atol=2 * 2**-23)
+
+    asked = score_partition(
+        scorer, version, hive(tmp_path / "in"), hive(tmp_path / "out2"), partition="2026-11-01", chunk_rows=1_000
+    )
+    assert (asked.chunk_rows, asked.chunks) == (1_000, 4)
+    monkeypatch.undo()  # CHUNK_BYTES as shipped
+    narrow_version, narrow = champion
+    default = score_partition(narrow, narrow_version, hive(transactions), hive(tmp_path / "o3"), partition="2026-11-01")
+    assert default.chunk_rows == scoring.DEFAULT_CHUNK_ROWS

@@ -35,7 +35,6 @@ from ml_assets.dagster.resources import (
 )
 from ml_assets.datasets import ParquetDataset
 from ml_assets.resources.core.models import ModelRef
-from ml_assets.scoring import DEFAULT_CHUNK_ROWS
 from ml_assets.sensors import build_model_promotion_sensor, build_partition_schedule
 
 
@@ -178,7 +177,9 @@ with warnings.catch_warnings():
         registry: RegistryConfig = Field(default_factory=RegistryConfig)
         runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
         partitions: PartitionsConfig | None = None
-        chunk_rows: int = DEFAULT_CHUNK_ROWS
+        chunk_rows: int | None = Field(
+            default=None, description="Rows per chunk (default 65,536, fewer for wide inputs: see score_partition)."
+        )
         passthrough: list[str] = Field(default_factory=list)
         nulls: Literal["error", "pass"] = "error"
         on_row_error: Literal["fail", "quarantine"] = Field(
