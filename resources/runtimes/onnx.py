@@ -299,7 +299,23 @@ def _strip_zipmap(model: Any) -> dict[str, list[Any]]:
             labels[node.input[0]] = classes or []
         elif node.op_type in _CLASSIFIER_OPS and classes and len(node.output) > 1:
             labels.setdefault(node.output[1], classes)
-    return labels
+    return labels or _classes_in_standard_ops(graph)
+
+
+def _classes_in_standard_ops(graph: Any) -> dict[str, list[Any]]:
+    """The class labels of a classifier written in standard ops, as skl2onnx writes float64 models (the
+    ai.onnx.ml classifiers take float32 only): its label is ``ArrayFeatureExtractor(classes, ArgMax(...))``
+    with the classes a constant, and they label the float output whose name says probabilities. Without
+    this, such a graph exported without ZipMap would be named as a regressor's outputs."""
+    from onnx import numpy_helper
+
+    constants = {i.name: i for i in graph.initializer}
+    probabilities = [o.name for o in graph.output if "prob" in o.name.lower()]
+    for node in graph.node:
+        if node.op_type == "ArrayFeatureExtractor" and node.input[0] in constants and len(probabilities) == 1:
+            classes = numpy_helper.to_array(constants[node.input[0]]).ravel().tolist()
+            return {probabilities[0]: [c.decode() if isinstance(c, bytes) else c for c in classes]}
+    return {}
 
 
 def _element_types(model: Any) -> dict[str, int]:

@@ -211,6 +211,29 @@ def test_double_pipeline_with_zipmap_loads_and_equals_sklearn(table, tmp_path):
     np.testing.assert_array_equal(out["label"].to_numpy(), pipeline.predict(x))
 
 
+@pytest.mark.parametrize("classes", [[0, 1, 2], ["high", "low", "mid"]])
+def test_double_classifier_without_zipmap_keeps_the_contract(classes, table, tmp_path):
+    """skl2onnx on float64 data with zipmap=False writes the classifier in standard ops (no classifier node,
+    no ZipMap): its classes come from the ArrayFeatureExtractor constant, not regressor naming. Compared with
+    onnxruntime on the file as exported."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = features_of(table).astype(np.float64)
+    y = np.array(classes, dtype=object)[np.digitize(x[:, 0] + 0.5 * x[:, 1], [-0.5, 0.5])]
+    model = LogisticRegression(max_iter=500).fit(x, y.astype(type(classes[0])))
+    path = tmp_path / "double.onnx"
+    path.write_bytes(to_onnx(model, x[:1], options={"zipmap": False}).SerializeToString())
+    signature = Signature(inputs=tuple(ColumnSpec(c, "double") for c in FEATURES))
+    scorer = OnnxRuntime(threads=1).load(version(signature), path)
+    assert scorer.output_schema.names == ["label", *(f"probability_{c}" for c in classes)]
+    out = scorer.score(
+        pa.RecordBatch.from_arrays([pa.array(x[:, j]) for j in range(len(FEATURES))], schema=scorer.input_schema)
+    )
+    labels, probabilities = ort.InferenceSession(str(path)).run(None, {"X": x})
+    assert out["label"].to_pylist() == labels.tolist()
+    np.testing.assert_array_equal(np.column_stack([out[f"probability_{c}"].to_numpy() for c in classes]), probabilities)
+
+
 def test_column_transformer_with_one_input_per_column(tmp_path):
     """skl2onnx's ColumnTransformer pipeline, a strict OneHotEncoder (unknown levels are errors, so the
     load-time probe row cannot run: the outputs come from the graph's declared types)."""
