@@ -282,12 +282,7 @@ class PartitionReader:
         by their width, the others (text, binary, lists, structs) by the footer's uncompressed size per row."""
         widest = 0
         for file in self.files:
-            width, variable = 0, set()
-            for name in (c for c in columns if c in file.schema.names):
-                try:
-                    width += file.schema.field(name).type.byte_width
-                except ValueError:  # not fixed-width (booleans too: under a byte, counted from the footer)
-                    variable.add(name)
+            width, variable = fixed_width_bytes(file.schema, columns)
             if variable:
                 metadata = self._fragments[file.path].metadata
                 width += _uncompressed_bytes(metadata, variable) // max(1, metadata.num_rows)
@@ -355,6 +350,18 @@ class PartitionReader:
         ).select(columns)
         for frame in lazy.collect_batches(chunk_size=chunk_rows, maintain_order=True):
             yield from frame.to_arrow().to_batches()  # zero-copy, but for text (large_string)
+
+
+def fixed_width_bytes(schema: pa.Schema, columns: list[str]) -> tuple[int, set[str]]:
+    """The bytes per row of the fixed-width ``columns`` of ``schema``, and the names of the others (text,
+    binary, lists, structs; booleans too, under a byte), whose width only their data tells."""
+    width, variable = 0, set()
+    for name in (c for c in columns if c in schema.names):
+        try:
+            width += schema.field(name).type.byte_width
+        except ValueError:
+            variable.add(name)
+    return width, variable
 
 
 def _uncompressed_bytes(metadata: pq.FileMetaData, columns: set[str]) -> int:

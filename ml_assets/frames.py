@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import pyarrow as pa
 
-from ml_assets.datasets import METADATA_KEY, FileBatch
+from ml_assets.datasets import METADATA_KEY, FileBatch, fixed_width_bytes
 from ml_assets.reconcile import NumericStrings
 from ml_assets.resources.core.errors import DatasetError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
-from ml_assets.scoring import DEFAULT_CHUNK_ROWS, NullPolicy, _Lane, _pipeline, _Plan, check_chunk_rows
+from ml_assets.scoring import NullPolicy, _Lane, _pipeline, _Plan, auto_chunk_rows, check_chunk_rows
 from ml_assets.service import LoadedModel
 from ml_assets.summary import ScoreSummary
 
@@ -53,6 +53,7 @@ class ScoredFrame(Generic[Frame]):
     rows: int
     seconds: float
     chunks: int
+    chunk_rows: int
     summary: ScoreSummary = field(repr=False)
     prediction_schema: pa.Schema = field(repr=False)
 
@@ -73,7 +74,8 @@ class _FrameSource:
     schema: pa.Schema
     family: FrameFamily
     rows: int | None  # None where only reading tells (LazyFrame, RecordBatchReader)
-    read: Callable[[list[str]], Iterator[pa.RecordBatch]]
+    read: Callable[[list[str], int], Iterator[pa.RecordBatch]]  # columns, in batches of about this many rows
+    row_bytes: Callable[[list[str]], int]  # of these columns (``auto_chunk_rows``)
     read_errors: tuple[type[BaseException], ...] = (pa.ArrowInvalid, OSError)
 
 
@@ -91,7 +93,7 @@ class ScoredBatches:
         model: LoadedModel,
         frame: Any,
         *,
-        chunk_rows: int,
+        chunk_rows: int | None,
         passthrough: Sequence[str],
         nulls: NullPolicy,
         version_column: str | None,
@@ -99,9 +101,10 @@ class ScoredBatches:
         name: str,
         numeric_strings: NumericStrings = "error",
     ) -> None:
-        check_chunk_rows(chunk_rows)
+        if chunk_rows is not None:
+            check_chunk_rows(chunk_rows)
         self.version = model.version
-        self._source = _open(frame, where=name, chunk_rows=chunk_rows)
+        self._source = _open(frame, where=name)
         #: ``polars`` or ``arrow``: the kind of frame that came in.
         self.family: FrameFamily = self._source.family
         plan = _Plan(
@@ -120,7 +123,8 @@ class ScoredBatches:
         self.rows = 0
         self.chunks = 0
         self.seconds = 0.0
-        self._chunk_rows = chunk_rows
+        #: Rows per chunk: as asked for, else as ``auto_chunk_rows`` chose for the frame's width.
+        self.chunk_rows = chunk_rows or auto_chunk_rows(self._source.row_bytes(plan.read_columns))
         self._queue_depth = queue_depth
         self._batches = self._run()
 
@@ -131,7 +135,8 @@ class ScoredBatches:
     def _run(self) -> Iterator[pa.RecordBatch]:
         started = time.perf_counter()
         plan = self._lane.plan
-        batches = (FileBatch(b, None, 0) for b in _rechunk(self._source.read(plan.read_columns), self._chunk_rows))
+        read = self._source.read(plan.read_columns, self.chunk_rows)
+        batches = (FileBatch(b, None, 0) for b in _rechunk(read, self.chunk_rows))
         pipeline = _pipeline(
             batches,
             [self._lane],
@@ -171,7 +176,7 @@ def iter_scored_batches(
     model: LoadedModel,
     frame: pl.DataFrame | pl.LazyFrame | pa.Table | pa.RecordBatch | pa.RecordBatchReader,
     *,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = None,
     passthrough: Sequence[str] = (),
     nulls: NullPolicy = "error",
     version_column: str | None = None,
@@ -213,7 +218,7 @@ def score_frame(
     model: LoadedModel,
     frame: pl.DataFrame | pl.LazyFrame,
     *,
-    chunk_rows: int = ...,
+    chunk_rows: int | None = ...,
     passthrough: Sequence[str] = ...,
     nulls: NullPolicy = ...,
     version_column: str | None = ...,
@@ -228,7 +233,7 @@ def score_frame(
     model: LoadedModel,
     frame: pa.Table | pa.RecordBatch | pa.RecordBatchReader,
     *,
-    chunk_rows: int = ...,
+    chunk_rows: int | None = ...,
     passthrough: Sequence[str] = ...,
     nulls: NullPolicy = ...,
     version_column: str | None = ...,
@@ -242,7 +247,7 @@ def score_frame(
     model: LoadedModel,
     frame: Any,
     *,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = None,
     passthrough: Sequence[str] = (),
     nulls: NullPolicy = "error",
     version_column: str | None = None,
@@ -270,7 +275,9 @@ def score_frame(
         model: a resolved and loaded model, e.g. ``ModelService(...).open("models:/fraud@champion")``.
         frame: the rows to score; the model's input columns are found by name and cast safely to
             the model's input types.
-        chunk_rows: rows per chunk handed to the model.
+        chunk_rows: rows per chunk handed to the model. Default: 65,536, fewer for wide inputs (at most
+            ``CHUNK_BYTES`` of the columns read per chunk: measured on an in-memory frame; for a LazyFrame
+            or a RecordBatchReader, which tell no sizes before they are read, its fixed-width columns).
         passthrough: input columns copied to the output beside the predictions (e.g. keys).
         nulls: ``error`` rejects nulls in features, naming chunk, row and column; ``pass`` hands
             them to the model as missing values.
@@ -303,20 +310,29 @@ def score_frame(
         rows=scored.rows,
         seconds=scored.seconds,
         chunks=scored.chunks,
+        chunk_rows=scored.chunk_rows,
         summary=scored.summary,
         prediction_schema=scored.prediction_schema,
     )
 
 
-def _open(frame: Any, *, where: str, chunk_rows: int) -> _FrameSource:
+def _open(frame: Any, *, where: str) -> _FrameSource:
     if isinstance(frame, pa.RecordBatch):
         frame = pa.Table.from_batches([frame])
     if isinstance(frame, pa.Table):
         table = frame
-        return _FrameSource(where, table.schema, "arrow", table.num_rows, lambda c: iter(table.select(c).to_batches()))
+        return _FrameSource(
+            where,
+            table.schema,
+            "arrow",
+            table.num_rows,
+            lambda c, _: iter(table.select(c).to_batches()),
+            lambda c: table.select(c).nbytes // max(1, table.num_rows),
+        )
     if isinstance(frame, pa.RecordBatchReader):
         reader = frame
-        return _FrameSource(where, reader.schema, "arrow", None, lambda c: (b.select(c) for b in reader))
+        stream = (lambda c, _: (b.select(c) for b in reader), _streamed_row_bytes(reader.schema))
+        return _FrameSource(where, reader.schema, "arrow", None, *stream)
     # A Polars frame exists only if Polars was imported: no import here otherwise.
     pl = sys.modules.get("polars")
     if pl is not None and isinstance(frame, pl.DataFrame | pl.LazyFrame):
@@ -325,7 +341,13 @@ def _open(frame: Any, *, where: str, chunk_rows: int) -> _FrameSource:
             df = frame
             schema = pl.DataFrame(schema=df.schema).to_arrow().schema
             return _FrameSource(
-                where, schema, "polars", df.height, lambda c: iter(df.select(c).to_arrow().to_batches()), errors
+                where,
+                schema,
+                "polars",
+                df.height,
+                lambda c, _: iter(df.select(c).to_arrow().to_batches()),
+                lambda c: int(df.select(c).estimated_size()) // max(1, df.height),
+                errors,
             )
         lazy = frame
         try:
@@ -334,16 +356,21 @@ def _open(frame: Any, *, where: str, chunk_rows: int) -> _FrameSource:
             msg = f"{where}: the LazyFrame's query does not resolve: {exc}"
             raise DatasetError(msg) from exc
 
-        def read_lazy(columns: list[str]) -> Iterator[pa.RecordBatch]:
+        def read_lazy(columns: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
             # Polars' streaming engine, buffering chunk_rows rows per batch.
             for df in lazy.select(columns).collect_batches(chunk_size=chunk_rows, maintain_order=True):
                 yield from df.to_arrow().to_batches()
 
         schema = pl.DataFrame(schema=polars_schema).to_arrow().schema
-        return _FrameSource(where, schema, "polars", None, read_lazy, errors)
+        return _FrameSource(where, schema, "polars", None, read_lazy, _streamed_row_bytes(schema), errors)
     kinds = "polars.DataFrame, polars.LazyFrame, pyarrow.Table, pyarrow.RecordBatch or pyarrow.RecordBatchReader"
     msg = f"{where}: cannot score a {type(frame).__module__}.{type(frame).__qualname__}; expected a {kinds}"
     raise TypeError(msg)
+
+
+def _streamed_row_bytes(schema: pa.Schema) -> Callable[[list[str]], int]:
+    """A stream's width before it is read: its fixed-width columns only (text has no size until read)."""
+    return lambda columns: fixed_width_bytes(schema, columns)[0]
 
 
 def _rechunk(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:

@@ -11,7 +11,7 @@ from ml_assets.dagster.assets import scoring_metadata
 from ml_assets.dagster.resources import ModelRegistryResource, ModelRuntimeResource
 from ml_assets.frames import ScoredFrame, score_frame
 from ml_assets.resources.core.errors import MlAssetsError
-from ml_assets.scoring import DEFAULT_CHUNK_ROWS, NullPolicy
+from ml_assets.scoring import NullPolicy
 from ml_assets.sensors.promotion import MODEL_NAME_TAG, MODEL_VERSION_TAG
 
 
@@ -22,7 +22,7 @@ def build_frame_scoring_asset(
     upstream: dg.AssetKey | str | Sequence[str] | dg.AssetsDefinition,
     load_as: Literal["DataFrame", "LazyFrame"] = "DataFrame",
     partitions_def: dg.PartitionsDefinition | None = None,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = None,
     passthrough: Sequence[str] = (),
     nulls: NullPolicy = "error",
     version_column: str | None = None,

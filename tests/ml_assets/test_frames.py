@@ -232,3 +232,47 @@ def test_importing_the_frame_api_does_not_import_polars():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_wide_frames_get_fewer_rows_per_chunk(tmp_path, monkeypatch):
+    """Unless asked, a frame's chunks hold at most CHUNK_BYTES of the columns read: measured on a table or
+    DataFrame in memory, the fixed-width columns of a LazyFrame or a reader (text has no size before it is
+    read). Every kind and size of chunk scores like onnxruntime."""
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    import ml_assets.scoring as scoring
+    from ml_assets.resources.core.models import ModelVersion
+    from ml_assets.resources.runtimes.onnx import OnnxRuntime
+
+    width, rows = 200, 3_000
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((rows, width)).astype(np.float32)
+    names = [f"f{k}" for k in range(width)]
+    model = LogisticRegression(max_iter=300).fit(x, (x[:, 0] + x[:, 3] > 0).astype(np.int64))
+    path = tmp_path / "wide.onnx"
+    path.write_bytes(to_onnx(model, x[:1], target_opset=17, options={"zipmap": False}).SerializeToString())
+    version = ModelVersion(name="wide", version="2", format="onnx", artifact_uri=f"file://{path}", registry="test")
+    loaded = LoadedModel(version, OnnxRuntime(features=names).load(version, path))
+    notes = [f"{i:06d} {'a longer note, ' * 13}" for i in range(rows)]  # 202 bytes each
+    table = pa.table({n: x[:, k] for k, n in enumerate(names)} | {"id": np.arange(rows), "note": notes})
+    _, probabilities = ort.InferenceSession(str(path)).run(None, {"X": x})
+    monkeypatch.setattr(scoring, "CHUNK_BYTES", 1 << 20)
+
+    read = [*names, "id", "note"]
+    in_memory = {"arrow table": table, "polars DataFrame": pl.from_arrow(table)}
+    streams = {"LazyFrame": pl.from_arrow(table).lazy(), "RecordBatchReader": pa.RecordBatchReader.from_batches(
+        table.schema, table.to_batches(max_chunksize=500))}  # fmt: skip
+    for kind, frame in (in_memory | streams).items():
+        with iter_scored_batches(loaded, frame, passthrough=["id", "note"]) as scored:
+            out = pa.Table.from_batches(list(scored))
+        if kind in in_memory:  # a chunk of the frame, in memory, is the budget (validity bitmaps aside)
+            assert 0.95 * (1 << 20) <= table.select(read).slice(0, scored.chunk_rows).nbytes <= 1.05 * (1 << 20), kind
+        else:  # 200 float32 and an int64 a row; the text cannot be counted before it is read
+            assert scored.chunk_rows == (1 << 20) // (width * 4 + 8), kind
+        assert scored.chunks == -(-rows // scored.chunk_rows), kind
+        np.testing.assert_array_equal(out["id"].to_numpy(), np.arange(rows), err_msg=kind)
+        np.testing.assert_allclose(out["probability_1"].to_numpy(), probabilities[:, 1], rtol=0, atol=2 * 2**-23)
+
+    asked = score_frame(loaded, table, chunk_rows=700)
+    assert (asked.chunk_rows, asked.chunks) == (700, 5)
