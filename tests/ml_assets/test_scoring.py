@@ -310,7 +310,9 @@ def test_wide_inputs_get_fewer_rows_per_chunk(champion, transactions, tmp_path, 
     from skl2onnx import to_onnx
     from sklearn.linear_model import LogisticRegression
 
+    import ml_assets.datasets as datasets
     import ml_assets.scoring as scoring
+    from ml_assets.datasets import PartitionReader
 
     width, rows = 200, 3_000
     rng = np.random.default_rng(7)
@@ -354,7 +356,13 @@ def test_wide_inputs_get_fewer_rows_per_chunk(champion, transactions, tmp_path, 
         scorer, version, hive(tmp_path / "in"), hive(tmp_path / "out2"), partition="2026-11-01", chunk_rows=1_000
     )
     assert (asked.chunk_rows, asked.chunks) == (1_000, 4)
-    monkeypatch.undo()  # CHUNK_BYTES as shipped
+    # pyarrow decodes one chunk ahead where four would pass READ_AHEAD_BYTES, four otherwise.
+    monkeypatch.setattr(datasets, "READ_AHEAD_BYTES", 1 << 20)
+    wide = PartitionReader(hive(tmp_path / "in"), "2026-11-01")
+    assert (wide.read_ahead(read, result.chunk_rows), wide.read_ahead(read, result.chunk_rows // 4)) == (1, 4)
+    monkeypatch.undo()  # CHUNK_BYTES and READ_AHEAD_BYTES as shipped
     narrow_version, narrow = champion
     default = score_partition(narrow, narrow_version, hive(transactions), hive(tmp_path / "o3"), partition="2026-11-01")
     assert default.chunk_rows == scoring.DEFAULT_CHUNK_ROWS
+    narrow_reader = PartitionReader(hive(transactions), "2026-11-01")
+    assert narrow_reader.read_ahead([*FEATURES, "transaction_id"], default.chunk_rows) == 4
