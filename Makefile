@@ -40,6 +40,7 @@ bench: $(BIN)/python
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_quarantine.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_columnar.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_columnar.py --encodings
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_wide.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_flavors.py
 
 lint: $(BIN)/python

@@ -415,8 +415,9 @@ def test_the_files_of_a_partition_are_its_data_files_in_path_order(double_lr, tm
 
 
 def test_auto_reads_a_small_local_partition_with_pyarrow_and_a_large_one_with_polars(double_lr, tmp_path, monkeypatch):
-    """Below ``POLARS_MIN_ROWS`` rows (the footers tell) pyarrow reads a local partition before Polars would
-    have started; from there Polars does. The same rows come out, and the result says who read and why."""
+    """Below ``POLARS_MIN_BYTES`` decoded (rows times the width the schemas and footers tell) pyarrow reads a
+    local partition before Polars would have started; from there Polars does. The same rows come out, and the
+    result says who read and why."""
     import ml_assets.datasets as datasets
 
     lr, v, scorer = double_lr
@@ -425,9 +426,13 @@ def test_auto_reads_a_small_local_partition_with_pyarrow_and_a_large_one_with_po
     small = score_partition(
         scorer, v, hive(tmp_path / "in"), hive(tmp_path / "small"), partition=DAY, passthrough=["id"]
     )
-    limit = datasets.POLARS_MIN_ROWS
-    assert small.reader == f"pyarrow: {ROWS:,} rows, fewer than {limit:,}: pyarrow is done before Polars starts"
-    monkeypatch.setattr(datasets, "POLARS_MIN_ROWS", ROWS)
+    size = ROWS * PartitionReader(hive(tmp_path / "in"), DAY).row_bytes(["id", "amount", "ratio"])
+    assert size == ROWS * (8 + 8 + 8)  # int64 id, float64 features
+    limit = datasets.POLARS_MIN_BYTES
+    assert small.reader == (
+        f"pyarrow: {size / 2**20:,.0f} MiB decoded, under {limit / 2**20:,.0f} MiB: pyarrow is done before Polars starts"
+    )
+    monkeypatch.setattr(datasets, "POLARS_MIN_BYTES", size)
     large = score_partition(
         scorer, v, hive(tmp_path / "in"), hive(tmp_path / "large"), partition=DAY, passthrough=["id"]
     )
