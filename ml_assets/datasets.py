@@ -231,6 +231,7 @@ class PartitionReader:
             msg = f"{self.where}: cannot open as Parquet: {exc}"
             raise DatasetError(msg) from exc
         self._fragments: dict[str, pads.ParquetFileFragment] = {}
+        self._row_bytes: dict[tuple[str, ...], int] = {}  # by the columns asked for (row_bytes)
         self.files: list[PartitionFile] = []
         self.num_rows = 0
         for fragment in dataset_.get_fragments():
@@ -291,6 +292,12 @@ class PartitionReader:
     def row_bytes(self, columns: list[str]) -> int:
         """Bytes of ``columns`` per row once decoded, in the file where they are widest: fixed-width types
         by their width, the others (text, binary, lists, structs) by the footer's uncompressed size per row."""
+        key = tuple(columns)
+        if key not in self._row_bytes:
+            self._row_bytes[key] = self._widest(columns)
+        return self._row_bytes[key]
+
+    def _widest(self, columns: list[str]) -> int:
         widest = 0
         for file in self.files:
             width, variable = fixed_width_bytes(file.schema, columns)
@@ -381,15 +388,15 @@ def fixed_width_bytes(schema: pa.Schema, columns: list[str]) -> tuple[int, set[s
 
 def _uncompressed_bytes(metadata: pq.FileMetaData, columns: set[str]) -> int:
     """The uncompressed bytes of ``columns`` (each with all its leaves) over the file's row groups."""
-    total = 0
-    for i in range(metadata.num_row_groups):
-        group = metadata.row_group(i)
-        for j in range(group.num_columns):
-            chunk = group.column(j)
-            parts = chunk.path_in_schema.split(".")
-            if any(".".join(parts[:k]) in columns for k in range(1, len(parts) + 1)):
-                total += chunk.total_uncompressed_size
-    return total
+    schema = metadata.schema
+    leaves = []
+    for i in range(len(schema)):
+        parts = schema.column(i).path.split(".")
+        if any(".".join(parts[:k]) in columns for k in range(1, len(parts) + 1)):
+            leaves.append(i)
+    return sum(
+        metadata.row_group(g).column(i).total_uncompressed_size for g in range(metadata.num_row_groups) for i in leaves
+    )
 
 
 def _installed(package: str) -> bool:
