@@ -231,7 +231,7 @@ class PartitionReader:
             msg = f"{self.where}: cannot open as Parquet: {exc}"
             raise DatasetError(msg) from exc
         self._fragments: dict[str, pads.ParquetFileFragment] = {}
-        self._row_bytes: dict[tuple[str, ...], int] = {}  # by the columns asked for (row_bytes)
+        self._widths: list[dict[str, int]] | None = None  # per file, each column's bytes per row (row_bytes)
         self.files: list[PartitionFile] = []
         self.num_rows = 0
         for fragment in dataset_.get_fragments():
@@ -292,20 +292,15 @@ class PartitionReader:
     def row_bytes(self, columns: list[str]) -> int:
         """Bytes of ``columns`` per row once decoded, in the file where they are widest: fixed-width types
         by their width, the others (text, binary, lists, structs) by the footer's uncompressed size per row."""
-        key = tuple(columns)
-        if key not in self._row_bytes:
-            self._row_bytes[key] = self._widest(columns)
-        return self._row_bytes[key]
-
-    def _widest(self, columns: list[str]) -> int:
-        widest = 0
-        for file in self.files:
-            width, variable = fixed_width_bytes(file.schema, columns)
-            if variable:
-                metadata = self._fragments[file.path].metadata
-                width += _uncompressed_bytes(metadata, variable) // max(1, metadata.num_rows)
-            widest = max(widest, width)
-        return widest
+        if self._widths is None:  # once per partition: the footers are walked for the variable-width columns only
+            self._widths = []
+            for file in self.files:
+                widths = fixed_widths(file.schema)
+                variable = {name for name in file.schema.names if name not in widths}
+                if variable:
+                    widths.update(_uncompressed_bytes_per_row(self._fragments[file.path].metadata, variable))
+                self._widths.append(widths)
+        return max(sum(widths.get(c, 0) for c in columns) for widths in self._widths)
 
     def row_groups(self) -> list[tuple[str, int, int, int]]:
         """``(file, row group index, rows, its first row within the file)`` in read order: units of
@@ -374,29 +369,30 @@ class PartitionReader:
             yield from frame.to_arrow().to_batches()  # zero-copy, but for text (large_string)
 
 
-def fixed_width_bytes(schema: pa.Schema, columns: list[str]) -> tuple[int, set[str]]:
-    """The bytes per row of the fixed-width ``columns`` of ``schema``, and the names of the others (text,
-    binary, lists, structs; booleans too, under a byte), whose width only their data tells."""
-    width, variable = 0, set()
-    for name in (c for c in columns if c in schema.names):
-        try:
-            width += schema.field(name).type.byte_width
-        except ValueError:
-            variable.add(name)
-    return width, variable
+def fixed_widths(schema: pa.Schema) -> dict[str, int]:
+    """The bytes per row of each fixed-width column of ``schema``. The others (text, binary, lists, structs;
+    booleans too, under a byte) are left out: only their data tells their width."""
+    widths = {}
+    for column in schema:
+        with contextlib.suppress(ValueError):  # not fixed-width
+            widths[column.name] = column.type.byte_width
+    return widths
 
 
-def _uncompressed_bytes(metadata: pq.FileMetaData, columns: set[str]) -> int:
-    """The uncompressed bytes of ``columns`` (each with all its leaves) over the file's row groups."""
-    schema = metadata.schema
-    leaves = []
-    for i in range(len(schema)):
-        parts = schema.column(i).path.split(".")
-        if any(".".join(parts[:k]) in columns for k in range(1, len(parts) + 1)):
-            leaves.append(i)
-    return sum(
-        metadata.row_group(g).column(i).total_uncompressed_size for g in range(metadata.num_row_groups) for i in leaves
-    )
+def _uncompressed_bytes_per_row(metadata: pq.FileMetaData, columns: set[str]) -> dict[str, int]:
+    """Each of ``columns`` (with all its leaves): its uncompressed bytes in the file per row."""
+    owner = {}  # leaf index -> the column it belongs to (a top-level name may itself hold dots)
+    for i in range(len(metadata.schema)):
+        parts = metadata.schema.column(i).path.split(".")
+        name = next((n for k in range(1, len(parts) + 1) if (n := ".".join(parts[:k])) in columns), None)
+        if name is not None:
+            owner[i] = name
+    total = dict.fromkeys(columns, 0)
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        for i, name in owner.items():
+            total[name] += group.column(i).total_uncompressed_size
+    return {name: size // max(1, metadata.num_rows) for name, size in total.items()}
 
 
 def _installed(package: str) -> bool:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import pyarrow as pa
 
-from ml_assets.datasets import METADATA_KEY, FileBatch, fixed_width_bytes
+from ml_assets.datasets import METADATA_KEY, FileBatch, fixed_widths
 from ml_assets.reconcile import NumericStrings
 from ml_assets.resources.core.errors import DatasetError, ScoringError
 from ml_assets.resources.core.models import ModelVersion
@@ -370,7 +370,8 @@ def _open(frame: Any, *, where: str) -> _FrameSource:
 
 def _streamed_row_bytes(schema: pa.Schema) -> Callable[[list[str]], int]:
     """A stream's width before it is read: its fixed-width columns only (text has no size until read)."""
-    return lambda columns: fixed_width_bytes(schema, columns)[0]
+    widths = fixed_widths(schema)
+    return lambda columns: sum(widths.get(c, 0) for c in columns)
 
 
 def _rechunk(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:

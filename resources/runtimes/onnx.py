@@ -309,10 +309,12 @@ def _classes_in_standard_ops(graph: Any) -> dict[str, list[Any]]:
     this, such a graph exported without ZipMap would be named as a regressor's outputs."""
     from onnx import numpy_helper
 
-    constants = {i.name: i for i in graph.initializer}
     probabilities = [o.name for o in graph.output if "prob" in o.name.lower()]
+    if len(probabilities) != 1:
+        return {}
+    constants = {i.name: i for i in graph.initializer}
     for node in graph.node:
-        if node.op_type == "ArrayFeatureExtractor" and node.input[0] in constants and len(probabilities) == 1:
+        if node.op_type == "ArrayFeatureExtractor" and node.input[0] in constants:
             classes = numpy_helper.to_array(constants[node.input[0]]).ravel().tolist()
             return {probabilities[0]: [c.decode() if isinstance(c, bytes) else c for c in classes]}
     return {}
