@@ -1,13 +1,17 @@
-"""Wide inputs: ``ml-assets score`` on a 1,000-feature partition with the chunk size it chooses (at most
-``CHUNK_BYTES`` of input columns per chunk) beside the fixed 65,536-row chunk it used before, and the Polars
-inline-expression peer of bench_columnar.py on the same file.
+"""Wide inputs, two kinds, each beside the Polars inline-expression peer of bench_columnar.py on the same file:
 
-    python benchmarks/bench_wide.py [--rows 400000] [--features 1000] [--repeat 3]
+- ``floats``: 1,000 float32 features in row groups of 65,536 rows. ``ml-assets score`` with the chunk size it
+  chooses (at most ``CHUNK_BYTES`` of input columns per chunk) beside the fixed 65,536-row chunk it used before.
+- ``text``: 20 float32 features and ten text columns passed through, each 200 distinct values of ~225 bytes
+  (user agents), as ``pq.write_table`` writes them: dictionary-encoded, row groups of 1,048,576 rows, a footer
+  that counts almost nothing of the text. ``ml-assets score`` as chosen (Polars) beside ``--reader pyarrow``.
 
-A logistic regression fit by scikit-learn and exported by skl2onnx (``zipmap=False``), float32 features in
-row groups of 65,536 rows as pyarrow writes them, the ``id`` key passed through. Each measurement is a fresh
-process: wall time, user and system CPU and peak RSS (``os.wait4``), in rounds (auto, fixed, Polars, auto,
-...); medians of ``--repeat``. Prints a Markdown table. Not a test.
+    python benchmarks/bench_wide.py [--inputs floats,text] [--rows 400000] [--text-rows 3000000] [--repeat 3]
+
+A logistic regression fit by scikit-learn and exported by skl2onnx (``zipmap=False``), the ``id`` key (and
+the text) passed through. Each measurement is a fresh process: wall time, user and system CPU and peak RSS
+(``os.wait4``), in rounds (ours, ours, Polars, ours, ...); medians of ``--repeat``. Prints Markdown tables.
+Not a test.
 """
 
 from __future__ import annotations
@@ -27,18 +31,15 @@ VENV_BIN = Path(sys.executable).parent
 PARTITION = "2026-01-01"
 
 
-def make_wide(rows: int, features: int) -> Path:
-    """The partition and the model, made once per size."""
+TEXT_COLUMNS, TEXT_FEATURES = 10, 20
+
+
+def _fit(root: Path, features: int) -> None:
+    """A logistic regression on ``features`` float32 columns, as ONNX and as coefficients for the Polars peer."""
     import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     from skl2onnx import to_onnx
     from sklearn.linear_model import LogisticRegression
 
-    root = ROOT / f"wide-{features}x{rows}"
-    if (root / "done").exists():
-        return root
-    shutil.rmtree(root, ignore_errors=True)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5_000, features)).astype(np.float32)
     model = LogisticRegression(max_iter=300).fit(x, (x[:, 0] + x[:, 1] > 0).astype(np.int64))
@@ -47,6 +48,20 @@ def make_wide(rows: int, features: int) -> Path:
         to_onnx(model, x[:1], target_opset=17, options={"zipmap": False}).SerializeToString()
     )
     np.save(root / "model" / "coefficients.npy", np.append(model.intercept_, model.coef_[0]))
+
+
+def make_wide(rows: int, features: int) -> Path:
+    """The partition of float features and the model, made once per size."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = ROOT / f"wide-{features}x{rows}"
+    if (root / "done").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    _fit(root, features)
+    rng = np.random.default_rng(0)
     day = root / "data" / f"date={PARTITION}"
     day.mkdir(parents=True)
     with pq.ParquetWriter(day / "part-0.parquet", _schema(features)) as writer:
@@ -58,13 +73,38 @@ def make_wide(rows: int, features: int) -> Path:
     return root
 
 
+def make_text(rows: int) -> Path:
+    """The partition of float features and long repeated text, and the model, made once per size."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = ROOT / f"text-{TEXT_COLUMNS}x{rows}"
+    if (root / "done").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    _fit(root, TEXT_FEATURES)
+    rng = np.random.default_rng(1)
+    columns: dict = {"id": np.arange(rows)}
+    columns |= {f"f{k}": rng.standard_normal(rows).astype(np.float32) for k in range(TEXT_FEATURES)}
+    agent = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{k}.0 Safari/537.36 t{j} "
+    for j in range(TEXT_COLUMNS):
+        agents = [agent.format(k=k, j=j) * 2 for k in range(200)]
+        columns[f"t{j}"] = pa.array(np.array(agents, dtype=object)[rng.integers(0, 200, rows)], pa.string())
+    day = root / "data" / f"date={PARTITION}"
+    day.mkdir(parents=True)
+    pq.write_table(pa.table(columns), day / "part-0.parquet")
+    (root / "done").touch()
+    return root
+
+
 def _schema(features: int):
     import pyarrow as pa
 
     return pa.schema([*(pa.field(f"f{k}", pa.float32()) for k in range(features)), pa.field("id", pa.int64())])
 
 
-def case_polars(root: Path, out: Path) -> None:
+def case_polars(root: Path, out: Path, passthrough: list[str]) -> None:
     """The Polars inline-expression peer: the sigmoid of the linear model written as one expression."""
     import numpy as np
     import polars as pl
@@ -76,18 +116,26 @@ def case_polars(root: Path, out: Path) -> None:
     probability = (1 / (1 + (-logit).exp())).cast(pl.Float32).alias("probability_1")
     t0 = time.perf_counter()
     scan = pl.scan_parquet(root / "data" / f"date={PARTITION}" / "*.parquet")
-    scan.select(pl.col("id"), probability).sink_parquet(out / "polars.parquet")
+    scan.select(*passthrough, probability).sink_parquet(out / "polars.parquet")
     print(f"seconds: {time.perf_counter() - t0:.2f}")
 
 
+def _passthrough(root: Path) -> list[str]:
+    return ["id", *(f"t{j}" for j in range(TEXT_COLUMNS))] if root.name.startswith("text-") else ["id"]
+
+
 def command(name: str, root: Path, out: Path, features: int) -> list[str]:
+    passthrough = _passthrough(root)
     if name == "polars":
-        return [sys.executable, __file__, "--case", "polars", "--root", str(root), "--out", str(out)]
-    chunk = ["--chunk-rows", "65536"] if name == "fixed" else []
+        return [
+            sys.executable, __file__, "--case", "polars", "--root", str(root), "--out", str(out),
+            "--passthrough", ",".join(passthrough),
+        ]  # fmt: skip
+    extra = {"fixed": ["--chunk-rows", "65536"], "pyarrow": ["--reader", "pyarrow"]}.get(name, [])
     return [
         str(VENV_BIN / "ml-assets"), "score", f"file://{root / 'model' / 'model.onnx'}", str(root / "data"),
-        str(out / "ours"), "--partition", f"date={PARTITION}", "--passthrough", "id",
-        "--features", ",".join(f"f{k}" for k in range(features)), "--outputs", "probability_1", "--quiet", *chunk,
+        str(out / "ours"), "--partition", f"date={PARTITION}", "--passthrough", ",".join(passthrough),
+        "--features", ",".join(f"f{k}" for k in range(features)), "--outputs", "probability_1", "--quiet", *extra,
     ]  # fmt: skip
 
 
@@ -112,34 +160,17 @@ def run(name: str, root: Path, features: int) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=400_000)
-    parser.add_argument("--features", type=int, default=1_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--case")
-    parser.add_argument("--root")
-    parser.add_argument("--out")
-    args = parser.parse_args()
-    if args.case == "polars":
-        case_polars(Path(args.root), Path(args.out))
-        return
-    root = make_wide(args.rows, args.features)
-    names = {
-        "auto": "ours, chunk size chosen (at most 64 MiB of inputs a chunk)",
-        "fixed": "ours, `--chunk-rows 65536` (the fixed default before)",
-        "polars": "Polars inline expression",
-    }
+def compare(root: Path, features: int, names: dict[str, str], repeat: int, title: str) -> None:
     for name in names:  # warms the page cache
-        run(name, root, args.features)
+        run(name, root, features)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-    for _ in range(args.repeat):
+    for _ in range(repeat):
         for name in names:
-            runs[name].append(run(name, root, args.features))
+            runs[name].append(run(name, root, features))
     load = os.getloadavg()[0]
     print(
-        f"{args.rows:,} rows x {args.features:,} float32 features, lr, one output column; {platform.machine()}, "
-        f"{os.cpu_count()} cores, load average {load:.1f} at the end; medians of {args.repeat} in rounds"
+        f"{title}; {platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} at the end; "
+        f"medians of {repeat} in rounds\n"
     )
     print("| path | in-process s | wall s | user CPU s | system CPU s | peak RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -149,6 +180,44 @@ def main() -> None:
             f"| {label} | {m['seconds']:.2f} | {m['wall']:.2f} | {m['user']:.1f} | {m['system']:.1f} "
             f"| {m['rss_mib']:,.0f} |"
         )
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--inputs", default="floats,text")
+    parser.add_argument("--rows", type=int, default=400_000)
+    parser.add_argument("--features", type=int, default=1_000)
+    parser.add_argument("--text-rows", type=int, default=3_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--case")
+    parser.add_argument("--root")
+    parser.add_argument("--out")
+    parser.add_argument("--passthrough", default="id")
+    args = parser.parse_args()
+    if args.case == "polars":
+        case_polars(Path(args.root), Path(args.out), args.passthrough.split(","))
+        return
+    inputs = args.inputs.split(",")
+    if "floats" in inputs:
+        names = {
+            "auto": "ours, chunk size chosen (at most 64 MiB of inputs a chunk)",
+            "fixed": "ours, `--chunk-rows 65536` (the fixed default before)",
+            "polars": "Polars inline expression",
+        }
+        title = f"{args.rows:,} rows x {args.features:,} float32 features, lr, one output column"
+        compare(make_wide(args.rows, args.features), args.features, names, args.repeat, title)
+    if "text" in inputs:
+        names = {
+            "auto": "ours, reader chosen (Polars)",
+            "pyarrow": "ours, `--reader pyarrow`",
+            "polars": "Polars inline expression",
+        }
+        title = (
+            f"{args.text_rows:,} rows x {TEXT_FEATURES} float32 features + {TEXT_COLUMNS} text columns of ~225 bytes "
+            "passed through (dictionary-encoded, 1,048,576-row row groups), lr, one output column"
+        )
+        compare(make_text(args.text_rows), TEXT_FEATURES, names, args.repeat, title)
 
 
 if __name__ == "__main__":

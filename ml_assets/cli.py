@@ -77,6 +77,13 @@ def _start_up_over() -> None:
     help="Rows per chunk [default: 65,536, fewer for wide inputs: at most 64 MiB of input columns per chunk].",
 )
 @click.option("--passthrough", metavar="COL,...", help="Input columns copied to the output.")
+@click.option(
+    "--reader",
+    type=click.Choice(["auto", "polars", "pyarrow"]),
+    default="auto",
+    show_default=True,
+    help="Parquet decoder of the input (auto: Polars where it can serve and the partition is large; README).",
+)
 @click.option("--registry", "registry_kind", default="mlflow", show_default=True, help="Registry name.")
 @click.option("--registry-uri", help="Registry location, e.g. sqlite:///mlflow.db (default: MLFLOW_TRACKING_URI).")
 @click.option("--runtime", help="Force a runtime (default: from the model's format).")
@@ -148,7 +155,7 @@ def score(pipes: str, partition: str | None, engine: str, **params: Any) -> None
         click.echo(
             f"model {version.name} version {version.version} ({version.uri})\n"
             f"rows: {result.rows_out:,}\nseconds: {result.seconds:.2f}\n"
-            f"rows/s: {result.rows_per_second:,.0f}\noutput: {result.output_uri}"
+            f"rows/s: {result.rows_per_second:,.0f}\nreader: {result.reader}\noutput: {result.output_uri}"
         )
         errors = result.row_errors
         if errors is not None:
@@ -221,6 +228,7 @@ def _score(
     partition: str | None,
     chunk_rows: int | None,
     passthrough: str | None,
+    reader: str,
     registry_kind: str,
     registry_uri: str | None,
     runtime: str | None,
@@ -308,7 +316,7 @@ def _score(
                 ) from None
         with service:
             scorer = service.load(version)
-            source = ParquetDataset(input_uri, partition_column=column)
+            source = ParquetDataset(input_uri, partition_column=column, reader=reader)
             dest = ParquetDataset(output_uri, partition_column=column)
             # OpenLineage START/COMPLETE/FAIL, only when a transport is configured (OPENLINEAGE_URL, ...).
             from ml_assets.openlineage import LineageRun, ScoringLineage

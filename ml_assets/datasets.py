@@ -56,6 +56,16 @@ POLARS_MIN_BYTES = 4_000_000 * 88
 # read at each scan; a value already set is kept.
 POLARS_DECODE_VALUES_PER_TASK = 1_048_576
 
+# A dictionary-encoded column's footer counts its values' indices and each distinct value once, not the values
+# as decoded: 50 user agents of 220 bytes repeated over a million rows counted 0 bytes a row against 225
+# decoded, so chunks were sized as if the text were free (2.8 GB peak for 1M rows). The first this many rows of
+# such columns are decoded to measure them.
+SAMPLE_ROWS = 4_096
+
+# A row group that decodes to more than this many times its encoded size (and over READ_AHEAD_BYTES) is read
+# by pyarrow a chunk at a time (PartitionReader._expands).
+EXPANSION = 3
+
 # pyarrow decodes up to four batches ahead of the one read, but no more than this many bytes of them: with
 # 1,000 float32 columns in 67 MB batches, four ahead took 1.3 GB and 2.5-3.0 s to read a 400k-row file
 # (3.3-4.4 s of system CPU faulting fresh pages), one ahead 0.9 GB and 1.55-1.68 s.
@@ -232,6 +242,8 @@ class PartitionReader:
             raise DatasetError(msg) from exc
         self._fragments: dict[str, pads.ParquetFileFragment] = {}
         self._widths: list[dict[str, int]] | None = None  # per file, each column's bytes per row (row_bytes)
+        self._dictionary: list[set[str]] = []  # per file, its dictionary-encoded text and nested columns
+        self._sampled: dict[str, int] = {}  # such a column's decoded bytes per row, from SAMPLE_ROWS of it
         self.files: list[PartitionFile] = []
         self.num_rows = 0
         for fragment in dataset_.get_fragments():
@@ -291,16 +303,45 @@ class PartitionReader:
 
     def row_bytes(self, columns: list[str]) -> int:
         """Bytes of ``columns`` per row once decoded, in the file where they are widest: fixed-width types
-        by their width, the others (text, binary, lists, structs) by the footer's uncompressed size per row."""
+        by their width, the others (text, binary, lists, structs) by the footer's uncompressed size per row,
+        or where the footer cannot tell (dictionary-encoded) by decoding the first ``SAMPLE_ROWS`` rows."""
         if self._widths is None:  # once per partition: the footers are walked for the variable-width columns only
             self._widths = []
             for file in self.files:
                 widths = fixed_widths(file.schema)
                 variable = {name for name in file.schema.names if name not in widths}
+                dictionary = set()
                 if variable:
-                    widths.update(_uncompressed_bytes_per_row(self._fragments[file.path].metadata, variable))
+                    metadata = self._fragments[file.path].metadata
+                    widths.update(_uncompressed_bytes_per_row(metadata, variable))
+                    dictionary = _dictionary_encoded(metadata, variable)
                 self._widths.append(widths)
-        return max(sum(widths.get(c, 0) for c in columns) for widths in self._widths)
+                self._dictionary.append(dictionary)
+        if unmeasured := {c for c in columns if c not in self._sampled and any(c in d for d in self._dictionary)}:
+            self._sampled.update(self._sample(unmeasured))
+        return max(
+            sum(max(widths.get(c, 0), self._sampled[c] if c in dictionary else 0) for c in columns)
+            for widths, dictionary in zip(self._widths, self._dictionary, strict=True)
+        )
+
+    def _sample(self, columns: set[str]) -> dict[str, int]:
+        """Decoded bytes per row of each of ``columns``, over the first ``SAMPLE_ROWS`` rows of the first file
+        that dictionary-encodes it (one read per partition: files of one column tend to agree)."""
+        measured = {}
+        for file, dictionary in zip(self.files, self._dictionary, strict=True):
+            if not (wanted := sorted((columns & dictionary) - measured.keys())):
+                continue
+            metadata = self._fragments[file.path].metadata
+            try:
+                with contextlib.closing(pq.ParquetFile(file.path, metadata=metadata, filesystem=self.filesystem)) as f:
+                    batch = next(f.iter_batches(batch_size=SAMPLE_ROWS, columns=wanted), None)
+            except (pa.ArrowInvalid, OSError) as exc:
+                msg = f"{self.where}: file {file.name} is not readable Parquet: {exc}"
+                raise DatasetError(msg) from exc
+            rows = batch.num_rows if batch is not None else 0
+            for name in wanted:
+                measured[name] = -(-batch.column(name).nbytes // rows) if rows else 0
+        return measured
 
     def row_groups(self) -> list[tuple[str, int, int, int]]:
         """``(file, row group index, rows, its first row within the file)`` in read order: units of
@@ -341,9 +382,33 @@ class PartitionReader:
         """Batches pyarrow decodes ahead: four, fewer where four would hold more than ``READ_AHEAD_BYTES``."""
         return max(1, min(4, READ_AHEAD_BYTES // max(1, chunk_rows * self.row_bytes(columns))))
 
+    def _expands(self, file: PartitionFile, columns: list[str]) -> bool:
+        """Whether pyarrow reads ``file`` a chunk at a time rather than through the dataset scanner, which decodes
+        a whole row group before it hands out the first batch of it: where a row group of ``columns`` decodes to
+        more than ``READ_AHEAD_BYTES`` and to more than ``EXPANSION`` times its encoded size (long text
+        repeated under a dictionary: a row group of 1M rows of it took 5.4 GB to scan, 0.7 GB a chunk at a
+        time). Elsewhere the scanner stays: on narrow rows it spends half the CPU, and on 1,000 float columns a
+        chunk at a time held more (1.35 against 0.93 GB)."""
+        metadata = self._fragments[file.path].metadata
+        width = self.row_bytes(columns)
+        leaves = list(_leaf_owners(metadata, set(columns)))
+        for g in range(metadata.num_row_groups):
+            group = metadata.row_group(g)
+            encoded = sum(group.column(i).total_uncompressed_size for i in leaves)
+            if group.num_rows * width > max(READ_AHEAD_BYTES, EXPANSION * encoded):
+                return True
+        return False
+
     def _read_file(self, file: PartitionFile, columns: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
         if self._polars_options is None:
-            yield from self._fragments[file.path].to_batches(
+            fragment = self._fragments[file.path]
+            if self._expands(file, columns):
+                metadata = fragment.metadata
+                with contextlib.closing(pq.ParquetFile(file.path, metadata=metadata, filesystem=self.filesystem)) as f:
+                    for group in range(metadata.num_row_groups):  # one by one: a reader of all held 3x more
+                        yield from f.iter_batches(batch_size=chunk_rows, row_groups=[group], columns=columns)
+                return
+            yield from fragment.to_batches(
                 columns=columns,
                 batch_size=chunk_rows,
                 batch_readahead=self.read_ahead(columns, chunk_rows),
@@ -379,20 +444,37 @@ def fixed_widths(schema: pa.Schema) -> dict[str, int]:
     return widths
 
 
-def _uncompressed_bytes_per_row(metadata: pq.FileMetaData, columns: set[str]) -> dict[str, int]:
-    """Each of ``columns`` (with all its leaves): its uncompressed bytes in the file per row."""
-    owner = {}  # leaf index -> the column it belongs to (a top-level name may itself hold dots)
+def _leaf_owners(metadata: pq.FileMetaData, columns: set[str]) -> dict[int, str]:
+    """The file's leaf columns (by index) that belong to one of ``columns`` (a top-level name may itself hold
+    dots), and which one."""
+    owner = {}
     for i in range(len(metadata.schema)):
         parts = metadata.schema.column(i).path.split(".")
         name = next((n for k in range(1, len(parts) + 1) if (n := ".".join(parts[:k])) in columns), None)
         if name is not None:
             owner[i] = name
+    return owner
+
+
+def _uncompressed_bytes_per_row(metadata: pq.FileMetaData, columns: set[str]) -> dict[str, int]:
+    """Each of ``columns`` (with all its leaves): its uncompressed bytes in the file per row."""
+    owner = _leaf_owners(metadata, columns)
     total = dict.fromkeys(columns, 0)
     for g in range(metadata.num_row_groups):
         group = metadata.row_group(g)
         for i, name in owner.items():
             total[name] += group.column(i).total_uncompressed_size
     return {name: size // max(1, metadata.num_rows) for name, size in total.items()}
+
+
+def _dictionary_encoded(metadata: pq.FileMetaData, columns: set[str]) -> set[str]:
+    """Those of ``columns`` with a dictionary-encoded leaf in some row group of the file."""
+    groups = [metadata.row_group(g) for g in range(metadata.num_row_groups)]
+    return {
+        name
+        for i, name in _leaf_owners(metadata, columns).items()
+        if any(group.column(i).has_dictionary_page for group in groups)
+    }
 
 
 def _installed(package: str) -> bool:
@@ -454,8 +536,12 @@ class AtomicPartitionWriter:
             ``staging_uri``, else the hidden sibling of its root). Must be on the same filesystem.
     """
 
-    # Small chunks make small row groups; buffering to this many rows keeps reads of the output fast.
+    # Small chunks make small row groups; buffering to this many rows keeps reads of the output fast...
     ROW_GROUP_ROWS = 262_144
+    # ... or to this many bytes (Arrow's, before encoding), if sooner: a row group waits here whole and up to
+    # ENCODE_AHEAD + 1 more are queued or being encoded, so with long text passed through (2.3 KB a row)
+    # 262,144 rows held 2.4 GB at once.
+    ROW_GROUP_BYTES = 64 * 2**20
     # Row groups handed to the encoding thread and not yet written: the scoring side runs ahead by
     # at most this many, so memory stays bounded when the disk is the slower side.
     ENCODE_AHEAD = 2
@@ -490,7 +576,7 @@ class AtomicPartitionWriter:
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ml-assets-encode")
         self._encoding: deque[Future[None]] = deque()
         self._pending: list[pa.RecordBatch] = []
-        self._pending_rows = 0
+        self._pending_rows = self._pending_bytes = 0
         self._committed = False
         self.rows = 0
 
@@ -502,8 +588,9 @@ class AtomicPartitionWriter:
     def write(self, batch: pa.RecordBatch) -> None:
         self._pending.append(batch)
         self._pending_rows += batch.num_rows
+        self._pending_bytes += batch.nbytes
         self.rows += batch.num_rows
-        if self._pending_rows >= self.ROW_GROUP_ROWS:
+        if self._pending_rows >= self.ROW_GROUP_ROWS or self._pending_bytes >= self.ROW_GROUP_BYTES:
             with self._storage("writing"):
                 self._hand_over()
                 while len(self._encoding) > self.ENCODE_AHEAD:
@@ -514,7 +601,7 @@ class AtomicPartitionWriter:
         if self._pending:
             table = pa.Table.from_batches(self._pending, schema=self.schema)
             self._encoding.append(self._encoder.submit(self._encode, table))
-            self._pending, self._pending_rows = [], 0
+            self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
 
     def _encode(self, table: pa.Table) -> None:
         """On the encoding thread: one row group into the file, then on to the disk without waiting."""

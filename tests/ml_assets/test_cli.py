@@ -30,12 +30,13 @@ def test_score_a_partition(models, transactions, tmp_path):
     done = run_cli(
         "score", "models:/fraud@champion", str(transactions), str(out),
         "--partition", "date=2026-11-03", "--passthrough", "transaction_id,customer_id",
-        "--chunk-rows", "4096", "--registry-uri", models.tracking_uri,
+        "--chunk-rows", "4096", "--registry-uri", models.tracking_uri, "--reader", "polars",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "model fraud version 1 (models:/fraud/1)" in done.stdout
     assert f"rows: {ROWS_PER_DAY:,}" in done.stdout
     assert "rows/s:" in done.stdout
+    assert "reader: polars\n" in done.stdout  # asked for; auto would take pyarrow for a partition this small
     file = out / "date=2026-11-03" / "part-0.parquet"
     assert f"output: {file}" in done.stdout
     table = pq.read_table(file)

@@ -303,6 +303,72 @@ def test_model_whose_inputs_do_not_match_the_data(models, transactions, tmp_path
     assert_nothing_written(tmp_path / "out")
 
 
+@pytest.mark.parametrize("reader", ["pyarrow", "polars"])
+def test_long_repeated_text_is_measured_and_read_a_chunk_at_a_time(
+    champion, models, transactions, tmp_path, monkeypatch, reader
+):
+    """Long text repeated over many rows (user agents, URLs) is dictionary-encoded by pyarrow and Polars alike,
+    and their footers count almost nothing of it: its decoded width is measured from the first rows, so chunks,
+    pyarrow's reads (a row group at a time was the scanner's way) and the output's row groups hold the budget."""
+    import polars as pl
+
+    import ml_assets.datasets as datasets
+    import ml_assets.scoring as scoring
+    from ml_assets.datasets import AtomicPartitionWriter, PartitionReader, _uncompressed_bytes_per_row
+
+    version, scorer = champion
+    source = pq.read_table(transactions / "date=2026-11-01")
+    rng = np.random.default_rng(3)
+    agents = [f"Mozilla/5.0 (X11; Linux x86_64) Chrome/{k}.0 Safari/537.36 " * 3 for k in range(40)]  # ~190 bytes
+    text = {f"agent_{j}": [agents[i] for i in rng.integers(0, len(agents), source.num_rows)] for j in range(3)}
+    table = source.select(["transaction_id", *FEATURES]).append_column("agent_0", pa.array(text["agent_0"]))
+    for name in ("agent_1", "agent_2"):
+        table = table.append_column(name, pa.array(text[name]))
+    day = tmp_path / "in" / "date=2026-11-01"
+    day.mkdir(parents=True)
+    half = table.num_rows // 2
+    pq.write_table(table.slice(0, half), day / "part-0.parquet")  # one row group, as pyarrow writes by default
+    pl.from_arrow(table.slice(half)).write_parquet(day / "part-1.parquet")
+    passthrough = ["transaction_id", "agent_0", "agent_1", "agent_2"]
+    read = [*FEATURES, *passthrough]
+    decoded = pq.read_table(day.parent / "date=2026-11-01", columns=read).nbytes / table.num_rows
+    footer = pq.read_metadata(day / "part-0.parquet")
+    assert sum(_uncompressed_bytes_per_row(footer, set(text)).values()) < 0.1 * 3 * 190  # the footer's count
+
+    budget = 1 << 20
+    monkeypatch.setattr(scoring, "CHUNK_BYTES", budget)
+    monkeypatch.setattr(datasets, "READ_AHEAD_BYTES", budget)
+    monkeypatch.setattr(AtomicPartitionWriter, "ROW_GROUP_BYTES", 2 * budget)
+    streamed = []
+    iter_batches = pq.ParquetFile.iter_batches
+    monkeypatch.setattr(
+        pq.ParquetFile, "iter_batches", lambda self, **kw: streamed.append(kw["batch_size"]) or iter_batches(self, **kw)
+    )
+    data = ParquetDataset(str(tmp_path / "in"), partition_column="date", reader=reader)
+    assert PartitionReader(data, "2026-11-01").row_bytes(read) >= 0.95 * decoded
+    assert streamed == [datasets.SAMPLE_ROWS]  # the first rows of the first file, once per reader
+    streamed.clear()
+
+    result = score_partition(
+        scorer, version, data, hive(tmp_path / "out"), partition="2026-11-01", passthrough=passthrough
+    )
+    assert result.reader.startswith(reader)
+    assert 0.8 * budget <= result.chunk_rows * decoded <= 1.1 * budget
+    # pyarrow decodes each file, one large row group, a chunk at a time; Polars reads with its own decoder.
+    assert streamed == [datasets.SAMPLE_ROWS, *([result.chunk_rows] * 2 if reader == "pyarrow" else [])]
+    out = pq.ParquetFile(result.output_uri)
+    groups = [out.read_row_group(g) for g in range(out.num_row_groups)]
+    assert len(groups) > 2
+    assert all(group.nbytes <= 2 * budget + result.chunk_rows * decoded for group in groups)
+    scored = pq.read_table(result.output_uri).sort_by("transaction_id")
+    expected = table.sort_by("transaction_id")
+    kept = scored.select(passthrough)  # text as large_string: the type the Polars-written file gives it
+    assert kept.equals(expected.select(passthrough).cast(kept.schema))
+    labels, probabilities = ort.InferenceSession(str(models.lr_onnx)).run(None, {"X": features_of(expected)})
+    np.testing.assert_allclose(scored["probability_1"].to_numpy(), probabilities[:, 1], rtol=0, atol=2 * 2**-23)
+    np.testing.assert_array_equal(scored["label"].to_numpy(), labels)
+
+
 def test_wide_inputs_get_fewer_rows_per_chunk(champion, transactions, tmp_path, monkeypatch):
     """Unless asked for a number of rows, a chunk holds at most CHUNK_BYTES of the columns read: a real
     200-feature export gets fewer rows per chunk, sized from the widest of two files by two writers (its text
