@@ -130,7 +130,9 @@ class ParquetDataset:
             where it can serve: installed (extra ``polars``), local files or ``s3://`` with storage options
             it has an equivalent for; pyarrow otherwise, and for local partitions of fewer than
             ``POLARS_MIN_BYTES`` decoded (every column, as the schemas and footers tell: rows times
-            ``row_bytes``), which pyarrow reads before Polars has started.
+            ``row_bytes``), which pyarrow reads before Polars has started, and where the columns read have row
+            groups that decode to more than ``EXPANSION`` times their size (long repeated text), which Polars
+            holds whole and pyarrow reads a chunk at a time.
             ``polars`` insists (an error says why it cannot); ``pyarrow`` never uses Polars. The
             result's ``reader`` says which one read and why.
     """
@@ -359,6 +361,12 @@ class PartitionReader:
         """Chunks in file order, each of one file and in that file's own types (of ``columns``, those the
         file has; Polars hands text as ``large_string``, which the cast treats as ``string``). Only those
         columns are decoded, and read-ahead is bounded so memory follows chunk size, not partition size."""
+        auto_polars = self.reader == "polars" and self.dataset.reader == "auto"
+        if auto_polars and any(self._expands(file, columns) for file in self.files):
+            # Polars decodes whole row groups, and on long repeated text its memory grew with the partition
+            # (reading alone: 1.1 GB for 3M rows, 1.7 GB for 6M; pyarrow a chunk at a time 0.5-0.6 GB).
+            self._polars_options, self.reader = None, "pyarrow"
+            self.reader_note = f"row groups decode to over {EXPANSION}x their size: read a chunk at a time"
         rows = 0
         for file in self.files:
             file_row = 0
