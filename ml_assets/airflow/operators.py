@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from ml_assets.airflow.hooks import DEFAULT_CONN_ID, ModelRegistryHook
-from ml_assets.datasets import ParquetDataset
+from ml_assets.datasets import ParquetDataset, ReaderChoice
 from ml_assets.openlineage import ScoringLineage
 from ml_assets.promotion import stale_partitions
 from ml_assets.quarantine import OnRowError, error_budget
@@ -43,6 +43,8 @@ class ScorePartitionOperator(BaseOperator):
             ``{"threads": 2}`` (the connection's per-runtime options are the defaults).
         registry_conn_id: an ``ml_assets_registry`` connection.
         storage_options: fsspec options for both datasets (e.g. an S3 endpoint).
+        reader: the input's Parquet decoder, ``auto`` (default), ``polars`` or ``pyarrow``
+            (``ParquetDataset.reader``); the XCom's ``reader`` says which one read and why.
         on_row_error / max_error_rate / max_error_rows: ``quarantine`` sets rows that cannot be scored
             aside in ``<output root>_errors`` within the budget (see ``score_partition``); the XCom and
             the asset events then carry the count, rate, top reasons and the errors location.
@@ -73,6 +75,7 @@ class ScorePartitionOperator(BaseOperator):
         version_column: str | None = None,
         registry_conn_id: str = DEFAULT_CONN_ID,
         storage_options: Mapping[str, Any] | None = None,
+        reader: ReaderChoice = "auto",
         on_row_error: OnRowError = "fail",
         max_error_rate: float | None = None,
         max_error_rows: int | None = None,
@@ -97,13 +100,16 @@ class ScorePartitionOperator(BaseOperator):
         self.version_column = version_column
         self.registry_conn_id = registry_conn_id
         self.storage_options = dict(storage_options or {})
+        self.reader = reader
         # What the OpenLineage methods report: filled in as the task learns it (the version, the rows).
         self._lineage: ScoringLineage | None = None
         self._rows: dict[str, int] | None = None
 
     def _datasets(self) -> tuple[ParquetDataset, ParquetDataset]:
         storage = self.storage_options
-        source = ParquetDataset(self.input_dataset, partition_column=self.partition_column, storage_options=storage)
+        source = ParquetDataset(
+            self.input_dataset, partition_column=self.partition_column, storage_options=storage, reader=self.reader
+        )
         dest = ParquetDataset(self.output_dataset, partition_column=self.partition_column, storage_options=storage)
         return source, dest
 
@@ -149,6 +155,7 @@ class ScorePartitionOperator(BaseOperator):
             "seconds": round(result.seconds, 3),
             "rows_per_second": round(result.rows_per_second, 1),
             "output": result.output_uri,
+            "reader": result.reader,
             **(result.row_errors.metadata() if result.row_errors else {}),
         }
         self._rows = {dest.uri: result.rows_out}

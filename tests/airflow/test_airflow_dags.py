@@ -83,6 +83,7 @@ def test_daily_dag_scores_the_day_with_the_champion(env, models):
     assert summary["output"] == str(output)
     assert summary["seconds"] > 0
     assert summary["rows_per_second"] > 0
+    assert summary["reader"].startswith("pyarrow: ")  # auto, and it says why: a small local partition
     assert set(summary) == {
         "model_name",
         "model_version",
@@ -92,6 +93,7 @@ def test_daily_dag_scores_the_day_with_the_champion(env, models):
         "seconds",
         "rows_per_second",
         "output",
+        "reader",
     }
     ((partition_key, extra),) = asset_events(run)
     assert partition_key == DATES[1]

@@ -28,7 +28,7 @@ def test_pipeline_from_yaml_materializes_with_checks_sensor_and_schedule(models,
         "model": "models:/fraud@champion",
         "registry": {"kind": "mlflow", "uri": models.tracking_uri},
         "runtime": {"options": {"onnx": {"threads": 1}}},
-        "input": {"uri": str(transactions), "partition_column": "date"},
+        "input": {"uri": str(transactions), "partition_column": "date", "reader": "polars"},
         "output": {"uri": str(tmp_path / "scores")},
         "partitions": {"daily": {"start_date": DATES[0], "end_date": "2026-11-04"}},
         "passthrough": ["transaction_id"],
@@ -45,6 +45,11 @@ def test_pipeline_from_yaml_materializes_with_checks_sensor_and_schedule(models,
         with dg.instance_for_test() as instance:
             result = job.execute_in_process(instance=instance, partition_key=DATES[1])
     assert result.success
+    readers = {
+        e.asset_key.to_user_string(): e.materialization.metadata["reader"].value
+        for e in result.get_asset_materialization_events()
+    }
+    assert readers["yaml_scores"] == "polars"  # asked for in the YAML; auto would take pyarrow for 20k rows
     assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
         "signature": True,
         "prediction_health": True,

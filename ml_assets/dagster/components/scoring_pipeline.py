@@ -42,9 +42,14 @@ class DatasetConfig(dg.Resolvable, dg.Model):
     uri: str = Field(description="Local path or fsspec URL; a hive root or a template with one {placeholder}.")
     partition_column: str | None = Field(default="date", description="The hive key / template placeholder.")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (e.g. s3fs).")
+    reader: Literal["auto", "polars", "pyarrow"] = Field(
+        default="auto", description="Parquet decoder when read as input (ParquetDataset.reader)."
+    )
 
     def dataset(self) -> ParquetDataset:
-        return ParquetDataset(self.uri, partition_column=self.partition_column, storage_options=self.storage_options)
+        return ParquetDataset(
+            self.uri, partition_column=self.partition_column, storage_options=self.storage_options, reader=self.reader
+        )
 
 
 class RegistryConfig(dg.Resolvable, dg.Model):
