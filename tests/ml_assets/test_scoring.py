@@ -317,23 +317,16 @@ def test_long_repeated_text_is_measured_and_read_a_chunk_at_a_time(
     from ml_assets.datasets import AtomicPartitionWriter, PartitionReader, _uncompressed_bytes_per_row
 
     version, scorer = champion
-    source = pq.read_table(transactions / "date=2026-11-01")
-    rng = np.random.default_rng(3)
-    agents = [f"Mozilla/5.0 (X11; Linux x86_64) Chrome/{k}.0 Safari/537.36 " * 3 for k in range(40)]  # ~190 bytes
-    text = {f"agent_{j}": [agents[i] for i in rng.integers(0, len(agents), source.num_rows)] for j in range(3)}
-    table = source.select(["transaction_id", *FEATURES]).append_column("agent_0", pa.array(text["agent_0"]))
-    for name in ("agent_1", "agent_2"):
-        table = table.append_column(name, pa.array(text[name]))
+    table = with_user_agents(transactions)
     day = tmp_path / "in" / "date=2026-11-01"
     day.mkdir(parents=True)
     half = table.num_rows // 2
     pq.write_table(table.slice(0, half), day / "part-0.parquet")  # one row group, as pyarrow writes by default
     pl.from_arrow(table.slice(half)).write_parquet(day / "part-1.parquet")
-    passthrough = ["transaction_id", "agent_0", "agent_1", "agent_2"]
-    read = [*FEATURES, *passthrough]
+    read = [*FEATURES, *AGENT_PASSTHROUGH]
     decoded = pq.read_table(day.parent / "date=2026-11-01", columns=read).nbytes / table.num_rows
     footer = pq.read_metadata(day / "part-0.parquet")
-    assert sum(_uncompressed_bytes_per_row(footer, set(text)).values()) < 0.1 * 3 * 190  # the footer's count
+    assert sum(_uncompressed_bytes_per_row(footer, set(AGENT_PASSTHROUGH[1:])).values()) < 0.1 * 3 * 190
 
     budget = 1 << 20
     monkeypatch.setattr(datasets, "POLARS_MIN_BYTES", 0)  # auto would take Polars, but for the text
@@ -351,7 +344,7 @@ def test_long_repeated_text_is_measured_and_read_a_chunk_at_a_time(
     streamed.clear()
 
     result = score_partition(
-        scorer, version, data, hive(tmp_path / "out"), partition="2026-11-01", passthrough=passthrough
+        scorer, version, data, hive(tmp_path / "out"), partition="2026-11-01", passthrough=AGENT_PASSTHROUGH
     )
     auto = "pyarrow: row groups decode to over 3x their size: read a chunk at a time"
     assert (
@@ -364,13 +357,64 @@ def test_long_repeated_text_is_measured_and_read_a_chunk_at_a_time(
     groups = [out.read_row_group(g) for g in range(out.num_row_groups)]
     assert len(groups) > 2
     assert all(group.nbytes <= 2 * budget + result.chunk_rows * decoded for group in groups)
-    scored = pq.read_table(result.output_uri).sort_by("transaction_id")
-    expected = table.sort_by("transaction_id")
-    kept = scored.select(passthrough)  # text as large_string: the type the Polars-written file gives it
-    assert kept.equals(expected.select(passthrough).cast(kept.schema))
+    assert_scored_like_onnxruntime(pq.read_table(result.output_uri), table, models)
+
+
+AGENT_PASSTHROUGH = ["transaction_id", "agent_0", "agent_1", "agent_2"]
+
+
+def with_user_agents(transactions: Path) -> pa.Table:
+    """A day of the fraud features, its ids and three columns of ~190-byte user agents, 40 distinct."""
+    source = pq.read_table(transactions / "date=2026-11-01")
+    rng = np.random.default_rng(3)
+    agents = [f"Mozilla/5.0 (X11; Linux x86_64) Chrome/{k}.0 Safari/537.36 " * 3 for k in range(40)]
+    table = source.select(["transaction_id", *FEATURES])
+    for name in AGENT_PASSTHROUGH[1:]:
+        table = table.append_column(name, pa.array([agents[i] for i in rng.integers(0, 40, source.num_rows)]))
+    return table
+
+
+def assert_scored_like_onnxruntime(scored: pa.Table, table: pa.Table, models) -> None:
+    """The output holds ``table``'s passthrough values (text as large_string, the type a Polars-written file
+    gives it) and onnxruntime's predictions on the file as exported."""
+    scored, expected = scored.sort_by("transaction_id"), table.sort_by("transaction_id")
+    kept = scored.select(AGENT_PASSTHROUGH)
+    assert kept.equals(expected.select(AGENT_PASSTHROUGH).cast(kept.schema))
     labels, probabilities = ort.InferenceSession(str(models.lr_onnx)).run(None, {"X": features_of(expected)})
     np.testing.assert_allclose(scored["probability_1"].to_numpy(), probabilities[:, 1], rtol=0, atol=2 * 2**-23)
     np.testing.assert_array_equal(scored["label"].to_numpy(), labels)
+
+
+def test_long_repeated_text_on_s3_is_measured_and_read_a_chunk_at_a_time(
+    champion, models, transactions, s3_server, monkeypatch
+):
+    """The same over a real S3 server (moto, s3fs): the sample and the chunked reads go through the dataset's
+    filesystem, and auto leaves the read to pyarrow."""
+    import polars as pl
+    import s3fs
+
+    import ml_assets.datasets as datasets
+    import ml_assets.scoring as scoring
+
+    version, scorer = champion
+    table = with_user_agents(transactions)
+    fs = s3fs.S3FileSystem(**s3_server, skip_instance_cache=True)
+    fs.mkdir("agents")
+    half = table.num_rows // 2
+    with fs.open("agents/in/date=2026-11-01/part-0.parquet", "wb") as f:
+        pq.write_table(table.slice(0, half), f)
+    with fs.open("agents/in/date=2026-11-01/part-1.parquet", "wb") as f:
+        pl.from_arrow(table.slice(half)).write_parquet(f)
+    monkeypatch.setattr(scoring, "CHUNK_BYTES", 1 << 20)
+    monkeypatch.setattr(datasets, "READ_AHEAD_BYTES", 1 << 20)
+    source = ParquetDataset("s3://agents/in", partition_column="date", storage_options=s3_server)
+    dest = ParquetDataset("s3://agents/out", partition_column="date", storage_options=s3_server)
+    result = score_partition(scorer, version, source, dest, partition="2026-11-01", passthrough=AGENT_PASSTHROUGH)
+    assert result.reader == "pyarrow: row groups decode to over 3x their size: read a chunk at a time"
+    decoded = table.select([*FEATURES, *AGENT_PASSTHROUGH]).nbytes / table.num_rows
+    assert 0.8 * (1 << 20) <= result.chunk_rows * decoded <= 1.1 * (1 << 20)
+    with fs.open(result.output_uri.removeprefix("s3://"), "rb") as f:
+        assert_scored_like_onnxruntime(pq.read_table(f), table, models)
 
 
 def test_wide_inputs_get_fewer_rows_per_chunk(champion, transactions, tmp_path, monkeypatch):
