@@ -15,6 +15,7 @@ passthrough need are selected, so projections and filters reach the scan and mem
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sys
 import time
@@ -123,8 +124,10 @@ class ScoredBatches:
         self.rows = 0
         self.chunks = 0
         self.seconds = 0.0
-        #: Rows per chunk: as asked for, else as ``auto_chunk_rows`` chose for the frame's width.
+        #: Rows per chunk: as asked for, else as ``auto_chunk_rows`` chose for the frame's width (for a
+        #: LazyFrame or a RecordBatchReader, final once the first batch is read: see ``_measured``).
         self.chunk_rows = chunk_rows or auto_chunk_rows(self._source.row_bytes(plan.read_columns))
+        self._measure_first = chunk_rows is None and self._source.rows is None
         self._queue_depth = queue_depth
         self._batches = self._run()
 
@@ -136,6 +139,8 @@ class ScoredBatches:
         started = time.perf_counter()
         plan = self._lane.plan
         read = self._source.read(plan.read_columns, self.chunk_rows)
+        if self._measure_first:
+            read, self.chunk_rows = _measured(read, self.chunk_rows)
         batches = (FileBatch(b, None, 0) for b in _rechunk(read, self.chunk_rows))
         pipeline = _pipeline(
             batches,
@@ -277,7 +282,7 @@ def score_frame(
             the model's input types.
         chunk_rows: rows per chunk handed to the model. Default: 65,536, fewer for wide inputs (at most
             ``CHUNK_BYTES`` of the columns read per chunk: measured on an in-memory frame; for a LazyFrame
-            or a RecordBatchReader, which tell no sizes before they are read, its fixed-width columns).
+            or a RecordBatchReader, which tell no sizes before they are read, on its first batch).
         passthrough: input columns copied to the output beside the predictions (e.g. keys).
         nulls: ``error`` rejects nulls in features, naming chunk, row and column; ``pass`` hands
             them to the model as missing values.
@@ -372,6 +377,16 @@ def _streamed_row_bytes(schema: pa.Schema) -> Callable[[list[str]], int]:
     """A stream's width before it is read: its fixed-width columns only (text has no size until read)."""
     widths = fixed_widths(schema)
     return lambda columns: sum(widths.get(c, 0) for c in columns)
+
+
+def _measured(batches: Iterator[pa.RecordBatch], chunk_rows: int) -> tuple[Iterator[pa.RecordBatch], int]:
+    """A stream's chunk size from its first rows' own width: before it is read, its text counted as nothing, and
+    ten columns of 225-byte values made chunks of 150 MB where 64 MiB was meant. The stream's batches are cut to
+    that size; the stream itself was asked for ``chunk_rows`` rows a batch, so one of them may be larger."""
+    first = next((batch for batch in batches if batch.num_rows), None)
+    if first is None:
+        return iter(()), chunk_rows
+    return itertools.chain([first], batches), min(chunk_rows, auto_chunk_rows(-(-first.nbytes // first.num_rows)))
 
 
 def _rechunk(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
