@@ -385,6 +385,29 @@ def assert_scored_like_onnxruntime(scored: pa.Table, table: pa.Table, models) ->
     np.testing.assert_array_equal(scored["label"].to_numpy(), labels)
 
 
+def test_a_corrupt_text_column_fails_when_measured_naming_the_file(champion, transactions, tmp_path):
+    """The text's width is measured by decoding its first rows, before anything is written: a damaged dictionary
+    page there fails the run naming partition and file, and leaves no output."""
+    version, scorer = champion
+    day = tmp_path / "in" / "date=2026-11-01"
+    day.mkdir(parents=True)
+    file = day / "part-0.parquet"
+    pq.write_table(with_user_agents(transactions), file)
+    column = pq.read_metadata(file).row_group(0).column(len(FEATURES) + 1)  # agent_0
+    assert column.path_in_schema == "agent_0"
+    assert column.has_dictionary_page
+    data = bytearray(file.read_bytes())
+    start = column.dictionary_page_offset
+    data[start : start + 64] = b"\xff" * 64  # the page header: nothing past it can be read
+    file.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=r"reading the first rows of file part-0.parquet failed: "):
+        score_partition(
+            scorer, version, hive(tmp_path / "in"), hive(tmp_path / "out"), partition="2026-11-01",
+            passthrough=AGENT_PASSTHROUGH,
+        )  # fmt: skip
+    assert_nothing_written(tmp_path / "out")
+
+
 def test_long_repeated_text_on_s3_is_measured_and_read_a_chunk_at_a_time(
     champion, models, transactions, s3_server, monkeypatch
 ):
