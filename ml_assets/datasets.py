@@ -246,6 +246,8 @@ class PartitionReader:
         self._widths: list[dict[str, int]] | None = None  # per file, each column's bytes per row (row_bytes)
         self._dictionary: list[set[str]] = []  # per file, its dictionary-encoded text and nested columns
         self._sampled: dict[str, int] = {}  # such a column's decoded bytes per row, from SAMPLE_ROWS of it
+        self._any_dictionary: set[str] = set()  # dictionary-encoded in some file
+        self._row_bytes: dict[tuple[str, ...], int] = {}  # row_bytes' answers
         self.files: list[PartitionFile] = []
         self.num_rows = 0
         for fragment in dataset_.get_fragments():
@@ -319,12 +321,16 @@ class PartitionReader:
                     dictionary = _dictionary_encoded(metadata, variable)
                 self._widths.append(widths)
                 self._dictionary.append(dictionary)
-        if unmeasured := {c for c in columns if c not in self._sampled and any(c in d for d in self._dictionary)}:
-            self._sampled.update(self._sample(unmeasured))
-        return max(
-            sum(max(widths.get(c, 0), self._sampled[c] if c in dictionary else 0) for c in columns)
-            for widths, dictionary in zip(self._widths, self._dictionary, strict=True)
-        )
+            self._any_dictionary = set().union(*self._dictionary)
+        key = tuple(columns)
+        if key not in self._row_bytes:  # a sum over files x columns: 500 files of 50 took 2-5 ms a call
+            if unmeasured := {c for c in columns if c not in self._sampled and c in self._any_dictionary}:
+                self._sampled.update(self._sample(unmeasured))
+            self._row_bytes[key] = max(
+                sum(max(widths.get(c, 0), self._sampled[c] if c in dictionary else 0) for c in columns)
+                for widths, dictionary in zip(self._widths, self._dictionary, strict=True)
+            )
+        return self._row_bytes[key]
 
     def _sample(self, columns: set[str]) -> dict[str, int]:
         """Decoded bytes per row of each of ``columns``, over the first ``SAMPLE_ROWS`` rows of the first file
@@ -363,8 +369,9 @@ class PartitionReader:
         """Chunks in file order, each of one file and in that file's own types (of ``columns``, those the
         file has; Polars hands text as ``large_string``, which the cast treats as ``string``). Only those
         columns are decoded, and read-ahead is bounded so memory follows chunk size, not partition size."""
-        auto_polars = self.reader == "polars" and self.dataset.reader == "auto"
-        if auto_polars and any(self._expands(file, columns) for file in self.files):
+        width = self.row_bytes(columns)
+        expanding = {file.path for file in self.files if self._expands(file, columns, width)}
+        if self.reader == "polars" and self.dataset.reader == "auto" and expanding:
             # Polars decodes whole row groups, and on long repeated text its memory grew with the partition
             # (reading alone: 1.1 GB for 3M rows, 1.7 GB for 6M; pyarrow a chunk at a time 0.5-0.6 GB).
             self._polars_options, self.reader = None, "pyarrow"
@@ -374,7 +381,7 @@ class PartitionReader:
             file_row = 0
             wanted = [c for c in columns if c in file.schema.names]
             try:
-                for batch in self._read_file(file, wanted, chunk_rows):
+                for batch in self._read_file(file, wanted, chunk_rows, whole_row_groups=file.path not in expanding):
                     if batch.num_rows:
                         yield FileBatch(batch, file.path, file_row)
                         rows += batch.num_rows
@@ -392,7 +399,7 @@ class PartitionReader:
         """Batches pyarrow decodes ahead: four, fewer where four would hold more than ``READ_AHEAD_BYTES``."""
         return max(1, min(4, READ_AHEAD_BYTES // max(1, chunk_rows * self.row_bytes(columns))))
 
-    def _expands(self, file: PartitionFile, columns: list[str]) -> bool:
+    def _expands(self, file: PartitionFile, columns: list[str], width: int) -> bool:
         """Whether pyarrow reads ``file`` a chunk at a time rather than through the dataset scanner, which decodes
         a whole row group before it hands out the first batch of it: where a row group of ``columns`` decodes to
         more than ``READ_AHEAD_BYTES`` and to more than ``EXPANSION`` times its encoded size (long text
@@ -400,7 +407,6 @@ class PartitionReader:
         time; low-cardinality numbers too, no slower). Elsewhere the scanner stays: on the benchmark's floats it
         spends half the CPU, and on 1,000 float columns a chunk at a time held more (1.35 against 0.93 GB)."""
         metadata = self._fragments[file.path].metadata
-        width = self.row_bytes(columns)
         leaves = list(_leaf_owners(metadata, set(columns)))
         for g in range(metadata.num_row_groups):
             group = metadata.row_group(g)
@@ -409,10 +415,12 @@ class PartitionReader:
                 return True
         return False
 
-    def _read_file(self, file: PartitionFile, columns: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
+    def _read_file(
+        self, file: PartitionFile, columns: list[str], chunk_rows: int, *, whole_row_groups: bool
+    ) -> Iterator[pa.RecordBatch]:
         if self._polars_options is None:
             fragment = self._fragments[file.path]
-            if self._expands(file, columns):
+            if not whole_row_groups:
                 metadata = fragment.metadata
                 with contextlib.closing(pq.ParquetFile(file.path, metadata=metadata, filesystem=self.filesystem)) as f:
                     for group in range(metadata.num_row_groups):  # one by one: a reader of all held 3x more
