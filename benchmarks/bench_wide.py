@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / ".bench"
@@ -32,6 +33,7 @@ PARTITION = "2026-01-01"
 
 
 TEXT_COLUMNS, TEXT_FEATURES = 10, 20
+USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{k}.0 Safari/537.36 t{j} "
 
 
 def _fit(root: Path, features: int) -> None:
@@ -50,27 +52,34 @@ def _fit(root: Path, features: int) -> None:
     np.save(root / "model" / "coefficients.npy", np.append(model.intercept_, model.coef_[0]))
 
 
+def _made(root: Path, features: int, write: Callable[[Path], None]) -> Path:
+    """``root`` with its model and its one partition, which ``write`` fills: made once, then reused."""
+    if (root / "done").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    _fit(root, features)
+    day = root / "data" / f"date={PARTITION}"
+    day.mkdir(parents=True)
+    write(day)
+    (root / "done").touch()
+    return root
+
+
 def make_wide(rows: int, features: int) -> Path:
     """The partition of float features and the model, made once per size."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    root = ROOT / f"wide-{features}x{rows}"
-    if (root / "done").exists():
-        return root
-    shutil.rmtree(root, ignore_errors=True)
-    _fit(root, features)
-    rng = np.random.default_rng(0)
-    day = root / "data" / f"date={PARTITION}"
-    day.mkdir(parents=True)
-    with pq.ParquetWriter(day / "part-0.parquet", _schema(features)) as writer:
-        for start in range(0, rows, 65_536):
-            n = min(65_536, rows - start)
-            columns = {f"f{k}": rng.standard_normal(n).astype(np.float32) for k in range(features)}
-            writer.write_table(pa.table({**columns, "id": np.arange(start, start + n)}), row_group_size=65_536)
-    (root / "done").touch()
-    return root
+    def write(day: Path) -> None:
+        rng = np.random.default_rng(0)
+        with pq.ParquetWriter(day / "part-0.parquet", _schema(features)) as writer:
+            for start in range(0, rows, 65_536):
+                n = min(65_536, rows - start)
+                columns = {f"f{k}": rng.standard_normal(n).astype(np.float32) for k in range(features)}
+                writer.write_table(pa.table({**columns, "id": np.arange(start, start + n)}), row_group_size=65_536)
+
+    return _made(ROOT / f"wide-{features}x{rows}", features, write)
 
 
 def make_text(rows: int) -> Path:
@@ -79,23 +88,16 @@ def make_text(rows: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    root = ROOT / f"text-{TEXT_COLUMNS}x{rows}"
-    if (root / "done").exists():
-        return root
-    shutil.rmtree(root, ignore_errors=True)
-    _fit(root, TEXT_FEATURES)
-    rng = np.random.default_rng(1)
-    columns: dict = {"id": np.arange(rows)}
-    columns |= {f"f{k}": rng.standard_normal(rows).astype(np.float32) for k in range(TEXT_FEATURES)}
-    agent = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{k}.0 Safari/537.36 t{j} "
-    for j in range(TEXT_COLUMNS):
-        agents = [agent.format(k=k, j=j) * 2 for k in range(200)]
-        columns[f"t{j}"] = pa.array(np.array(agents, dtype=object)[rng.integers(0, 200, rows)], pa.string())
-    day = root / "data" / f"date={PARTITION}"
-    day.mkdir(parents=True)
-    pq.write_table(pa.table(columns), day / "part-0.parquet")
-    (root / "done").touch()
-    return root
+    def write(day: Path) -> None:
+        rng = np.random.default_rng(1)
+        columns: dict = {"id": np.arange(rows)}
+        columns |= {f"f{k}": rng.standard_normal(rows).astype(np.float32) for k in range(TEXT_FEATURES)}
+        for j in range(TEXT_COLUMNS):
+            agents = np.array([USER_AGENT.format(k=k, j=j) * 2 for k in range(200)], dtype=object)
+            columns[f"t{j}"] = pa.array(agents[rng.integers(0, 200, rows)], pa.string())
+        pq.write_table(pa.table(columns), day / "part-0.parquet")
+
+    return _made(ROOT / f"text-{TEXT_COLUMNS}x{rows}", TEXT_FEATURES, write)
 
 
 def _schema(features: int):

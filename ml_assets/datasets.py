@@ -339,9 +339,8 @@ class PartitionReader:
         for file, dictionary in zip(self.files, self._dictionary, strict=True):
             if not (wanted := sorted((columns & dictionary) - measured.keys())):
                 continue
-            metadata = self._fragments[file.path].metadata
             try:
-                with contextlib.closing(pq.ParquetFile(file.path, metadata=metadata, filesystem=self.filesystem)) as f:
+                with self._parquet_file(file) as f:
                     batch = next(f.iter_batches(batch_size=SAMPLE_ROWS, columns=wanted), None)
             except Exception as exc:
                 if not is_storage_error(exc):
@@ -399,6 +398,11 @@ class PartitionReader:
         """Batches pyarrow decodes ahead: four, fewer where four would hold more than ``READ_AHEAD_BYTES``."""
         return max(1, min(4, READ_AHEAD_BYTES // max(1, chunk_rows * self.row_bytes(columns))))
 
+    def _parquet_file(self, file: PartitionFile) -> contextlib.closing[pq.ParquetFile]:
+        """``file`` opened for reading by row group and batch, its footer not read again."""
+        metadata = self._fragments[file.path].metadata
+        return contextlib.closing(pq.ParquetFile(file.path, metadata=metadata, filesystem=self.filesystem))
+
     def _expands(self, file: PartitionFile, columns: list[str], width: int) -> bool:
         """Whether pyarrow reads ``file`` a chunk at a time rather than through the dataset scanner, which decodes
         a whole row group before it hands out the first batch of it: where a row group of ``columns`` decodes to
@@ -421,9 +425,8 @@ class PartitionReader:
         if self._polars_options is None:
             fragment = self._fragments[file.path]
             if not whole_row_groups:
-                metadata = fragment.metadata
-                with contextlib.closing(pq.ParquetFile(file.path, metadata=metadata, filesystem=self.filesystem)) as f:
-                    for group in range(metadata.num_row_groups):  # one by one: a reader of all held 3x more
+                with self._parquet_file(file) as f:
+                    for group in range(f.num_row_groups):  # one by one: a reader of all held 3x more
                         yield from f.iter_batches(batch_size=chunk_rows, row_groups=[group], columns=columns)
                 return
             yield from fragment.to_batches(

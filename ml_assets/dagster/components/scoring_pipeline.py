@@ -33,7 +33,7 @@ from ml_assets.dagster.resources import (
     ModelRuntimeResource,
     RayEngineResource,
 )
-from ml_assets.datasets import ParquetDataset
+from ml_assets.datasets import ParquetDataset, ReaderChoice
 from ml_assets.resources.core.models import ModelRef
 from ml_assets.sensors import build_model_promotion_sensor, build_partition_schedule
 
@@ -42,7 +42,7 @@ class DatasetConfig(dg.Resolvable, dg.Model):
     uri: str = Field(description="Local path or fsspec URL; a hive root or a template with one {placeholder}.")
     partition_column: str | None = Field(default="date", description="The hive key / template placeholder.")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (e.g. s3fs).")
-    reader: Literal["auto", "polars", "pyarrow"] = Field(
+    reader: ReaderChoice = Field(
         default="auto", description="Parquet decoder when read as input (ParquetDataset.reader)."
     )
 
