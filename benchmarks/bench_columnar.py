@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_onnx import FEATURES, ROOT, make_data, make_models
+from bench_onnx import FEATURES, ROOT, make_data, make_models, warm_page_cache
 
 PARTITION = "2026-01-01"
 OUT = ROOT / "columnar-out"
@@ -189,6 +189,7 @@ def run_case(name: str, data: Path, outputs: str) -> dict:
             outputs,
         ]
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    warm_page_cache(data)
     with (out / "stdout").open("wb") as stdout, (out / "stderr").open("wb") as stderr:
         t0 = time.perf_counter()
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env)

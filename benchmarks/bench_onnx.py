@@ -214,6 +214,18 @@ def case_peer(data: Path, model: str, out: Path) -> dict:
     return {"seconds": time.perf_counter() - t0, "rows": len(frame), "load_seconds": load}
 
 
+def warm_page_cache(root: Path) -> None:
+    """Read every file under ``root`` once, so the run that follows reads from memory. This machine's host takes
+    back idle page cache (a 2.4 GB partition lost ~100 MB every 30 s while idle, by ``fincore``): without this, a
+    case that follows a few minutes of other cases reads part of its input from disk (a 20M-row run at 3.6M rows/s
+    against 12.3M warm, 2026-12-07), and so would whichever of ours and the peers came first."""
+    buffer = bytearray(8 * 2**20)
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        with path.open("rb", buffering=0) as f:
+            while f.readinto(buffer):
+                pass
+
+
 def peak_rss_mib() -> float:
     """This process's own peak RSS. (getrusage's ru_maxrss survives exec, so a child would report its parent's.)"""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -235,6 +247,7 @@ CASES = {
 def run_case(name: str, data: Path, model: str) -> dict:
     out = ROOT / "out" / name
     out.mkdir(parents=True, exist_ok=True)
+    warm_page_cache(data)
     t0 = time.perf_counter()
     done = subprocess.run(
         [sys.executable, __file__, "--case", name, "--data", str(data), "--model", model, "--out", str(out)],

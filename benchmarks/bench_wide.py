@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench_onnx import warm_page_cache
+
 ROOT = Path(__file__).resolve().parent.parent / ".bench"
 VENV_BIN = Path(sys.executable).parent
 PARTITION = "2026-01-01"
@@ -145,6 +147,7 @@ def run(name: str, root: Path, features: int) -> dict[str, float]:
     out = ROOT / "wide-out" / name
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    warm_page_cache(root)
     t0 = time.perf_counter()
     process = subprocess.Popen(command(name, root, out, features), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
