@@ -423,13 +423,12 @@ class PartitionReader:
         self, file: PartitionFile, columns: list[str], chunk_rows: int, *, whole_row_groups: bool
     ) -> Iterator[pa.RecordBatch]:
         if self._polars_options is None:
-            fragment = self._fragments[file.path]
             if not whole_row_groups:
                 with self._parquet_file(file) as f:
                     for group in range(f.num_row_groups):  # one by one: a reader of all held 3x more
                         yield from f.iter_batches(batch_size=chunk_rows, row_groups=[group], columns=columns)
                 return
-            yield from fragment.to_batches(
+            yield from self._fragments[file.path].to_batches(
                 columns=columns,
                 batch_size=chunk_rows,
                 batch_readahead=self.read_ahead(columns, chunk_rows),
