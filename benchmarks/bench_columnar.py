@@ -372,13 +372,16 @@ def encodings_table(rows: int) -> list[str]:
     ]
     for key in ("sequential", "random"):
         ids = np.arange(rows, dtype=np.int64) if key == "sequential" else rng.integers(0, 2**62, rows)
-        table = pa.table(
-            {"id": ids, "label": (p1 > 0.5).astype(np.int64), "probability_0": 1 - p1, "probability_1": p1}
-        )
+        columns = {"id": ids, "label": (p1 > 0.5).astype(np.int64), "probability_0": 1 - p1, "probability_1": p1}
+        nullable = pa.table(columns)
+        # As ours writes them: the predictions come from tensors, so they are required columns (no definition
+        # levels); the key keeps its input's nullability. Every candidate writes this table but the "nullable" one.
+        table = pa.table(columns, schema=pa.schema([f.with_nullable(f.name == "id") for f in nullable.schema]))
         ours = output_encoding(table.schema)
         everywhere = {"compression": "zstd", "compression_level": -1}
         candidates = {
             "ours: zstd(-1) but for the ints, delta ints, byte-stream-split floats": ours,
+            "ours with the predictions nullable (until 2026-12-07)": ours,
             "zstd(-1), delta ints, byte-stream-split floats (until the evening of 2026-12-06)": {**ours, **everywhere},
             "zstd(1), delta ints, byte-stream-split floats (until 2026-12-06)": {
                 **ours,
@@ -402,12 +405,13 @@ def encodings_table(rows: int) -> list[str]:
         for _ in range(5):
             pq.read_table(path)
         for label, options in candidates.items():
+            written = nullable if "nullable" in label else table
             writes, reads = [], []
             for _ in range(5):
                 t0 = time.thread_time()
-                with pq.ParquetWriter(path, table.schema, **options) as writer:
+                with pq.ParquetWriter(path, written.schema, **options) as writer:
                     for start in range(0, rows, 262_144):
-                        writer.write_table(table.slice(start, 262_144))
+                        writer.write_table(written.slice(start, 262_144))
                 writes.append(time.thread_time() - t0)
                 t0 = time.perf_counter()
                 pq.read_table(path)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -91,6 +91,13 @@ class OutputMap:
             msg = f"{what}: no output column(s) {unknown}; the model gives {list(have)}"
             raise SchemaMismatchError(msg)
         return OutputMap(tuple(have[n] for n in names), self.probabilities, self.classes, self.label_type, self.note)
+
+    def required(self) -> OutputMap:
+        """The columns read straight from the runtime's batch declared non-nullable, for a runtime whose
+        outputs cannot hold nulls (tensors): Parquet then writes them without definition levels, a
+        fifth less CPU to encode. A derived label keeps its nulls (rows with a NaN probability)."""
+        columns = tuple((s, f if s is None else f.with_nullable(False)) for s, f in self.columns)
+        return replace(self, columns=columns)
 
     def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         arrays = []

@@ -437,7 +437,7 @@ class OnnxScorer:
         mapping = self._contract(probe) if naming == "contract" else identity_map(probe)
         if outputs:
             mapping = mapping.keep(outputs, what=version.describe())
-        self._map = mapping
+        self._map = mapping = mapping.required()  # a tensor holds no nulls
         self.output_schema = mapping.schema
         self.output_note = mapping.note
         # Only ask onnxruntime for the outputs the kept columns come from.

@@ -48,6 +48,11 @@ def test_scores_a_partition_like_onnxruntime(champion, models, transactions, tmp
     assert result.chunks >= ROWS_PER_DAY // 3_000
     out = pq.read_table(result.output_uri)
     assert out.column_names == ["transaction_id", "date", "label", "probability_0", "probability_1", "model_version"]
+    # A tensor holds no nulls: the predictions are required columns; passthrough keeps the source's nullability.
+    written = pq.ParquetFile(result.output_uri).schema
+    assert {written.column(i).name: written.column(i).max_definition_level for i in range(len(written))} == {
+        "transaction_id": 1, "date": 1, "label": 0, "probability_0": 0, "probability_1": 0, "model_version": 1,
+    }  # fmt: skip
     source = pq.read_table(transactions / "date=2026-11-02")
     np.testing.assert_array_equal(out["transaction_id"].to_numpy(), source["transaction_id"].to_numpy())
     session = ort.InferenceSession(str(models.lr_onnx))

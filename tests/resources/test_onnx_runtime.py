@@ -446,3 +446,24 @@ def test_a_binary_label_on_ties_and_nan_rows_is_the_kernels(zeroed, tmp_path):
     expected = reference(path, x)[0]
     assert out["label"].to_pylist() == expected.tolist()
     assert set(expected[:10]) == {"fraud"}
+
+
+def test_tensor_outputs_are_required_and_a_derived_label_keeps_its_nulls():
+    """Columns read straight from tensors are non-nullable (Parquet writes them without definition levels);
+    a label derived from the probabilities stays nullable: a row with a NaN probability has none."""
+    from ml_assets.resources.core.predictions import classifier_map
+
+    probabilities = {0: pa.field("p0", pa.float32()), 1: pa.field("p1", pa.float32())}
+    derived = classifier_map([0, 1], probabilities=probabilities).required()
+    assert [(f.name, f.nullable) for f in derived.schema] == [
+        ("label", True), ("probability_0", False), ("probability_1", False),
+    ]  # fmt: skip
+    out = derived.apply(pa.RecordBatch.from_pydict({"p0": pa.array([0.8, np.nan], pa.float32()), "p1": [0.2, 0.1]}))
+    assert out["label"].to_pylist() == [0, None]
+    assert out.schema == derived.schema
+
+
+def test_an_onnx_scorer_declares_its_outputs_required(models, table):
+    scorer = create_runtime("onnx").load(version(), models.lr_onnx)
+    assert [f.nullable for f in scorer.output_schema] == [False, False, False]
+    assert scorer.score(batch_of(table, scorer.input_schema)).schema == scorer.output_schema
