@@ -58,6 +58,12 @@ DEFAULT_CHUNK_ROWS = 65_536
 # 16,384-row ones (64 MB), the kernel mapping and zeroing fresh pages for every chunk (8-11 s of system
 # CPU in a 6-7 s run). Narrow inputs keep DEFAULT_CHUNK_ROWS (20 float32 features: 5 MB).
 CHUNK_BYTES = 64 * 2**20
+# A partition that makes at least MANY_CHUNKS chunks of LARGE_CHUNK_ROWS (~8.4M rows) is scored in them: half the Python
+# steps per row (lr with the default outputs on 20M rows, four alternating pairs: +5.5% rows/s), while enough
+# chunks remain to keep every scoring thread busy to the end (rf on 2M rows lost 3% in 15 chunks instead of 31;
+# on 20M rows it was the same). docs/columnar.md has the measurements.
+LARGE_CHUNK_ROWS = 131_072
+MANY_CHUNKS = 64
 # One chunk is held in memory (several, in flight): past this a typo, not a tuning.
 MAX_CHUNK_ROWS = 16_777_216
 _POLL_S = 0.2
@@ -454,8 +460,9 @@ def score_partition(
     Args:
         partition: the partition value (``2026-11-01``); None scores the whole dataset.
         chunk_rows: rows per chunk handed to the model; memory grows with it, not with the partition.
-            Default: ``DEFAULT_CHUNK_ROWS``, fewer where the input columns of a row are wide (at most
-            ``CHUNK_BYTES`` of them per chunk, by ``auto_chunk_rows``).
+            Default: ``DEFAULT_CHUNK_ROWS`` (``LARGE_CHUNK_ROWS`` for partitions of ~8.4M rows or more), fewer
+            where the input columns of a row are wide (at most ``CHUNK_BYTES`` of them per chunk, by
+            ``auto_chunk_rows``).
         passthrough: input columns copied to the output beside the predictions (e.g. keys).
         nulls: ``error`` rejects nulls in features; ``pass`` hands them to the model as missing values.
         numeric_strings: ``error`` refuses a text column where the model takes numbers (or booleans);
@@ -505,7 +512,7 @@ def score_partition(
     ]
     comparisons = [Comparison(lane.version) for lane in lanes[1:]]
     read_columns = list(dict.fromkeys(c for lane in lanes for c in lane.plan.read_columns))
-    chunk_rows = chunk_rows or auto_chunk_rows(reader.row_bytes(read_columns))
+    chunk_rows = chunk_rows or auto_chunk_rows(reader.row_bytes(read_columns), reader.num_rows)
     writers: list[AtomicPartitionWriter] = []
     # With quarantine, per output: its errors' writer and tally. Their commits come first.
     error_writers: list[AtomicPartitionWriter] = []
@@ -603,10 +610,12 @@ def _error_batch(chunk: _Chunk, failures: pa.Table, schema: pa.Schema) -> pa.Rec
     return pa.RecordBatch.from_arrays(columns, schema=schema.remove_metadata())
 
 
-def auto_chunk_rows(row_bytes: int) -> int:
-    """Rows per chunk when none are asked for: ``DEFAULT_CHUNK_ROWS``, fewer where ``row_bytes`` (the input
-    columns of one row, decoded) would make a chunk larger than ``CHUNK_BYTES``."""
-    return max(1, min(DEFAULT_CHUNK_ROWS, CHUNK_BYTES // max(1, row_bytes)))
+def auto_chunk_rows(row_bytes: int, rows: int | None = None) -> int:
+    """Rows per chunk when none are asked for: ``DEFAULT_CHUNK_ROWS`` (``LARGE_CHUNK_ROWS`` for a partition of
+    ``rows`` that makes ``MANY_CHUNKS`` of those or more), fewer where ``row_bytes`` (the input columns of one
+    row, decoded) would make a chunk larger than ``CHUNK_BYTES``."""
+    many = rows is not None and rows >= MANY_CHUNKS * LARGE_CHUNK_ROWS
+    return max(1, min(LARGE_CHUNK_ROWS if many else DEFAULT_CHUNK_ROWS, CHUNK_BYTES // max(1, row_bytes)))
 
 
 def check_chunk_rows(chunk_rows: int) -> None:

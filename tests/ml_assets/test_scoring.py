@@ -506,5 +506,10 @@ def test_wide_inputs_get_fewer_rows_per_chunk(champion, transactions, tmp_path, 
     narrow_version, narrow = champion
     default = score_partition(narrow, narrow_version, hive(transactions), hive(tmp_path / "o3"), partition="2026-11-01")
     assert default.chunk_rows == scoring.DEFAULT_CHUNK_ROWS
+    # A partition of many chunks gets larger ones (fewer Python steps per row); wide rows keep the byte cap.
+    many = scoring.MANY_CHUNKS * scoring.LARGE_CHUNK_ROWS
+    assert scoring.auto_chunk_rows(88, many - 1) == scoring.DEFAULT_CHUNK_ROWS
+    assert scoring.auto_chunk_rows(88, many) == scoring.LARGE_CHUNK_ROWS
+    assert scoring.auto_chunk_rows(4_000, many) == scoring.CHUNK_BYTES // 4_000
     narrow_reader = PartitionReader(hive(transactions), "2026-11-01")
     assert narrow_reader.read_ahead([*FEATURES, "transaction_id"], default.chunk_rows) == 4
