@@ -213,7 +213,7 @@ def run_case(name: str, data: Path, outputs: str) -> dict:
         result = json.loads(text.strip().splitlines()[-1])
     # CPU seconds of the process (all threads) hold up better than wall time on a loaded machine.
     # ru_maxrss: Linux carries the parent's peak RSS into a child's (exec keeps it), so a reading is at least this
-    # script's own peak, which the tables print (~125 MiB); the readings that matter (ours at 20M rows) are above it.
+    # script's own peak, which the tables print; the readings that matter (ours at 20M rows) are above it.
     cpu = usage.ru_utime + usage.ru_stime
     return {"seconds": float(result["seconds"]), "wall": wall, "cpu": cpu, "rss_mib": usage.ru_maxrss / 1024}
 
@@ -352,6 +352,10 @@ def set_aliases() -> None:
 # -- output encodings --------------------------------------------------------------------------
 
 
+# The candidate that writes the predictions as nullable columns, as ours did before.
+NULLABLE = "ours with the predictions nullable (until 2026-12-07)"
+
+
 def encodings_table(rows: int) -> list[str]:
     """Size, write CPU and read speed of the default outputs (id + label + both probabilities, as ours
     writes them) under each candidate; the first row is what ``output_encoding`` chooses. Writing is
@@ -375,13 +379,13 @@ def encodings_table(rows: int) -> list[str]:
         columns = {"id": ids, "label": (p1 > 0.5).astype(np.int64), "probability_0": 1 - p1, "probability_1": p1}
         nullable = pa.table(columns)
         # As ours writes them: the predictions come from tensors, so they are required columns (no definition
-        # levels); the key keeps its input's nullability. Every candidate writes this table but the "nullable" one.
+        # levels); the key keeps its input's nullability. Every candidate writes this table but NULLABLE.
         table = pa.table(columns, schema=pa.schema([f.with_nullable(f.name == "id") for f in nullable.schema]))
         ours = output_encoding(table.schema)
         everywhere = {"compression": "zstd", "compression_level": -1}
         candidates = {
             "ours: zstd(-1) but for the ints, delta ints, byte-stream-split floats": ours,
-            "ours with the predictions nullable (until 2026-12-07)": ours,
+            NULLABLE: ours,
             "zstd(-1), delta ints, byte-stream-split floats (until the evening of 2026-12-06)": {**ours, **everywhere},
             "zstd(1), delta ints, byte-stream-split floats (until 2026-12-06)": {
                 **ours,
@@ -405,7 +409,7 @@ def encodings_table(rows: int) -> list[str]:
         for _ in range(5):
             pq.read_table(path)
         for label, options in candidates.items():
-            written = nullable if "nullable" in label else table
+            written = nullable if label == NULLABLE else table
             writes, reads = [], []
             for _ in range(5):
                 t0 = time.thread_time()
