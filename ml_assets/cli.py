@@ -728,7 +728,13 @@ def run() -> None:
     hundred thousand objects that live until exit, and the collections they set off walk them all to find
     next to nothing to free: ~0.09 CPU-s of a ~0.5 s start-up; ``_start_up_over`` turns collections back on.
     The last collection walks everything to free memory the exiting process gives back anyway: 0.15 s.
-    Outputs are committed and files closed before ``main`` returns; nothing waits on that collection."""
+    Outputs are committed and files closed before ``main`` returns; nothing waits on that collection.
+
+    numpy's OpenBLAS is loaded with one thread unless ``OPENBLAS_NUM_THREADS`` says otherwise: on load it
+    starts a thread per core that spins ~0.1 s before it sleeps (0.1 CPU-s of a ~0.5 s start-up, on the
+    other core), and nothing here needs them: chunks are scored in parallel, one thread each, and the
+    model runtimes have threads of their own. Workers started from here inherit it, as parallel lanes."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     gc.disable()
     try:
         main()

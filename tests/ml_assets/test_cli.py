@@ -139,6 +139,23 @@ def test_the_console_script_keeps_the_exit_code_and_skips_the_last_collection(ar
     assert "from ml_assets.cli import run" in script  # the installed entry point is ``run``, not ``main``
 
 
+@pytest.mark.parametrize(("told", "threads"), [(None, 1), ("2", 2)])
+def test_the_console_script_loads_openblas_with_one_thread_unless_told(told, threads):
+    """numpy's OpenBLAS starts a thread per core that spins on load: ``run`` loads it with one, and the
+    user's own ``OPENBLAS_NUM_THREADS`` wins."""
+    probe = (
+        "import sys\nfrom ml_assets.cli import run\nsys.argv = ['ml-assets', '--help']\n"
+        "try:\n    run()\nexcept SystemExit:\n    pass\n"
+        "import numpy\nfrom threadpoolctl import threadpool_info\n"
+        "print([p['num_threads'] for p in threadpool_info() if p['internal_api'] == 'openblas'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if told is not None:
+        env["OPENBLAS_NUM_THREADS"] = told
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env, check=True)
+    assert done.stdout.strip().splitlines()[-1] == f"[{threads}]"
+
+
 def test_collections_pause_for_start_up_only(models, transactions, tmp_path):
     """``run`` turns garbage collection off for start-up: back on (start-up's objects frozen) when scoring
     starts, and from the start of every other command, which may serve for days."""
