@@ -152,7 +152,9 @@ def test_the_console_script_loads_openblas_with_one_thread_unless_told(told, thr
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     if told is not None:
         env["OPENBLAS_NUM_THREADS"] = told
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env, check=True
+    )
     assert done.stdout.strip().splitlines()[-1] == f"[{threads}]"
 
 
