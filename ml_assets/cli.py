@@ -70,7 +70,8 @@ def _start_up_over() -> None:
 @click.argument("input_uri")
 @click.argument("output_uri")
 @click.option("--partition", "partition", metavar="KEY=VALUE", help="Score one hive partition, e.g. date=2026-11-01.")
-# The bounds of ml_assets.scoring (DEFAULT_CHUNK_ROWS, MAX_CHUNK_ROWS), spelled out: importing it costs start-up.
+# ml_assets.scoring's chunk sizes (DEFAULT_CHUNK_ROWS, LARGE_CHUNK_ROWS, MANY_CHUNKS, CHUNK_BYTES, MAX_CHUNK_ROWS),
+# spelled out because importing it costs start-up; a test holds them equal.
 @click.option(
     "--chunk-rows",
     type=click.IntRange(min=1, max=16_777_216),

@@ -139,6 +139,21 @@ def test_the_console_script_keeps_the_exit_code_and_skips_the_last_collection(ar
     assert "from ml_assets.cli import run" in script  # the installed entry point is ``run``, not ``main``
 
 
+def test_the_chunk_rows_option_spells_out_the_scoring_constants():
+    """``--chunk-rows`` states the core's chunk sizes without importing it: they must stay the same numbers."""
+    from ml_assets import cli, scoring
+
+    option = next(p for p in cli.score.params if p.name == "chunk_rows")
+    assert option.type.max == scoring.MAX_CHUNK_ROWS
+    many_rows = scoring.MANY_CHUNKS * scoring.LARGE_CHUNK_ROWS / 1e6
+    for stated in (
+        f"{scoring.DEFAULT_CHUNK_ROWS:,}",
+        f"{scoring.LARGE_CHUNK_ROWS:,} from ~{many_rows:.1f}M rows",
+        f"{scoring.CHUNK_BYTES // 2**20} MiB",
+    ):
+        assert stated in option.help
+
+
 @pytest.mark.parametrize(("told", "threads"), [(None, 1), ("2", 2)])
 def test_the_console_script_loads_openblas_with_one_thread_unless_told(told, threads):
     """numpy's OpenBLAS starts a thread per core that spins on load: ``run`` loads it with one, and the
