@@ -68,6 +68,7 @@ query Asset($partitions: [String!]) {
   assetNodes(assetKeys: [{path: ["fraud_scores"]}]) {
     dependencyKeys { path }
     staleStatusByPartition(partitions: $partitions)
+    staleCausesByPartition(partitions: $partitions) { reason dependency { path } }
     assetMaterializations(partitions: $partitions) {
       partition
       runId
@@ -80,6 +81,14 @@ query Asset($partitions: [String!]) {
         ... on TableMetadataEntry { table { records } }
       }
     }
+  }
+}
+"""
+
+OBSERVATIONS = """
+query Observations {
+  assetNodes(assetKeys: [{path: ["models", "fraud", "ui"]}]) {
+    assetObservations { runId timestamp tags { key value } }
   }
 }
 """
@@ -263,5 +272,11 @@ def _after_promotion(server: Dev, client: mlflow.MlflowClient) -> None:
         tags = {t["key"]: t["value"] for t in latest.get(DATES[1], {"tags": []})["tags"]}
         return tags.get("ml_assets/model_version") == "2"
 
-    node = server.wait("the promotion's re-scoring", rescored)
-    assert node["staleStatusByPartition"] == ["STALE", "FRESH", "MISSING"]
+    server.wait("the promotion's re-scoring", rescored)
+    # Ask again: one request resolves staleStatusByPartition before assetMaterializations, so the
+    # request that first lists the new materialization may have judged the day by the one before it.
+    node = server.asset(DATES)
+    observations = server.graphql(OBSERVATIONS)["assetNodes"][0]["assetObservations"]
+    assert node["staleStatusByPartition"] == ["STALE", "FRESH", "MISSING"], json.dumps(
+        {"stale causes": node["staleCausesByPartition"], "model observations": observations}
+    )
