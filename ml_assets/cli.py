@@ -88,6 +88,14 @@ def _start_up_over() -> None:
     show_default=True,
     help="Parquet decoder of the input (auto: Polars where it can serve and the partition is large; README).",
 )
+@click.option(
+    "--compression",
+    type=click.Choice(["zstd", "lz4", "snappy", "none"]),
+    default="zstd",
+    show_default=True,
+    help="Codec of the output's columns (integers stay uncompressed): zstd at level -1, or fewer CPU seconds "
+    "for more bytes (docs/outputs.md).",
+)
 @click.option("--registry", "registry_kind", default="mlflow", show_default=True, help="Registry name.")
 @click.option("--registry-uri", help="Registry location, e.g. sqlite:///mlflow.db (default: MLFLOW_TRACKING_URI).")
 @click.option("--runtime", help="Force a runtime (default: from the model's format).")
@@ -233,6 +241,7 @@ def _score(
     chunk_rows: int | None,
     passthrough: str | None,
     reader: str,
+    compression: str,
     registry_kind: str,
     registry_uri: str | None,
     runtime: str | None,
@@ -321,7 +330,7 @@ def _score(
         with service:
             scorer = service.load(version)
             source = ParquetDataset(input_uri, partition_column=column, reader=reader)
-            dest = ParquetDataset(output_uri, partition_column=column)
+            dest = ParquetDataset(output_uri, partition_column=column, compression=compression)
             # OpenLineage START/COMPLETE/FAIL, only when a transport is configured (OPENLINEAGE_URL, ...).
             from ml_assets.openlineage import LineageRun, ScoringLineage
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -79,6 +79,8 @@ def split_polars_decoding() -> None:
 
 
 ReaderChoice = Literal["auto", "polars", "pyarrow"]
+# The codec of the columns an output's files compress (delta-packed integers never are): docs/outputs.md.
+OutputCompression = Literal["zstd", "lz4", "snappy", "none"]
 # s3fs's storage options and the names Polars' object store gives the same settings.
 _POLARS_S3_OPTIONS = {
     "endpoint_url": "aws_endpoint_url",
@@ -135,6 +137,11 @@ class ParquetDataset:
             holds whole and pyarrow reads a chunk at a time.
             ``polars`` insists (an error says why it cannot); ``pyarrow`` never uses Polars. The
             result's ``reader`` says which one read and why.
+        compression: the codec of the files written to this dataset as an output. ``zstd`` (at its
+            fast level -1; the default, chosen by measurement), or a trade of bytes for CPU: ``lz4``
+            (written as LZ4_RAW, which parquet-mr reads only from 1.13, Spark 3.5), ``snappy`` or
+            ``none``. Delta-packed integer columns stay uncompressed whatever the choice: a codec
+            finds almost nothing left in them. docs/outputs.md has the measurements.
     """
 
     uri: str
@@ -142,6 +149,14 @@ class ParquetDataset:
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     staging_uri: str | None = None
     reader: ReaderChoice = "auto"
+    compression: OutputCompression = "zstd"
+
+    def __post_init__(self) -> None:
+        # Settings come from YAML, the command line and operators' arguments: say what is accepted.
+        if self.compression not in get_args(OutputCompression):
+            accepted = ", ".join(get_args(OutputCompression))
+            msg = f"dataset {self.uri}: compression {self.compression!r} is not one of {accepted}"
+            raise DatasetError(msg)
 
     @property
     def root(self) -> str:
@@ -587,7 +602,8 @@ class AtomicPartitionWriter:
             )
         self.filesystem, self.final_path = self._sink.filesystem, self._sink.final_path
         try:
-            self._writer = pq.ParquetWriter(self._sink.stream, self.schema, **output_encoding(schema))
+            encoding = output_encoding(schema, dataset.compression)
+            self._writer = pq.ParquetWriter(self._sink.stream, self.schema, **encoding)
         except BaseException:
             self._sink.abort()
             raise
@@ -669,15 +685,15 @@ class AtomicPartitionWriter:
         self._sink.abort()
 
 
-def output_encoding(schema: pa.Schema) -> dict[str, Any]:
+def output_encoding(schema: pa.Schema, compression: OutputCompression = "zstd") -> dict[str, Any]:
     """How output columns are encoded and compressed, chosen by measurement (``benchmarks/bench_columnar.py
     --encodings``; docs/outputs.md has the table): integers delta-encoded and not compressed, floats
     byte-stream-split, dictionaries only for strings, where values repeat; every column but the integers
-    zstd at level -1. Dictionary encoding of unique floats or keys is what made pyarrow's default ~6x
-    slower to write. zstd found almost nothing left in delta-packed integers (0.07-0.5% of the file)
-    while setting up its context for each of their pages cost 20-32% of the writing thread's CPU. Level -1
-    (zstd's first fast level) costs ~13% less CPU to write than level 1 for ~1% more bytes, and is the
-    same codec to every reader: the level is the writer's choice alone."""
+    compressed with ``compression``, by default zstd at level -1. Dictionary encoding of unique floats or
+    keys is what made pyarrow's default ~6x slower to write. zstd found almost nothing left in delta-packed
+    integers (0.07-0.5% of the file) while setting up its context for each of their pages cost 20-32% of the
+    writing thread's CPU. Level -1 (zstd's first fast level) costs ~13% less CPU to write than level 1 for
+    ~1% more bytes, and is the same codec to every reader: the level is the writer's choice alone."""
     dictionary = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type)]
     encodings = {}
     for f in schema:
@@ -687,12 +703,12 @@ def output_encoding(schema: pa.Schema) -> dict[str, Any]:
             encodings[f.name] = "BYTE_STREAM_SPLIT"
     # Per-column codecs leave every column not named uncompressed, so name each leaf (a struct's
     # fields, a list's elements) by its path in the Parquet schema.
-    compression = {path: "none" if encodings.get(path) == "DELTA_BINARY_PACKED" else "zstd" for path in _leaves(schema)}
+    codecs = {path: "none" if encodings.get(path) == "DELTA_BINARY_PACKED" else compression for path in _leaves(schema)}
     return {
         "use_dictionary": dictionary or False,
         "column_encoding": encodings or None,
-        "compression": compression,
-        "compression_level": {path: -1 for path, codec in compression.items() if codec == "zstd"},
+        "compression": codecs,
+        "compression_level": {path: -1 for path, codec in codecs.items() if codec == "zstd"} or None,
     }
 
 

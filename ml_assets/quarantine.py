@@ -105,7 +105,11 @@ def errors_dataset(dest: ParquetDataset) -> ParquetDataset:
     uri = f"{root}{ERRORS_SUFFIX}{dest.uri[len(root) :]}"
     staging = f"{dest.staging_uri.rstrip('/')}/errors" if dest.staging_uri else None
     return ParquetDataset(
-        uri, partition_column=dest.partition_column, storage_options=dest.storage_options, staging_uri=staging
+        uri,
+        partition_column=dest.partition_column,
+        storage_options=dest.storage_options,
+        staging_uri=staging,
+        compression=dest.compression,
     )
 
 

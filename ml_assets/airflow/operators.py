@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from ml_assets.airflow.hooks import DEFAULT_CONN_ID, ModelRegistryHook
-from ml_assets.datasets import ParquetDataset, ReaderChoice
+from ml_assets.datasets import OutputCompression, ParquetDataset, ReaderChoice
 from ml_assets.openlineage import ScoringLineage
 from ml_assets.promotion import stale_partitions
 from ml_assets.quarantine import OnRowError, error_budget
@@ -45,6 +45,8 @@ class ScorePartitionOperator(BaseOperator):
         storage_options: fsspec options for both datasets (e.g. an S3 endpoint).
         reader: the input's Parquet decoder, ``auto`` (default), ``polars`` or ``pyarrow``
             (``ParquetDataset.reader``); the XCom's ``reader`` says which one read and why.
+        compression: the output's codec, ``zstd`` (default), ``lz4``, ``snappy`` or ``none``
+            (``ParquetDataset.compression``).
         on_row_error / max_error_rate / max_error_rows: ``quarantine`` sets rows that cannot be scored
             aside in ``<output root>_errors`` within the budget (see ``score_partition``); the XCom and
             the asset events then carry the count, rate, top reasons and the errors location.
@@ -76,6 +78,7 @@ class ScorePartitionOperator(BaseOperator):
         registry_conn_id: str = DEFAULT_CONN_ID,
         storage_options: Mapping[str, Any] | None = None,
         reader: ReaderChoice = "auto",
+        compression: OutputCompression = "zstd",
         on_row_error: OnRowError = "fail",
         max_error_rate: float | None = None,
         max_error_rows: int | None = None,
@@ -101,6 +104,8 @@ class ScorePartitionOperator(BaseOperator):
         self.registry_conn_id = registry_conn_id
         self.storage_options = dict(storage_options or {})
         self.reader = reader
+        self.compression = compression
+        self._datasets()  # a codec that is not one fails the parse, not the run
         # What the OpenLineage methods report: filled in as the task learns it (the version, the rows).
         self._lineage: ScoringLineage | None = None
         self._rows: dict[str, int] | None = None
@@ -110,7 +115,12 @@ class ScorePartitionOperator(BaseOperator):
         source = ParquetDataset(
             self.input_dataset, partition_column=self.partition_column, storage_options=storage, reader=self.reader
         )
-        dest = ParquetDataset(self.output_dataset, partition_column=self.partition_column, storage_options=storage)
+        dest = ParquetDataset(
+            self.output_dataset,
+            partition_column=self.partition_column,
+            storage_options=storage,
+            compression=self.compression,
+        )
         return source, dest
 
     def execute(self, context: Context) -> dict[str, Any]:

@@ -133,7 +133,8 @@ def test_the_connection_carries_a_trust_policy(registry_uri, tmp_path):
 
 
 def test_operator_passes_pyfunc_params(connect, tmp_path):
-    """``runtime_options={"params": {"k": 3}}`` on the operator reaches predict; a wrong one is refused."""
+    """``runtime_options={"params": {"k": 3}}`` on the operator reaches predict; a wrong one is refused. The
+    output's codec is the operator's to choose; one that is not one fails the DAG's parse."""
     import mlflow.pyfunc
     import numpy as np
     import pyarrow as pa
@@ -141,7 +142,7 @@ def test_operator_passes_pyfunc_params(connect, tmp_path):
 
     from ml_assets.airflow.operators import ScorePartitionOperator
     from ml_assets.dev.demo import write_partitioned
-    from ml_assets.resources.core.errors import ModelLoadError
+    from ml_assets.resources.core.errors import DatasetError, ModelLoadError
     from tests.resources.fixtures.scorecard import customers, register_scorecard, save_scorecard
 
     connect("card_registry", register_scorecard(tmp_path / "registry"))
@@ -151,14 +152,18 @@ def test_operator_passes_pyfunc_params(connect, tmp_path):
     class TaskInstance:
         dag_id, run_id, task_id, map_index, try_number = "d", "r", "score", -1, 1
 
-    def operator(params: dict) -> ScorePartitionOperator:
+    def operator(params: dict, compression: str = "zstd") -> ScorePartitionOperator:
         return ScorePartitionOperator(
             task_id="score", model="models:/card/1", input_dataset=str(tmp_path / "in"),
             output_dataset=str(tmp_path / "out"), partition="2026-11-01", registry_conn_id="card_registry",
-            runtime_options={"params": params},
+            runtime_options={"params": params}, compression=compression,
         )  # fmt: skip
 
-    summary = operator({"k": 3}).execute({"ti": TaskInstance()})
+    summary = operator({"k": 3}, "none").execute({"ti": TaskInstance()})
+    footer = pq.ParquetFile(summary["output"]).metadata.row_group(0)
+    assert {footer.column(i).compression for i in range(footer.num_columns)} == {"UNCOMPRESSED"}
+    with pytest.raises(DatasetError, match="compression 'gzip' is not one of"):
+        operator({"k": 3}, "gzip")
     scored = pq.read_table(summary["output"]).to_pandas()
     theirs = mlflow.pyfunc.load_model(str(save_scorecard(tmp_path / "local"))).predict(data, params={"k": 3})
     np.testing.assert_array_equal(scored["probability_churn"].to_numpy(), theirs["probability_churn"].to_numpy())

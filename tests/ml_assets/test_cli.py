@@ -30,7 +30,7 @@ def test_score_a_partition(models, transactions, tmp_path):
     done = run_cli(
         "score", "models:/fraud@champion", str(transactions), str(out),
         "--partition", "date=2026-11-03", "--passthrough", "transaction_id,customer_id",
-        "--chunk-rows", "4096", "--registry-uri", models.tracking_uri, "--reader", "polars",
+        "--chunk-rows", "4096", "--registry-uri", models.tracking_uri, "--reader", "polars", "--compression", "snappy",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "model fraud version 1 (models:/fraud/1)" in done.stdout
@@ -45,6 +45,10 @@ def test_score_a_partition(models, transactions, tmp_path):
         table["probability_1"].to_numpy(), models.lr.predict_proba(features_of(source))[:, 1], atol=1e-5
     )
     assert table.column_names[:2] == ["transaction_id", "customer_id"]
+    group = pq.ParquetFile(file).metadata.row_group(0)
+    codecs = {group.column(i).path_in_schema: group.column(i).compression for i in range(group.num_columns)}
+    assert codecs["probability_1"] == "SNAPPY"  # asked for
+    assert codecs["transaction_id"] == "UNCOMPRESSED"  # an integer: delta-packed whatever the codec
 
 
 def test_errors_are_one_clear_line(models, transactions, tmp_path):
@@ -60,6 +64,10 @@ def test_errors_are_one_clear_line(models, transactions, tmp_path):
     )
     assert bad.returncode == 2
     assert "expected KEY=VALUE" in bad.stderr
+    codec = run_cli("score", "models:/fraud@champion", str(transactions), str(tmp_path / "o"), "--compression", "gzip")
+    assert codec.returncode == 2
+    assert "'gzip' is not one of 'zstd', 'lz4', 'snappy', 'none'" in codec.stderr
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow

@@ -251,6 +251,56 @@ def test_output_is_encoded_as_measured_and_reads_back_exactly(tmp_path):
     assert "RLE_DICTIONARY" in column["segment"].encodings
 
 
+@pytest.mark.parametrize(
+    ("compression", "parquet_codec"),
+    [("zstd", "ZSTD"), ("lz4", "LZ4_RAW"), ("snappy", "SNAPPY"), ("none", "UNCOMPRESSED")],
+)
+def test_each_output_codec_compresses_all_but_the_integers_and_every_reader_reads_it(
+    tmp_path, compression, parquet_codec
+):
+    """ParquetDataset.compression trades bytes for CPU: the codec named in the file (as DuckDB reads the footer:
+    pyarrow's lz4 is LZ4_RAW), integers delta-packed and uncompressed whatever it is, and pyarrow, Polars and
+    DuckDB read back exactly what was written."""
+    dataset = ParquetDataset(str(tmp_path / "scores"), partition_column="date", compression=compression)
+    schema = pa.schema(
+        [("id", pa.int64()), ("label", pa.int64()), ("probability_1", pa.float32()), ("segment", pa.string())]
+    )
+    rng = np.random.default_rng(1)
+    p1 = rng.random(3_000, dtype=np.float32)
+    expected = pa.table(
+        {
+            "id": np.arange(3_000, dtype=np.int64),
+            "label": (p1 > 0.5).astype(np.int64),
+            "probability_1": p1,
+            "segment": rng.choice(["a", "b"], 3_000),
+        },
+        schema=schema,
+    )
+    writer = AtomicPartitionWriter(dataset, PARTITION, schema, {"model": "lr"})
+    writer.write(expected.to_batches()[0])
+    path = writer.commit()
+    footer = duckdb.sql(f"SELECT path_in_schema, compression FROM parquet_metadata('{path}')").fetchall()
+    assert dict(footer) == {
+        "id": "UNCOMPRESSED",
+        "label": "UNCOMPRESSED",
+        "probability_1": parquet_codec,
+        "segment": parquet_codec,
+    }
+    assert pq.read_table(path).cast(schema) == expected
+    assert pl.read_parquet(path).to_arrow().cast(schema) == expected
+    assert (
+        duckdb.sql(f"SELECT * FROM read_parquet('{path}', hive_partitioning = false) ORDER BY id")
+        .to_arrow_table()
+        .cast(schema)
+        == expected
+    )
+
+
+def test_a_codec_it_does_not_know_is_refused_by_name():
+    with pytest.raises(DatasetError, match=r"dataset s3://b/scores: compression 'brotli' is not one of zstd, lz4"):
+        ParquetDataset("s3://b/scores", compression="brotli")  # type: ignore[arg-type]
+
+
 def _cached_bytes(path: str) -> int:
     """Bytes of ``path`` in the page cache, as util-linux's ``fincore`` counts them."""
     out = subprocess.run(["fincore", "--bytes", "--raw", "--noheadings", "--output", "RES", path], capture_output=True)

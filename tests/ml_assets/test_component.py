@@ -29,7 +29,7 @@ def test_pipeline_from_yaml_materializes_with_checks_sensor_and_schedule(models,
         "registry": {"kind": "mlflow", "uri": models.tracking_uri},
         "runtime": {"options": {"onnx": {"threads": 1}}},
         "input": {"uri": str(transactions), "partition_column": "date", "reader": "polars"},
-        "output": {"uri": str(tmp_path / "scores")},
+        "output": {"uri": str(tmp_path / "scores"), "compression": "lz4"},
         "partitions": {"daily": {"start_date": DATES[0], "end_date": "2026-11-04"}},
         "passthrough": ["transaction_id"],
         "challenger": {"model": "models:/fraud@challenger", "output": {"uri": str(tmp_path / "challenger")}},
@@ -61,7 +61,14 @@ def test_pipeline_from_yaml_materializes_with_checks_sensor_and_schedule(models,
     np.testing.assert_allclose(
         scored["probability_1"].to_numpy(), models.lr.predict_proba(features_of(source))[:, 1], atol=1e-5
     )
-    assert read_lineage(str(tmp_path / "challenger" / f"date={DATES[1]}" / "part-0.parquet"))["model_version"] == "2"
+    challenger = str(tmp_path / "challenger" / f"date={DATES[1]}" / "part-0.parquet")
+    assert read_lineage(challenger)["model_version"] == "2"
+    # The output's codec as the YAML says; the challenger's output says none: zstd.
+    for path, codec in [(tmp_path / "scores" / f"date={DATES[1]}" / "part-0.parquet", "LZ4"), (challenger, "ZSTD")]:
+        group = pq.ParquetFile(path).metadata.row_group(0)
+        assert {group.column(i).path_in_schema: group.column(i).compression for i in range(group.num_columns)}[
+            "probability_1"
+        ] == codec
 
 
 def test_demo_location_includes_the_yaml_pipeline(monkeypatch, tmp_path):
@@ -85,6 +92,10 @@ def test_yaml_schema_is_generated_from_the_typed_fields():
     schema = ScoringPipelineComponent.model().model_json_schema()
     assert {"name", "model", "input", "output", "challenger", "promotion_sensor", "checks"} <= set(schema["properties"])
     assert set(schema["required"]) == {"name", "model", "input", "output"}
+    # The schema names the codecs the writer knows (an editor offers them); templates may stand in for one.
+    compression = schema["$defs"]["DatasetConfigModel"]["properties"]["compression"]
+    assert {"enum": ["zstd", "lz4", "snappy", "none"], "type": "string"} in compression["anyOf"]
+    assert compression["default"] == "zstd"
 
 
 def test_dg_lists_the_component(tmp_path):

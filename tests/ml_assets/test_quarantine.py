@@ -215,6 +215,8 @@ def test_fail_mode_and_budget_arguments():
     assert (
         errors_dataset(ParquetDataset("s3://b/x/scores/{date}.parquet")).uri == "s3://b/x/scores_errors/{date}.parquet"
     )
+    # The rows set aside are written with the codec their scores are.
+    assert errors_dataset(ParquetDataset("s3://b/x/scores", compression="none")).compression == "none"
 
 
 # -- a pyfunc model that raises on some rows ------------------------------------------------------

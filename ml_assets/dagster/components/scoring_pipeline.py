@@ -33,7 +33,7 @@ from ml_assets.dagster.resources import (
     ModelRuntimeResource,
     RayEngineResource,
 )
-from ml_assets.datasets import ParquetDataset, ReaderChoice
+from ml_assets.datasets import OutputCompression, ParquetDataset, ReaderChoice
 from ml_assets.resources.core.models import ModelRef
 from ml_assets.sensors import build_model_promotion_sensor, build_partition_schedule
 
@@ -45,10 +45,17 @@ class DatasetConfig(dg.Resolvable, dg.Model):
     reader: ReaderChoice = Field(
         default="auto", description="Parquet decoder when read as input (ParquetDataset.reader)."
     )
+    compression: OutputCompression = Field(
+        default="zstd", description="Codec of the files written when it is an output (ParquetDataset.compression)."
+    )
 
     def dataset(self) -> ParquetDataset:
         return ParquetDataset(
-            self.uri, partition_column=self.partition_column, storage_options=self.storage_options, reader=self.reader
+            self.uri,
+            partition_column=self.partition_column,
+            storage_options=self.storage_options,
+            reader=self.reader,
+            compression=self.compression,
         )
 
 
