@@ -2,7 +2,7 @@
 inline-expression peers (what a data engineer writes instead for a linear model), the read-only
 floors of pyarrow and Polars, rf beside onnxruntime compute, start-up, and the output encodings.
 
-    python benchmarks/bench_columnar.py [--rows 2000000 20000000] [--repeat 9] [--encodings]
+    python benchmarks/bench_columnar.py [--rows 2000000 20000000] [--repeat 9] [--encodings | --codecs]
 
 Data and models follow ../shared/BENCHMARKS.md and bench_onnx.py (the same files, in .bench/): lr and rf
 trained on the first 50k rows; ours scores ``lr_onnx``/``rf_onnx`` resolved through the MLflow registry
@@ -159,8 +159,13 @@ def case_ort_rf(data: Path, out: Path, outputs: str) -> dict:
     return {"seconds": time.perf_counter() - t0}
 
 
+CODECS = ("zstd", "lz4", "snappy", "none")
 COMMANDS = {
     "ours": ours_command,
+    **{
+        f"ours_{codec}": lambda d, o, outputs, codec=codec: [*ours_command(d, o, outputs), "--compression", codec]
+        for codec in CODECS
+    },
     "ours_rf": lambda d, o, outputs: ours_command(d, o, outputs, model="rf_onnx"),
     "ours_http": lambda d, o, outputs: ours_command(d, o, outputs, registry=os.environ["BENCH_HTTP_REGISTRY"]),
 }
@@ -215,7 +220,14 @@ def run_case(name: str, data: Path, outputs: str) -> dict:
     # ru_maxrss: Linux carries the parent's peak RSS into a child's (exec keeps it), so a reading is at least this
     # script's own peak, which the tables print; the readings that matter (ours at 20M rows) are above it.
     cpu = usage.ru_utime + usage.ru_stime
-    return {"seconds": float(result["seconds"]), "wall": wall, "cpu": cpu, "rss_mib": usage.ru_maxrss / 1024}
+    written = sum(f.stat().st_size for f in out.rglob("*.parquet")) / 2**20
+    return {
+        "seconds": float(result["seconds"]),
+        "wall": wall,
+        "cpu": cpu,
+        "rss_mib": usage.ru_maxrss / 1024,
+        "output_mib": written,
+    }
 
 
 def rounds_of(repeat: int, names: tuple[str, ...], data: Path, outputs: str, small: Path | None = None) -> dict:
@@ -445,6 +457,34 @@ LABELS = {
 }
 
 
+def codecs_table(rows: int, repeat: int) -> list[str]:
+    """Ours with the default outputs under each ``--compression`` (``ParquetDataset.compression``), in rounds
+    with the Polars read floor: what a user trades in bytes for CPU. Ratios are taken round by round."""
+    data = make_data(rows)
+    names = (*(f"ours_{c}" for c in CODECS), "floor_polars")
+    run_case("ours_zstd", data, "default")  # warms the artifact cache
+    runs = rounds_of(repeat, names, data, "default")
+    inside = {name: [rows / r["seconds"] for r in done] for name, done in runs.items()}
+    zstd = runs["ours_zstd"]
+    lines = [
+        f"{rows:,} rows, default outputs, {repeat} rounds: medians of the rounds (95% interval)",
+        "",
+        "| --compression | in-process rows/s | process CPU s | CPU vs zstd | output MiB | bytes vs zstd "
+        "| in process, of the Polars read floor |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for codec in CODECS:
+        done = runs[f"ours_{codec}"]
+        cpu = ratios([r["cpu"] for r in done], [r["cpu"] for r in zstd])
+        size = ratios([r["output_mib"] for r in done], [r["output_mib"] for r in zstd])
+        lines.append(
+            f"| {codec} | {statistics.median(inside[f'ours_{codec}']):,.0f} | {median(done, 'cpu'):.2f} "
+            f"| {shown(cpu)} | {median(done, 'output_mib'):.1f} | {statistics.median(size):.2f}x "
+            f"| {shown(ratios(inside[f'ours_{codec}'], inside['floor_polars']), '%')} |"
+        )
+    return lines
+
+
 def rates_by_round(runs: dict, rows: int) -> tuple[dict, dict | None]:
     """Rows/s of each case in each round: in process (the engine's own timing) and whole process (wall time
     less the start-up of the same round). The latter is None where the work left after subtracting is under
@@ -481,6 +521,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[2_000_000, 20_000_000])
     parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--encodings", action="store_true", help="only the output encodings table")
+    parser.add_argument("--codecs", action="store_true", help="only ours under each --compression, largest --rows")
     parser.add_argument("--case")
     parser.add_argument("--data", type=Path)
     parser.add_argument("--out", type=Path)
@@ -492,6 +533,10 @@ def main() -> None:
     print("\n".join(header()))
     if args.encodings:
         print("\n".join(encodings_table(2_000_000)))
+        return
+    if args.codecs:
+        set_aliases()
+        print("\n".join(codecs_table(max(args.rows), args.repeat)))
         return
     # Inputs and models are made in a child: every reading of peak RSS below is at least this script's own peak
     # (see run_case), and generating 20M rows here took it to 910 MiB (run 18, 2026-12-07).
