@@ -81,6 +81,7 @@ def _start_up_over() -> None:
     ),
 )
 @click.option("--passthrough", metavar="COL,...", help="Input columns copied to the output.")
+# ml_assets.datasets' ReaderChoice and OutputCompression, spelled out for the same reason; a test holds them equal.
 @click.option(
     "--reader",
     type=click.Choice(["auto", "polars", "pyarrow"]),

@@ -147,6 +147,19 @@ def test_the_console_script_keeps_the_exit_code_and_skips_the_last_collection(ar
     assert "from ml_assets.cli import run" in script  # the installed entry point is ``run``, not ``main``
 
 
+def test_the_reader_and_compression_choices_are_the_datasets_own():
+    """``--reader`` and ``--compression`` list ml_assets.datasets' choices without importing it."""
+    from typing import get_args
+
+    from ml_assets import cli, datasets
+
+    choices = {p.name: tuple(p.type.choices) for p in cli.score.params if p.name in ("reader", "compression")}
+    assert choices == {
+        "reader": get_args(datasets.ReaderChoice),
+        "compression": get_args(datasets.OutputCompression),
+    }
+
+
 def test_the_chunk_rows_option_spells_out_the_scoring_constants():
     """``--chunk-rows`` states the core's chunk sizes without importing it: they must stay the same numbers."""
     from ml_assets import cli, scoring
