@@ -141,6 +141,14 @@ def transactions(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def codecs_of(path: str | Path) -> dict[str, str]:
+    """The codec of each column of a Parquet file's first row group, by its path in the schema."""
+    import pyarrow.parquet as pq
+
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    return {group.column(i).path_in_schema: group.column(i).compression for i in range(group.num_columns)}
+
+
 def features_of(table: pa.Table) -> np.ndarray:
     return np.column_stack([table[c].to_numpy() for c in FEATURES]).astype(np.float32)
 

@@ -16,7 +16,7 @@ import pytest
 
 from ml_assets.datasets import STAGED_SUFFIX, read_lineage
 from ml_assets.dev.demo import make_transactions, write_partitioned
-from tests.conftest import DATES, ROWS_PER_DAY, VENV_BIN, features_of
+from tests.conftest import DATES, ROWS_PER_DAY, VENV_BIN, codecs_of, features_of
 
 CLI = str(Path(VENV_BIN) / "ml-assets")
 
@@ -45,8 +45,7 @@ def test_score_a_partition(models, transactions, tmp_path):
         table["probability_1"].to_numpy(), models.lr.predict_proba(features_of(source))[:, 1], atol=1e-5
     )
     assert table.column_names[:2] == ["transaction_id", "customer_id"]
-    group = pq.ParquetFile(file).metadata.row_group(0)
-    codecs = {group.column(i).path_in_schema: group.column(i).compression for i in range(group.num_columns)}
+    codecs = codecs_of(file)
     assert codecs["probability_1"] == "SNAPPY"  # asked for
     assert codecs["transaction_id"] == "UNCOMPRESSED"  # an integer: delta-packed whatever the codec
 

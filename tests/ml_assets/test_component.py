@@ -10,7 +10,7 @@ from dagster.components.testing import create_defs_folder_sandbox
 
 from ml_assets.dagster.components import ScoringPipelineComponent
 from ml_assets.datasets import read_lineage
-from tests.conftest import DATES, component_defs, features_of
+from tests.conftest import DATES, codecs_of, component_defs, features_of
 
 
 def test_scaffolded_yaml_loads():
@@ -64,11 +64,8 @@ def test_pipeline_from_yaml_materializes_with_checks_sensor_and_schedule(models,
     challenger = str(tmp_path / "challenger" / f"date={DATES[1]}" / "part-0.parquet")
     assert read_lineage(challenger)["model_version"] == "2"
     # The output's codec as the YAML says; the challenger's output says none: zstd.
-    for path, codec in [(tmp_path / "scores" / f"date={DATES[1]}" / "part-0.parquet", "LZ4"), (challenger, "ZSTD")]:
-        group = pq.ParquetFile(path).metadata.row_group(0)
-        assert {group.column(i).path_in_schema: group.column(i).compression for i in range(group.num_columns)}[
-            "probability_1"
-        ] == codec
+    assert codecs_of(tmp_path / "scores" / f"date={DATES[1]}" / "part-0.parquet")["probability_1"] == "LZ4"
+    assert codecs_of(challenger)["probability_1"] == "ZSTD"
 
 
 def test_demo_location_includes_the_yaml_pipeline(monkeypatch, tmp_path):
