@@ -467,3 +467,59 @@ def test_an_onnx_scorer_declares_its_outputs_required(models, table):
     scorer = create_runtime("onnx").load(version(), models.lr_onnx)
     assert [f.nullable for f in scorer.output_schema] == [False, False, False]
     assert scorer.score(batch_of(table, scorer.input_schema)).schema == scorer.output_schema
+
+
+def test_probabilities_come_back_by_class_and_reach_arrow_without_a_copy(models, table):
+    """The rewritten linear graph ends in [C, N] scores: onnxruntime no longer transposes them into rows, and
+    each class's column is one contiguous row of that block, handed to Arrow as it is. Same values, bit for bit."""
+    scorer = OnnxRuntime(threads=1).load(version(), models.lr_onnx)
+    assert {o.name: o.shape[0] for o in scorer.session.get_outputs()}["probabilities"] == 2
+    batch = batch_of(table, scorer.input_schema)
+    out = scorer.score(batch)
+    labels, probabilities = reference(models.lr_onnx, features_of(table))
+    np.testing.assert_array_equal(out["label"].to_numpy(), labels)
+    np.testing.assert_array_equal(out["probability_0"].to_numpy(), probabilities[:, 0])
+    np.testing.assert_array_equal(out["probability_1"].to_numpy(), probabilities[:, 1])
+    first, second = (out[c].buffers()[1] for c in ("probability_0", "probability_1"))
+    assert second.address - first.address == 4 * batch.num_rows  # rows of one [2, N] block: not copied
+
+
+@pytest.mark.parametrize("case", ["final", "its input read elsewhere", "its output read elsewhere"])
+def test_only_a_final_transpose_nothing_else_reads_is_dropped(case, tmp_path):
+    """``_outputs_by_class`` drops a Transpose(perm=[1, 0]) that only turns a result into the graph's output;
+    the scorer's columns are those of the untouched graph either way."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ml_assets.resources.runtimes.onnx import _outputs_by_class
+
+    nodes = [
+        helper.make_node("Transpose", ["X"], ["XT"], perm=[1, 0]),
+        helper.make_node("MatMul", ["W", "XT"], ["scores"]),  # [2, N]
+        helper.make_node("Transpose", ["scores"], ["out"], perm=[1, 0]),
+    ]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 2])]
+    if case != "final":
+        read, axis = ("scores", 0) if case == "its input read elsewhere" else ("out", 1)
+        nodes.append(helper.make_node("ArgMax", [read], ["best"], axis=axis, keepdims=0))
+        outputs.append(helper.make_tensor_value_info("best", TensorProto.INT64, ["N"]))
+    weights = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3) / 7, "W")
+    x_info = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 3])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x_info], outputs, [weights]),
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=8,
+    )
+    path = tmp_path / "t.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert _outputs_by_class(onnx.load(str(path))) == ({"out"} if case == "final" else set())
+
+    x = np.random.default_rng(1).standard_normal((50, 3)).astype(np.float32)
+    names = ["a", "b", "c"]
+    signature = Signature(tuple(ColumnSpec(c, "float") for c in names))
+    scorer = OnnxRuntime(threads=1, naming="native").load(version(signature), path)
+    out = scorer.score(pa.record_batch([pa.array(x[:, i]) for i in range(3)], names=names))
+    expected = reference(path, x)
+    np.testing.assert_array_equal(np.column_stack([out["out_0"].to_numpy(), out["out_1"].to_numpy()]), expected[0])
+    if case != "final":
+        np.testing.assert_array_equal(out["best"].to_numpy(), expected[1])
