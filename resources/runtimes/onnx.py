@@ -243,6 +243,13 @@ def _linear_on_columns(model: Any) -> bool:
     return True
 
 
+def _has_subgraph(graph: Any) -> bool:
+    """Whether a node of ``graph`` holds a graph of its own (If, Loop, Scan), which may read any name around it."""
+    from onnx import AttributeProto
+
+    return any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for n in graph.node for a in n.attribute)
+
+
 def _outputs_by_class(model: Any) -> frozenset[str]:
     """Drop each final ``Transpose`` (``perm=[1, 0]``) whose output is a graph output and nothing else's input,
     so that output comes back ``[C, N]``: one row per class, the layout the linear rewrite computes in. The
@@ -250,10 +257,10 @@ def _outputs_by_class(model: Any) -> frozenset[str]:
     row, handed to Arrow without a copy. Before, onnxruntime transposed ``[C, N]`` into rows and the scorer
     copied each strided column out of them: 0.24 ms of a 131,072-row chunk's ~1.5-2.4 ms (the benchmark's lr,
     default outputs, one thread). Returns the names of the outputs so left; the same values either way."""
-    from onnx import AttributeProto, helper
+    from onnx import helper
 
     graph = model.graph
-    if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+    if _has_subgraph(graph):
         return frozenset()  # a subgraph may read any outer name: leave the graph as it is
     outputs = {o.name: o for o in graph.output}
     producers = {name: n for n in graph.node for name in n.output}
@@ -285,10 +292,10 @@ def _pruned(model: Any, outputs: list[str]) -> Any | None:
     node is needed, or where it cannot tell (a node with a subgraph may read any outer name).
     onnxruntime runs every node of a graph whatever outputs a run asks for (microsoft/onnxruntime#16483):
     without this, a classifier scored for its probabilities alone still computes its label per chunk."""
-    from onnx import AttributeProto, ModelProto
+    from onnx import ModelProto
 
     graph = model.graph
-    if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+    if _has_subgraph(graph):
         return None
     needed, kept = set(outputs), []
     for node in reversed(graph.node):  # a valid graph lists producers before their consumers
