@@ -580,7 +580,8 @@ def main() -> None:
                     else ""
                 )
                 + f"; in process {shown(ratios(inside['ours'], floor), '%')} of the faster read floor "
-                f"({shown(ratios(inside['ours'], inside['floor_polars_split']), '%')} of Polars' split decode)"
+                f"({shown(ratios(inside['ours'], inside['floor_polars_split']), '%')} of Polars' split decode; "
+                f"the Polars peer, same outputs: {shown(ratios(inside['polars'], floor), '%')} of that floor)"
             )
             for name in WHOLE_PROCESS + FLOORS:
                 done = runs[name]
