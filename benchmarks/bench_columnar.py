@@ -572,7 +572,11 @@ def main() -> None:
             ratio = (
                 f"{main_basis}: {shown(ratios(bases[main_basis]['ours'], bases[main_basis]['polars']))} Polars, "
                 f"{shown(ratios(bases[main_basis]['ours'], bases[main_basis]['duckdb']))} DuckDB"
-                + (" (at this size the start-up swamps the rest)" if not whole else "")
+                + (
+                    f" (no whole-process rate: some round had under {MIN_WORK_S} s of work left after its start-up)"
+                    if not whole
+                    else ""
+                )
                 + (
                     f"; in process {shown(ratios(inside['ours'], inside['polars']))} Polars, "
                     f"{shown(ratios(inside['ours'], inside['duckdb']))} DuckDB"
